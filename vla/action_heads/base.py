@@ -1,0 +1,85 @@
+"""The action-head interface and its registry.
+
+A head owns only its network. It is trained with `loss(cond, actions, pad)` and queried with
+`sample(cond)`; both work in the normalised, padded action space [B, H, D_max]. A new head is one
+module: a config dataclass registered under a name with `@register_head`, and an `ActionHead`
+subclass that the config's `build` returns.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import draccus
+import torch
+from torch import Tensor, nn
+
+from vla.types import Cond
+
+
+@dataclass
+class HeadConfig(draccus.ChoiceRegistry):
+    """Base of every head config; `type` in YAML / `--model.head.type` picks the subclass."""
+
+    horizon: int = 8  # H: actions per predicted chunk
+
+    @classmethod
+    def default_choice_name(cls) -> str:
+        return "dit"  # lets `--model.head.hidden=64` work without also passing `--model.head.type`
+
+    @property
+    def type(self) -> str:
+        return self.get_choice_name(self.__class__)
+
+
+def build_head(config: HeadConfig, cond_dim: int, action_dim: int, state_dim: int) -> ActionHead:
+    """Instantiate the head a registered config describes (its class is `config.head_class`)."""
+    head_class = getattr(type(config), "head_class", None)
+    if head_class is None:
+        raise TypeError(f"{type(config).__name__} has no `head_class`; set it to its ActionHead subclass")
+    return head_class(config, cond_dim=cond_dim, action_dim=action_dim, state_dim=state_dim)
+
+
+def register_head(name: str):
+    """Class decorator registering a HeadConfig subclass under `name`."""
+    return HeadConfig.register_subclass(name)
+
+
+def head_config_class(name: str) -> type[HeadConfig]:
+    """Look up a registered head config by name, suggesting the closest on a typo."""
+    known = sorted(HeadConfig.get_known_choices())
+    if name not in known:
+        hint = difflib.get_close_matches(name, known, n=1)
+        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+        raise ValueError(f"unknown action head '{name}'; registered heads: {known}.{suggestion}")
+    return HeadConfig.get_choice_class(name)
+
+
+class ActionHead(nn.Module, ABC):
+    """Maps backbone conditioning to a chunk of normalised actions [B, H, D]."""
+
+    def __init__(self, config: HeadConfig, action_dim: int):
+        super().__init__()
+        self.config = config
+        self.action_dim = action_dim
+
+    @abstractmethod
+    def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
+        """Training losses.
+
+        actions: [B, H, D] normalised, padded actions.
+        valid: bool [B, H, D]; False for steps past the episode end and for padded dims.
+        Returns a dict whose "loss" entry is the scalar to minimise.
+        """
+
+    @abstractmethod
+    def sample(self, cond: Cond, generator: torch.Generator | None = None, **options) -> Tensor:
+        """Sample one chunk per batch element: [B, H, D] normalised actions."""
+
+
+def masked_mse(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Mean squared error over the entries where valid is True. pred/target/valid: [B, H, D]."""
+    weight = valid.to(pred.dtype)
+    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)

@@ -1,0 +1,102 @@
+"""The data contracts shared by datasets, simulators, robots, backbones and heads.
+
+Shapes use B = batch, N = cameras, H = action horizon, D = action dim, S = state dim,
+L = backbone tokens, C = backbone width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Observation:
+    """What a policy sees at one control step, batched.
+
+    images: uint8 [B, N, H, W, 3] camera frames, in the camera order of the embodiment.
+    state: float32 [B, S] proprioceptive state in the embodiment's own units (unnormalised).
+    instruction: B language instructions.
+    embodiment: B embodiment names; they select the normalisation statistics.
+    """
+
+    images: Tensor
+    state: Tensor
+    instruction: list[str]
+    embodiment: list[str]
+
+    def __post_init__(self) -> None:
+        validate_images(self.images)
+        if self.state.ndim != 2 or not self.state.is_floating_point():
+            raise ValueError(f"state must be a float tensor [B, S]; got {self.state.dtype} {list(self.state.shape)}")
+        batch = self.images.shape[0]
+        for name, value in (("state", self.state.shape[0]), ("instruction", len(self.instruction)),
+                            ("embodiment", len(self.embodiment))):
+            if value != batch:
+                raise ValueError(f"observation batch sizes differ: images has {batch}, {name} has {value}")
+        if not torch.isfinite(self.state).all():
+            raise ValueError("state contains NaN or inf")
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+    def to(self, device: torch.device | str) -> Observation:
+        return Observation(self.images.to(device), self.state.to(device), self.instruction, self.embodiment)
+
+
+def validate_images(images: Tensor) -> None:
+    """Raise a ValueError naming the problem unless images is uint8 [B, N, H, W, 3]."""
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 [B, N, H, W, 3] in 0..255; got dtype {images.dtype}")
+    if images.ndim != 5 or images.shape[-1] != 3:
+        raise ValueError(f"images must have shape [B, N, H, W, 3]; got {list(images.shape)}")
+
+
+@dataclass
+class ActionChunk:
+    """H future actions per sample in the embodiment's own units.
+
+    actions: float32 [B, H, D].
+    mask: bool [B, D]; False marks padded dimensions the embodiment does not have.
+    """
+
+    actions: Tensor
+    mask: Tensor
+
+    def __post_init__(self) -> None:
+        if self.actions.ndim != 3:
+            raise ValueError(f"actions must be [B, H, D]; got {list(self.actions.shape)}")
+        if self.mask.shape != (self.actions.shape[0], self.actions.shape[2]):
+            raise ValueError(f"mask must be [B, D]={[self.actions.shape[0], self.actions.shape[2]]}; "
+                             f"got {list(self.mask.shape)}")
+
+
+@dataclass
+class BackboneOutput:
+    """What a VLM backbone hands to an action head.
+
+    tokens: [B, L, C] last-layer hidden states of the whole prefix (image + text + cognition).
+    token_mask: bool [B, L]; True where tokens are real (not padding).
+    cognition: [B, C] hidden state at the learnable cognition token (CogACT's f_c).
+    past_key_values: optional cache of the prefix, for heads that attend inside the LLM.
+    """
+
+    tokens: Tensor
+    token_mask: Tensor
+    cognition: Tensor
+    past_key_values: object | None = None
+
+
+@dataclass
+class Cond:
+    """Conditioning for an action head: backbone output plus the normalised, padded state.
+
+    proprio: float [B, S_max] normalised state, zero in padded dims.
+    """
+
+    backbone: BackboneOutput
+    proprio: Tensor
+    extras: dict = field(default_factory=dict)
