@@ -23,6 +23,8 @@ class ModelConfig:
     head: HeadConfig = field(default_factory=DiTHeadConfig)
     max_action_dim: int = 4  # heads work in this padded, normalised action space
     max_state_dim: int = 7
+    image_size: int = 64  # camera frames the policy expects: [N, image_size, image_size, 3]
+    cameras: list[str] = field(default_factory=lambda: ["corner"])
     normalization: str = "quantile"  # quantile: q01..q99 -> [-1, 1]; zscore: mean/std
 
     def __post_init__(self) -> None:
@@ -34,6 +36,8 @@ class ModelConfig:
 class DataConfig:
     root: str = "outputs/datasets"  # where LeRobot datasets live
     repo_id: str = "local/metaworld"
+    action_dim: int = 4  # the dataset's action dim must equal this (checked at load)
+    state_dim: int = 7
     image_shift: int = 4  # random-shift augmentation in pixels (DrQ); 0 = off
 
 

@@ -1,0 +1,154 @@
+"""VLMBackbone on tiny random PaliGemma / SmolVLM checkpoints built offline from configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vla.backbones import BackboneConfig, VLMBackbone
+from vla.backbones.tiny import ARGS_FILE, build_tiny_vlm
+
+FAMILIES = ["paligemma", "smolvlm"]
+INSTRUCTIONS = ["push the puck", "open the drawer", "pick up the red block and put it in the bowl"]
+TINY = dict(image_size=32, patch_size=8, hidden_size=64, vision_layers=1, text_layers=2, heads=2, vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_vlms")
+    return {family: build_tiny_vlm(family, root / family, INSTRUCTIONS, **TINY) for family in FAMILIES}
+
+
+def load(tiny_dirs: dict[str, Path], family: str, **kwargs) -> VLMBackbone:
+    torch.manual_seed(0)
+    return VLMBackbone(BackboneConfig(family, pretrained=str(tiny_dirs[family]), **kwargs)).eval()
+
+
+def images(batch: int, cams: int = 1, size: tuple[int, int] = (32, 32), seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, cams, *size, 3), generator=gen, dtype=torch.uint8)
+
+
+def test_config_rejects_unknown_family_and_empty_path() -> None:
+    with pytest.raises(ValueError, match="known families: paligemma, smolvlm"):
+        BackboneConfig(family="llava")
+    with pytest.raises(ValueError, match="pretrained is empty"):
+        VLMBackbone(BackboneConfig("paligemma"))
+
+
+def test_missing_checkpoint_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(OSError, match="no_such_model"):
+        VLMBackbone(BackboneConfig("paligemma", pretrained=str(missing)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_output_shapes_and_mask(tiny_dirs: dict[str, Path], family: str) -> None:
+    backbone = load(tiny_dirs, family)
+    batch, cams = 3, 2
+    out = backbone(images(batch, cams, size=(40, 48)), INSTRUCTIONS)
+    lengths = torch.tensor([len(backbone.text_ids(text)) for text in INSTRUCTIONS])
+    image_tokens = out.token_mask.shape[1] - int(lengths.max()) - 1
+    assert out.tokens.shape == (batch, out.token_mask.shape[1], backbone.hidden_size)
+    assert out.token_mask.dtype == torch.bool
+    assert out.token_mask.sum(1).tolist() == (image_tokens + lengths + 1).tolist()
+    assert out.cognition.shape == (batch, backbone.hidden_size)
+    last_real = out.token_mask.sum(1) - 1
+    torch.testing.assert_close(out.cognition, out.tokens[torch.arange(batch), last_real])
+    one_cam = backbone(images(batch, 1, size=(40, 48)), INSTRUCTIONS)
+    assert image_tokens > one_cam.token_mask.shape[1] - int(lengths.max()) - 1  # each camera adds tokens
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cognition_does_not_depend_on_batch_padding(tiny_dirs: dict[str, Path], family: str) -> None:
+    backbone = load(tiny_dirs, family)
+    frames = images(2, 2)
+    with torch.no_grad():
+        alone = backbone(frames[:1], INSTRUCTIONS[:1])
+        batched = backbone(frames, [INSTRUCTIONS[0], INSTRUCTIONS[2]])
+    assert batched.token_mask.shape[1] > alone.token_mask.shape[1]  # sample 0 is padded in the batch
+    torch.testing.assert_close(batched.cognition[:1], alone.cognition, atol=1e-5, rtol=0)
+    real = alone.token_mask.shape[1]
+    torch.testing.assert_close(batched.tokens[:1, :real], alone.tokens, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradients_reach_cognition_token_and_vision(tiny_dirs: dict[str, Path], family: str) -> None:
+    backbone = load(tiny_dirs, family).train()
+    backbone(images(2), INSTRUCTIONS[:2]).cognition.pow(2).sum().backward()
+    assert backbone.cognition_token.grad is not None and backbone.cognition_token.grad.abs().sum() > 0
+    vision = getattr(backbone.vlm, backbone.family.vision_modules[0])
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vision.parameters())
+
+
+def _trainable(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_freeze_flags(tiny_dirs: dict[str, Path], family: str) -> None:
+    full = load(tiny_dirs, family)
+    vision = sum(_trainable(getattr(full.vlm, name)) for name in full.family.vision_modules)
+    language = _trainable(getattr(full.vlm, full.family.language_module))
+    assert _trainable(full) == vision + language + full.hidden_size
+    assert _trainable(load(tiny_dirs, family, freeze_vision=True)) == language + full.hidden_size
+    assert _trainable(load(tiny_dirs, family, freeze_language=True)) == vision + full.hidden_size
+    frozen = load(tiny_dirs, family, freeze_vision=True, freeze_language=True)
+    assert _trainable(frozen) == full.hidden_size  # only the cognition token learns
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bad_inputs_raise(tiny_dirs: dict[str, Path], family: str) -> None:
+    backbone = load(tiny_dirs, family)
+    with pytest.raises(ValueError, match="uint8"):
+        backbone(images(2).float(), INSTRUCTIONS[:2])
+    with pytest.raises(ValueError, match=r"\[B, N, H, W, 3\]"):
+        backbone(images(2)[:, 0], INSTRUCTIONS[:2])
+    with pytest.raises(ValueError, match="3 instructions for a batch of 2"):
+        backbone(images(2), INSTRUCTIONS)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reload_and_rebuild_give_identical_outputs(tiny_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
+    first, second = load(tiny_dirs, family), load(tiny_dirs, family)
+    frames = images(2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            first(frames, INSTRUCTIONS[:2]).tokens, second(frames, INSTRUCTIONS[:2]).tokens, atol=0, rtol=0
+        )
+    rebuilt = build_tiny_vlm(family, tmp_path / "again", INSTRUCTIONS, **TINY)
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert (rebuilt / name).read_bytes() == (tiny_dirs[family] / name).read_bytes()  # deterministic build
+
+
+def test_build_is_cached(tiny_dirs: dict[str, Path]) -> None:
+    weights = tiny_dirs["paligemma"] / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert build_tiny_vlm("paligemma", tiny_dirs["paligemma"], INSTRUCTIONS, **TINY) == tiny_dirs["paligemma"]
+    assert weights.stat().st_mtime_ns == stamp
+    assert (tiny_dirs["paligemma"] / ARGS_FILE).is_file()
+
+
+@pytest.mark.parametrize(
+    "family, size, atol",
+    [
+        ("paligemma", (32, 32), 1e-6),
+        ("paligemma", (56, 48), 2.5 / 127.5),  # PIL bicubic in uint8 vs torch bicubic: within ~1 grey level
+        ("smolvlm", (32, 32), 1e-6),
+        ("smolvlm", (48, 48), 6 / 127.5),  # the HF processor uses Lanczos, torch has bicubic only
+    ],
+)
+def test_torch_preprocessing_matches_hf_processor(
+    tiny_dirs: dict[str, Path], family: str, size: tuple[int, int], atol: float
+) -> None:
+    backbone = load(tiny_dirs, family)
+    # A smooth image: resampling filters differ most on pixel noise, which cameras do not produce.
+    coarse = torch.rand(1, 3, size[0] // 8, size[1] // 8, generator=torch.Generator().manual_seed(1)) * 255
+    smooth = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear").round().to(torch.uint8)
+    frame = smooth.permute(0, 2, 3, 1)[None]  # [1, 1, H, W, 3]
+    hf_images = frame[0, 0].numpy() if family == "paligemma" else [[frame[0, 0].numpy()]]
+    ref = backbone.processor(images=hf_images, text="<image>push", return_tensors="pt")["pixel_values"]
+    ref = ref.reshape(-1, *ref.shape[-3:])
+    torch.testing.assert_close(backbone.preprocess(frame), ref, atol=atol, rtol=0)

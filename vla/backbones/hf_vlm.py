@@ -1,0 +1,248 @@
+"""A pretrained HF vision-language model as a VLA backbone, with a learnable cognition token (CogACT).
+
+Sequence per sample (right-padded, so positions never depend on the rest of the batch):
+
+    [lead tokens] [cam 0 open, image tokens, close] ... [cam N-1 ...] [instruction tokens] [COG] [pad ...]
+
+The image part has the same length for every sample; only the instruction length varies, and the
+cognition token sits right after each sample's instruction. Its last-layer hidden state is `cognition`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import (
+    AutoConfig,
+    AutoProcessor,
+    Idefics3ForConditionalGeneration,
+    PaliGemmaForConditionalGeneration,
+    PreTrainedModel,
+)
+
+from vla.backbones.config import BackboneConfig
+from vla.types import BackboneOutput, validate_images
+
+
+@dataclass(frozen=True)
+class _Family:
+    """How one model family is laid out: HF class, submodule names and prompt template."""
+
+    model_cls: type[PreTrainedModel]
+    vision_modules: tuple[str, ...]
+    language_module: str
+    position_offset: int  # PaliGemma counts positions from 1
+    bidirectional_prefix: bool  # PaliGemma attends fully within image + prompt (prefix-LM)
+    lead_text: str  # text before the images
+    camera_open: tuple[str, ...]  # special tokens before each camera's image tokens
+    camera_close: tuple[str, ...]
+    text_template: str  # wraps the instruction; "{}" is replaced by it
+
+
+_FAMILIES = {
+    "paligemma": _Family(
+        model_cls=PaliGemmaForConditionalGeneration,
+        vision_modules=("vision_tower", "multi_modal_projector"),
+        language_module="language_model",
+        position_offset=1,
+        bidirectional_prefix=True,
+        lead_text="",
+        camera_open=(),
+        camera_close=(),
+        text_template="{bos}{}\n",
+    ),
+    "smolvlm": _Family(  # SmolVLM checkpoints are Idefics3 models; layout follows its chat template
+        model_cls=Idefics3ForConditionalGeneration,
+        vision_modules=("vision_model", "connector"),
+        language_module="text_model",
+        position_offset=0,
+        bidirectional_prefix=False,
+        lead_text="{bos}User:",
+        camera_open=("<fake_token_around_image>", "<global-img>"),
+        camera_close=("<fake_token_around_image>",),
+        text_template="{}<end_of_utterance>\nAssistant:",
+    ),
+}
+
+
+class VLMBackbone(nn.Module):
+    """Pretrained VLM (base model, no LM head) + learnable cognition token.
+
+    forward(images uint8 [B, N, H, W, 3], instructions B strings) -> BackboneOutput with
+    tokens [B, L, C], token_mask bool [B, L], cognition [B, C]; C = hidden_size.
+    """
+
+    def __init__(self, cfg: BackboneConfig, load_weights: bool = True) -> None:
+        """load_weights=False builds the architecture from the saved HF config only (weights then come
+        from a policy checkpoint's model.safetensors, so they are not read twice)."""
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.family = _FAMILIES[cfg.family]
+        self.processor = _load(AutoProcessor, cfg)
+        full = _load(self.family.model_cls, cfg) if load_weights else _from_config(self.family.model_cls, cfg)
+        self.vlm = full.model  # drop the LM head: only hidden states are needed
+        self._full_config = full.config
+        self.hidden_size: int = full.config.text_config.hidden_size
+        self.image_size: int = full.config.vision_config.image_size
+        self._text_cache: dict[str, list[int]] = {}
+        self._init_image_stats()
+        self._init_prompt_ids()
+        embeddings = self.vlm.get_input_embeddings().weight
+        # Match the text embedding scale so the token looks like any other input at initialisation.
+        self.cognition_token = nn.Parameter(torch.randn(self.hidden_size) * embeddings.detach().float().std())
+        self._apply_freezing()
+
+    def save_structure(self, directory) -> None:
+        """Write the VLM's HF config and processor (no weights) so the backbone rebuilds offline."""
+        self._full_config.save_pretrained(directory)
+        self.processor.save_pretrained(directory)
+
+    # ---- setup -------------------------------------------------------------------------------------
+
+    def _init_image_stats(self) -> None:
+        ip = self.processor.image_processor
+        scale = ip.rescale_factor if ip.do_rescale else 1.0
+        mean = torch.tensor(ip.image_mean if ip.do_normalize else [0.0] * 3, dtype=torch.float32)
+        std = torch.tensor(ip.image_std if ip.do_normalize else [1.0] * 3, dtype=torch.float32)
+        # uint8 pixel p maps to (p * scale - mean) / std = p * gain + bias.
+        self.register_buffer("_pixel_gain", (scale / std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_pixel_bias", (-mean / std).view(1, 3, 1, 1), persistent=False)
+
+    def _init_prompt_ids(self) -> None:
+        tok = self.processor.tokenizer
+        bos = tok.bos_token or ""
+        self._lead_ids = self._encode(self.family.lead_text.format(bos=bos))
+        self._open_ids = tok.convert_tokens_to_ids(list(self.family.camera_open))
+        self._close_ids = tok.convert_tokens_to_ids(list(self.family.camera_close))
+        before, after = self.family.text_template.split("{}")
+        self._text_before = self._encode(before.format(bos=bos))
+        self._text_after = self._encode(after)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.processor.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _apply_freezing(self) -> None:
+        if self.cfg.freeze_vision:
+            for name in self.family.vision_modules:
+                getattr(self.vlm, name).requires_grad_(False)
+        if self.cfg.freeze_language:
+            getattr(self.vlm, self.family.language_module).requires_grad_(False)
+
+    # ---- preprocessing -----------------------------------------------------------------------------
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """uint8 [B, N, H, W, 3] -> normalised pixel values [B * N, 3, S, S] in the model dtype.
+
+        Torch equivalent of the HF image processor (resize, rescale, normalise), batched, on the model device.
+        """
+        validate_images(images)
+        x = images.to(self._pixel_gain.device).flatten(0, 1).permute(0, 3, 1, 2).float()
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True, align_corners=False
+            )
+            x = x.clamp(0, 255).round()  # the HF processor resizes in uint8 PIL space
+        return (x * self._pixel_gain + self._pixel_bias).to(self.cognition_token.dtype)
+
+    def text_ids(self, instruction: str) -> list[int]:
+        """Token ids of the wrapped, truncated instruction (cached per string)."""
+        ids = self._text_cache.get(instruction)
+        if ids is None:
+            body = self._encode(instruction)[: self.cfg.max_text_tokens]
+            ids = self._text_cache[instruction] = self._text_before + body + self._text_after
+        return ids
+
+    # ---- forward -----------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor, instructions: list[str]) -> BackboneOutput:
+        """images uint8 [B, N, H, W, 3], instructions B strings -> BackboneOutput (see class docstring)."""
+        validate_images(images)
+        batch = images.shape[0]
+        if len(instructions) != batch:
+            raise ValueError(f"got {len(instructions)} instructions for a batch of {batch} images")
+        prefix = self._image_prefix(self.preprocess(images), batch)  # [B, P, C]
+        text, text_len = self._text_embeddings(instructions)  # [B, T, C], [B]
+        embeds = torch.cat([prefix, text], dim=1)
+        cog_index = prefix.shape[1] + text_len  # [B]
+        positions = torch.arange(embeds.shape[1], device=embeds.device)
+        token_mask = positions[None, :] <= cog_index[:, None]  # [B, L]
+        attention = self._attention_mask(token_mask, cog_index, embeds.dtype)
+        hidden = getattr(self.vlm, self.family.language_module)(
+            inputs_embeds=embeds,
+            attention_mask=attention,
+            use_cache=False,
+            position_ids=(positions + self.family.position_offset).expand(batch, -1),
+        ).last_hidden_state
+        cognition = hidden[torch.arange(batch, device=hidden.device), cog_index]
+        return BackboneOutput(tokens=hidden, token_mask=token_mask, cognition=cognition)
+
+    def _embed_ids(self, ids: list[int], batch: int) -> Tensor:
+        """Embeddings of a fixed id list, [B, len(ids), C]."""
+        table = self.vlm.get_input_embeddings()
+        return table(torch.tensor(ids, dtype=torch.long, device=table.weight.device)).unsqueeze(0).expand(batch, -1, -1)
+
+    def _encode_images(self, pixels: Tensor) -> Tensor:
+        """[B * N, 3, S, S] -> projected image tokens [B * N, K, C]."""
+        if self.cfg.family == "paligemma":
+            return self.vlm.get_image_features(pixels)
+        # Calling the tower directly skips Idefics3's drop-all-zero-images step, which would reshuffle the batch.
+        return self.vlm.connector(self.vlm.vision_model(pixel_values=pixels).last_hidden_state)
+
+    def _image_prefix(self, pixels: Tensor, batch: int) -> Tensor:
+        """[B * N, 3, S, S] -> lead text + every camera's wrapped image tokens, [B, P, C]."""
+        feats = self._encode_images(pixels)
+        feats = feats.view(batch, -1, *feats.shape[1:])  # [B, N, K, C]
+        parts = [self._embed_ids(self._lead_ids, batch)]
+        for cam in range(feats.shape[1]):
+            parts += [
+                self._embed_ids(self._open_ids, batch),
+                feats[:, cam].to(parts[0].dtype),
+                self._embed_ids(self._close_ids, batch),
+            ]
+        return torch.cat(parts, dim=1)
+
+    def _text_embeddings(self, instructions: list[str]) -> tuple[Tensor, Tensor]:
+        """Right-padded instruction embeddings with the cognition token after each: [B, T, C], lengths [B]."""
+        device = self.cognition_token.device
+        rows = [self.text_ids(text) for text in instructions]
+        lengths = torch.tensor([len(r) for r in rows], device=device)
+        width = int(lengths.max()) + 1  # + cognition slot
+        pad = self.processor.tokenizer.pad_token_id or 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        embeds = self.vlm.get_input_embeddings()(ids)
+        is_cog = torch.arange(width, device=device)[None, :] == lengths[:, None]
+        embeds = torch.where(is_cog[..., None], self.cognition_token.to(embeds.dtype), embeds)
+        return embeds, lengths
+
+    def _attention_mask(self, token_mask: Tensor, cog_index: Tensor, dtype: torch.dtype) -> Tensor:
+        """Additive mask [B, 1, L, L]: causal, or prefix-LM for PaliGemma; padding never attended."""
+        length = token_mask.shape[1]
+        pos = torch.arange(length, device=token_mask.device)
+        allowed = pos[None, :, None] >= pos[None, None, :]  # [1, Lq, Lk] causal
+        if self.family.bidirectional_prefix:
+            in_prefix = pos[None, :] < cog_index[:, None]  # [B, L]: image + prompt, not the cognition token
+            allowed = allowed | (in_prefix[:, :, None] & in_prefix[:, None, :])
+        allowed = allowed & token_mask[:, None, :]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=token_mask.device)
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+
+def _from_config(cls: type, cfg: BackboneConfig):
+    config = _load(AutoConfig, cfg)
+    return cls._from_config(config)
+
+
+def _load(cls: type, cfg: BackboneConfig):
+    """cls.from_pretrained(cfg.pretrained), with an OSError naming the path when it fails."""
+    try:
+        return cls.from_pretrained(cfg.pretrained)
+    except (OSError, ValueError) as err:  # a missing local folder surfaces as HFValidationError, a ValueError
+        raise OSError(
+            f"could not load the {cfg.family} backbone from {cfg.pretrained!r} with {cls.__name__}: {err}"
+        ) from err

@@ -1,0 +1,195 @@
+"""Tiny, randomly initialised VLMs of the real HF classes, saved like a hub checkpoint.
+
+No weights can be downloaded here, so tests and CPU experiments build a small model from its config,
+train a byte-level BPE tokenizer on the instructions they will use, and `save_pretrained` both, so
+that `VLMBackbone` loads them through exactly the `from_pretrained` path a real checkpoint takes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    GemmaTokenizerFast,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessor,
+    Idefics3Processor,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+    PaliGemmaProcessor,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+    SiglipImageProcessor,
+)
+from transformers.image_utils import PILImageResampling
+
+from vla.backbones.config import KNOWN_FAMILIES
+
+ARGS_FILE = "vla_tiny_build.json"
+_BASE_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
+# Idefics3Processor looks these up by name; without them they would all map to <unk>.
+_IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
+    f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
+]
+_IMAGE_STATS = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+_CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json")
+
+
+def build_tiny_vlm(
+    family: str,
+    out_dir: str | Path,
+    instructions: list[str],
+    image_size: int = 64,
+    patch_size: int = 8,
+    hidden_size: int = 128,
+    vision_layers: int = 2,
+    text_layers: int = 2,
+    heads: int = 4,
+    vocab_size: int = 512,
+    seed: int = 0,
+) -> Path:
+    """Build (or reuse) a tiny random `family` VLM with processor in out_dir and return out_dir.
+
+    A folder that already holds a complete checkpoint built with the same arguments is returned as is.
+    """
+    if family not in KNOWN_FAMILIES:
+        raise ValueError(f"unknown backbone family {family!r}; known families: {', '.join(KNOWN_FAMILIES)}")
+    if not instructions:
+        raise ValueError("build_tiny_vlm needs at least one instruction to train its tokenizer on")
+    if image_size % patch_size or hidden_size % heads:
+        raise ValueError(
+            f"image_size {image_size} must be divisible by patch_size {patch_size} and "
+            f"hidden_size {hidden_size} by heads {heads}"
+        )
+    out = Path(out_dir)
+    corpus = sorted(set(instructions))
+    args = dict(
+        family=family,
+        instructions=corpus,
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        vision_layers=vision_layers,
+        text_layers=text_layers,
+        heads=heads,
+        vocab_size=vocab_size,
+        seed=seed,
+    )
+    if _is_built(out, args):
+        return out
+    specials = _BASE_SPECIALS + (_IDEFICS3_SPECIALS if family == "smolvlm" else [])
+    # PaliGemmaProcessor type-checks for a Gemma tokenizer class.
+    tokenizer_cls = GemmaTokenizerFast if family == "paligemma" else PreTrainedTokenizerFast
+    tokenizer = train_tokenizer(corpus, vocab_size, specials, tokenizer_cls)
+    processor = _build_processor(family, tokenizer, image_size, patch_size)
+    torch.manual_seed(seed)
+    model = _build_model(family, processor, args)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / ARGS_FILE).write_text(json.dumps(args, indent=1))
+    return out
+
+
+def train_tokenizer(
+    corpus: list[str],
+    vocab_size: int,
+    specials: list[str],
+    tokenizer_cls: type[PreTrainedTokenizerFast] = PreTrainedTokenizerFast,
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on corpus offline and wrap it for transformers."""
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    return tokenizer_cls(
+        tokenizer_object=bpe,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=specials[4:],
+    )
+
+
+def _is_built(out: Path, args: dict) -> bool:
+    marker = out / ARGS_FILE
+    if not marker.is_file() or not all((out / name).is_file() for name in _CHECKPOINT_FILES):
+        return False
+    return json.loads(marker.read_text()) == args
+
+
+def _build_processor(
+    family: str, tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int
+) -> ProcessorMixin:
+    n_patches = (image_size // patch_size) ** 2
+    if family == "paligemma":
+        images = SiglipImageProcessor(
+            size={"height": image_size, "width": image_size},
+            resample=PILImageResampling.BICUBIC,
+            image_seq_length=n_patches,
+            **_IMAGE_STATS,
+        )
+        return PaliGemmaProcessor(image_processor=images, tokenizer=tokenizer)
+    images = Idefics3ImageProcessor(
+        size={"longest_edge": image_size},
+        max_image_size={"longest_edge": image_size},
+        do_image_splitting=False,
+        **_IMAGE_STATS,
+    )
+    return Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=n_patches // 4)
+
+
+def _build_model(family: str, processor: ProcessorMixin, args: dict) -> torch.nn.Module:
+    tokenizer = processor.tokenizer
+    hidden, heads = args["hidden_size"], args["heads"]
+    vision = dict(
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=args["vision_layers"],
+        num_attention_heads=heads,
+        image_size=args["image_size"],
+        patch_size=args["patch_size"],
+    )
+    text = dict(
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=args["text_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=hidden // heads,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        max_position_embeddings=1024,
+    )
+    image_token = tokenizer.convert_tokens_to_ids("<image>")
+    if family == "paligemma":
+        config = PaliGemmaConfig(
+            vision_config=dict(model_type="siglip_vision_model", **vision),
+            text_config=dict(model_type="gemma", **text),
+            image_token_index=image_token,
+            projection_dim=hidden,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return PaliGemmaForConditionalGeneration(config).eval()
+    config = Idefics3Config(
+        vision_config=vision,
+        text_config=dict(model_type="llama", **text),
+        scale_factor=2,
+        image_token_id=image_token,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return Idefics3ForConditionalGeneration(config).eval()

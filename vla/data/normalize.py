@@ -1,0 +1,169 @@
+"""Per-embodiment normalisation of actions and proprio state into one padded space.
+
+Heads work on actions normalised per embodiment and zero-padded to `max_action_dim`, so
+robots with different action spaces share one network. The statistics travel with the
+checkpoint as JSON; a robot without statistics is an error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from vla.data.dataset import ChunkedDemos
+
+Mode = Literal["quantile", "zscore"]
+MODES = ("quantile", "zscore")
+STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
+# Dimensions whose spread is below this are constant in the data (e.g. an always-zero goal
+# slot); they normalise to 0 and unnormalise to their centre instead of dividing by ~0.
+EPS = 1e-6
+
+
+def compute_stats(x: Tensor) -> dict[str, list[float]]:
+    """mean, std, min, max, q01, q99 per dimension of x [N, D] (each a list of D floats)."""
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"compute_stats needs a non-empty [N, D] tensor; got shape {list(x.shape)}")
+    x = x.double()
+    q = torch.quantile(x, torch.tensor([0.01, 0.99], dtype=x.dtype), dim=0)
+    values = {"mean": x.mean(0), "std": x.std(0, unbiased=False), "min": x.min(0).values,
+              "max": x.max(0).values, "q01": q[0], "q99": q[1]}
+    return {k: v.tolist() for k, v in values.items()}
+
+
+@dataclass
+class Normalizer:
+    """Maps actions / state of each embodiment to and from a normalised, zero-padded space.
+
+    stats: embodiment -> {"action": compute_stats(...), "state": compute_stats(...)}.
+    mode: "quantile" maps [q01, q99] to [-1, 1] (actions are then clipped to [-1, 1], the
+        range diffusion schedulers clip samples to; state is not clipped); "zscore" uses
+        (x - mean) / std and clips nothing.
+    """
+
+    stats: dict[str, dict[str, dict[str, list[float]]]]
+    mode: Mode
+    max_action_dim: int
+    max_state_dim: int
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"normalisation mode must be one of {MODES}; got {self.mode!r}")
+        for embodiment in self.stats:
+            for kind, max_dim in (("action", self.max_action_dim), ("state", self.max_state_dim)):
+                dim = self._dim(embodiment, kind)
+                if dim > max_dim:
+                    raise ValueError(f"{embodiment!r} {kind} dim {dim} > max_{kind}_dim {max_dim}")
+
+    @classmethod
+    def from_demos(cls, demos: ChunkedDemos, mode: Mode = "quantile", max_action_dim: int | None = None,
+                   max_state_dim: int | None = None) -> Normalizer:
+        """Statistics of one dataset: actions over every frame's own action, state over every frame."""
+        action_stats = compute_stats(demos.actions[:, 0])
+        state_stats = compute_stats(demos.state)
+        return cls(stats={demos.embodiment: {"action": action_stats, "state": state_stats}}, mode=mode,
+                   max_action_dim=max_action_dim or demos.actions.shape[-1],
+                   max_state_dim=max_state_dim or demos.state.shape[-1])
+
+    @property
+    def embodiments(self) -> list[str]:
+        return sorted(self.stats)
+
+    def action_dim(self, embodiment: str) -> int:
+        return self._dim(embodiment, "action")
+
+    def state_dim(self, embodiment: str) -> int:
+        return self._dim(embodiment, "state")
+
+    def action_mask(self, embodiment: str) -> Tensor:
+        """bool [max_action_dim]: True for the embodiment's own action dimensions."""
+        mask = torch.zeros(self.max_action_dim, dtype=torch.bool)
+        mask[: self.action_dim(embodiment)] = True
+        return mask
+
+    def normalize_action(self, actions: Tensor, embodiment: str) -> Tensor:
+        """actions [..., D] in robot units -> [..., max_action_dim], padded with zeros."""
+        normalized = self._normalize(actions, embodiment, "action")
+        if self.mode == "quantile":
+            normalized = normalized.clamp(-1.0, 1.0)
+        return _pad(normalized, self.max_action_dim)
+
+    def unnormalize_action(self, actions: Tensor, embodiment: str) -> Tensor:
+        """actions [..., max_action_dim] (or [..., D]) normalised -> [..., D] in robot units."""
+        dim = self.action_dim(embodiment)
+        if actions.shape[-1] not in (dim, self.max_action_dim):
+            raise ValueError(f"normalised actions have {actions.shape[-1]} dims; expected {self.max_action_dim} "
+                             f"(padded) or {dim} ({embodiment!r})")
+        center, scale, valid = self._params(embodiment, "action", actions)
+        return torch.where(valid, actions[..., :dim] * scale + center, center)
+
+    def normalize_state(self, state: Tensor, embodiments: list[str]) -> Tensor:
+        """state [B, S] with one embodiment per row -> [B, max_state_dim], padded with zeros."""
+        if state.ndim != 2 or len(embodiments) != state.shape[0]:
+            raise ValueError(f"normalize_state needs state [B, S] and B embodiments; got shape {list(state.shape)} "
+                             f"and {len(embodiments)} embodiments")
+        out = state.new_zeros(state.shape[0], self.max_state_dim)
+        for embodiment in set(embodiments):
+            rows = torch.tensor([e == embodiment for e in embodiments], device=state.device)
+            dim = self.state_dim(embodiment)
+            out[rows, :dim] = self._normalize(state[rows, :dim], embodiment, "state")
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write mode, padded dims and statistics as JSON."""
+        payload = {"mode": self.mode, "max_action_dim": self.max_action_dim, "max_state_dim": self.max_state_dim,
+                   "stats": self.stats}
+        Path(path).write_text(json.dumps(payload, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Normalizer:
+        """Read what save() wrote; every field must be present (the mode is never defaulted)."""
+        payload = json.loads(Path(path).read_text())
+        missing = [k for k in ("mode", "max_action_dim", "max_state_dim", "stats") if k not in payload]
+        if missing:
+            raise ValueError(f"normalisation file {path} lacks {missing}")
+        return cls(stats=payload["stats"], mode=payload["mode"], max_action_dim=payload["max_action_dim"],
+                   max_state_dim=payload["max_state_dim"])
+
+    def _stats_for(self, embodiment: str, kind: str) -> dict[str, list[float]]:
+        if embodiment not in self.stats:
+            raise ValueError(f"no normalisation statistics for embodiment {embodiment!r} in this checkpoint; "
+                             f"it has {self.embodiments}. Fine-tune on data from this robot, or pass its statistics")
+        return self.stats[embodiment][kind]
+
+    def _dim(self, embodiment: str, kind: str) -> int:
+        return len(self._stats_for(embodiment, kind)["mean"])
+
+    def _params(self, embodiment: str, kind: str, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(center, scale, valid) [D] so that normalised = (x - center) / scale where valid, else 0."""
+        key = (embodiment, kind, like.dtype, like.device)
+        if key not in self._cache:
+            s = {k: torch.tensor(v, dtype=torch.float64) for k, v in self._stats_for(embodiment, kind).items()}
+            if self.mode == "quantile":
+                center, scale = (s["q99"] + s["q01"]) / 2, (s["q99"] - s["q01"]) / 2
+            else:
+                center, scale = s["mean"], s["std"]
+            valid = scale >= EPS
+            params = (center, torch.where(valid, scale, torch.ones_like(scale)), valid)
+            self._cache[key] = tuple(p.to(device=like.device, dtype=like.dtype if p.is_floating_point() else p.dtype)
+                                     for p in params)
+        return self._cache[key]
+
+    def _normalize(self, x: Tensor, embodiment: str, kind: str) -> Tensor:
+        dim = self._dim(embodiment, kind)
+        if x.shape[-1] != dim:
+            raise ValueError(f"{kind} has {x.shape[-1]} dims but {embodiment!r} has {dim}")
+        center, scale, valid = self._params(embodiment, kind, x)
+        return torch.where(valid, (x - center) / scale, torch.zeros_like(x))
+
+
+def _pad(x: Tensor, dim: int) -> Tensor:
+    """Zero-pad the last dimension of x [..., D] to `dim`."""
+    return torch.nn.functional.pad(x, (0, dim - x.shape[-1]))

@@ -1,0 +1,154 @@
+"""Closed-loop evaluation in Meta-World on seeds never used for demonstrations.
+
+    vla-eval --checkpoint outputs/train/quickstart/checkpoints/last --episodes_per_task 20
+
+Writes <output_dir>/summary.json (success rate and mean episode length per task, inference
+latency), success.png (bar chart) and rollouts.mp4 (the first episodes of each task).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import draccus
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vla.config import EvalConfig
+from vla.deploy.chunking import make_scheduler
+from vla.eval.report import plot_success
+from vla.sim.metaworld_env import EMBODIMENT, MetaWorldEnv
+from vla.types import Observation
+
+
+@dataclasses.dataclass
+class Episode:
+    task: str
+    seed: int
+    success: bool
+    length: int
+    frames: list[np.ndarray]
+
+
+def observation_batch(obs: dict, embodiment: str) -> Observation:
+    """One simulator observation as a batch of one: images [1, 1, H, W, 3], state [1, S]."""
+    image = torch.from_numpy(obs["image"])[None, None]
+    state = torch.from_numpy(np.asarray(obs["state"], dtype=np.float32))[None]
+    return Observation(images=image, state=state, instruction=[obs["instruction"]], embodiment=[embodiment])
+
+
+def run_episode(policy, env: MetaWorldEnv, seed: int, cfg: EvalConfig, latencies: list[float],
+                record: bool) -> Episode:
+    scheduler = make_scheduler(cfg.ensemble, policy.config.head.horizon, cfg.execute_steps, cfg.ensemble_alpha)
+    generator = torch.Generator().manual_seed(seed)
+    obs = env.reset(seed=seed)
+    frames = [obs["image"]] if record else []
+    success, steps = False, 0
+    done = False
+    while not done:
+        if scheduler.wants_chunk():
+            start = time.perf_counter()
+            chunk = policy.predict(observation_batch(obs, EMBODIMENT), generator=generator,
+                                   num_steps=cfg.num_inference_steps)
+            latencies.append(time.perf_counter() - start)
+            scheduler.add(chunk.actions[0, :, chunk.mask[0]])
+        obs, success, done = env.step(scheduler.next_action().numpy())
+        steps += 1
+        if record:
+            frames.append(obs["image"])
+    return Episode(env.spec.name, seed, success, steps, frames)
+
+
+def evaluate(policy, cfg: EvalConfig, image_size: int, camera: str) -> dict:
+    """Roll the policy out on every task; return the summary dict (also written to cfg.output_dir)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    policy.eval()
+    episodes: list[Episode] = []
+    latencies: list[float] = []
+    total = len(cfg.tasks) * cfg.episodes_per_task
+    with tqdm(total=total, desc="eval") as progress:
+        for task in cfg.tasks:
+            env = MetaWorldEnv(task, seed=cfg.seed_start, image_size=image_size, camera=camera,
+                               max_steps=cfg.max_steps)
+            for i in range(cfg.episodes_per_task):
+                episode = run_episode(policy, env, cfg.seed_start + i, cfg, latencies, record=i < cfg.videos_per_task)
+                episodes.append(episode)
+                progress.update(1)
+                progress.set_postfix(task=task, success=np.mean([e.success for e in episodes if e.task == task]))
+            env.close()
+    summary = summarize(episodes, latencies, cfg)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_success(summary, out / "success.png")
+    write_video([e for e in episodes if e.frames], out / "rollouts.mp4")
+    return summary
+
+
+def summarize(episodes: list[Episode], latencies: list[float], cfg: EvalConfig) -> dict:
+    tasks = {}
+    for task in cfg.tasks:
+        mine = [e for e in episodes if e.task == task]
+        tasks[task] = {
+            "success_rate": float(np.mean([e.success for e in mine])),
+            "successes": int(sum(e.success for e in mine)),
+            "episodes": len(mine),
+            "mean_episode_length": float(np.mean([e.length for e in mine])),
+            "seeds": [e.seed for e in mine],
+        }
+    ms = np.array(latencies) * 1000
+    return {
+        "tasks": tasks,
+        "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
+        "chunk_latency_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))},
+        "settings": {"num_inference_steps": cfg.num_inference_steps, "execute_steps": cfg.execute_steps,
+                     "ensemble": cfg.ensemble, "max_steps": cfg.max_steps},
+    }
+
+
+def write_video(episodes: list[Episode], path: Path, scale: int = 4, fps: int = 30) -> None:
+    """Episodes one after another, each frame upscaled `scale`x; a green/red bar marks success."""
+    if not episodes:
+        return
+    with imageio.get_writer(path, fps=fps, macro_block_size=1) as writer:
+        for episode in episodes:
+            colour = np.array([0, 200, 0] if episode.success else [200, 0, 0], dtype=np.uint8)
+            for frame in episode.frames:
+                big = frame.repeat(scale, axis=0).repeat(scale, axis=1).copy()
+                big[:6] = colour
+                writer.append_data(big)
+
+
+@dataclasses.dataclass
+class EvalRunConfig:
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def main(args: list[str] | None = None) -> None:
+    from vla.training.checkpoint import load_policy
+
+    cfg = draccus.parse(EvalConfig, args=args)
+    if not cfg.checkpoint:
+        raise SystemExit("vla-eval needs --checkpoint PATH (a checkpoint folder written by vla-train)")
+    policy = load_policy(cfg.checkpoint)
+    if not cfg.output_dir:
+        cfg.output_dir = str(Path(cfg.checkpoint).resolve().parent.parent / "eval")
+    summary = evaluate(policy, cfg, policy.config.image_size, policy.config.cameras[0])
+    print_summary(summary)
+
+
+def print_summary(summary: dict) -> None:
+    for task, result in summary["tasks"].items():
+        print(f"{task:>24}: success {result['successes']}/{result['episodes']} "
+              f"({100 * result['success_rate']:.0f}%), mean length {result['mean_episode_length']:.0f}")
+    latency = summary["chunk_latency_ms"]
+    print(f"{'mean':>24}: {100 * summary['mean_success_rate']:.0f}%  |  chunk latency p50 {latency['p50']:.1f} ms, "
+          f"p99 {latency['p99']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

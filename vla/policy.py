@@ -1,0 +1,90 @@
+"""VLAPolicy = VLM backbone + action head + per-embodiment normaliser.
+
+The policy is where robot units meet the heads' normalised, padded space: `forward` normalises a
+training batch and returns the head's losses; `predict` turns an Observation into an ActionChunk
+in the embodiment's own units. `save_pretrained` / `from_pretrained` write and read a
+self-contained checkpoint folder (see `vla/training/checkpoint.py` for the layout).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vla.action_heads import build_head
+from vla.backbones import VLMBackbone
+from vla.config import ModelConfig
+from vla.data.normalize import Normalizer
+from vla.types import ActionChunk, Cond, Observation, validate_images
+
+
+class VLAPolicy(nn.Module):
+    def __init__(self, config: ModelConfig, normalizer: Normalizer, backbone: VLMBackbone | None = None):
+        super().__init__()
+        self.config = config
+        self.normalizer = normalizer
+        self.backbone = backbone if backbone is not None else VLMBackbone(config.backbone)
+        self.head = build_head(config.head, cond_dim=self.backbone.hidden_size,
+                               action_dim=config.max_action_dim, state_dim=config.max_state_dim)
+
+    @property
+    def embodiments(self) -> list[str]:
+        return sorted(self.normalizer.stats)
+
+    def condition(self, images: Tensor, state: Tensor, instruction: list[str], embodiment: list[str]) -> Cond:
+        """Backbone features plus normalised state. images: uint8 [B, N, H, W, 3]; state: [B, S]."""
+        validate_images(images)
+        expected = (len(self.config.cameras), self.config.image_size, self.config.image_size, 3)
+        if tuple(images.shape[1:]) != expected:
+            raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] (cameras {self.config.cameras}); "
+                             f"got {list(images.shape)}")
+        proprio = self.normalizer.normalize_state(state, embodiment).to(images.device)
+        return Cond(backbone=self.backbone(images, instruction), proprio=proprio)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """Training losses for a batch of chunks.
+
+        batch: images uint8 [B, N, H, W, 3], state [B, S], actions [B, H, D] (robot units),
+        action_is_pad bool [B, H], instruction list[str], embodiment list[str].
+        """
+        actions, embodiment = batch["actions"], batch["embodiment"]
+        if not torch.isfinite(actions).all():
+            raise ValueError("training batch has NaN or inf in actions")
+        cond = self.condition(batch["images"], batch["state"], batch["instruction"], embodiment)
+        target = self._normalize_actions(actions, embodiment)  # (B, H, D_max)
+        dim_mask = torch.stack([self.normalizer.action_mask(e) for e in embodiment]).to(actions.device)  # (B, D_max)
+        valid = (~batch["action_is_pad"])[:, :, None] & dim_mask[:, None, :]  # (B, H, D_max)
+        return self.head.loss(cond, target, valid)
+
+    @torch.no_grad()
+    def predict(self, obs: Observation, generator: torch.Generator | None = None, **sample_options) -> ActionChunk:
+        """One action chunk per observation, in each embodiment's own units: [B, H, D]."""
+        device = next(self.parameters()).device
+        obs = obs.to(device)
+        cond = self.condition(obs.images, obs.state.float(), obs.instruction, obs.embodiment)
+        normalized = self.head.sample(cond, generator=generator, **sample_options).float()  # (B, H, D_max)
+        if not torch.isfinite(normalized).all():
+            raise FloatingPointError("the action head produced NaN or inf actions")
+        chunks = [self.normalizer.unnormalize_action(normalized[i].cpu(), e) for i, e in enumerate(obs.embodiment)]
+        width = max(c.shape[-1] for c in chunks)
+        actions = torch.zeros(len(chunks), normalized.shape[1], width)
+        mask = torch.zeros(len(chunks), width, dtype=torch.bool)
+        for i, chunk in enumerate(chunks):
+            actions[i, :, : chunk.shape[-1]] = chunk
+            mask[i, : chunk.shape[-1]] = True
+        return ActionChunk(actions=actions, mask=mask)
+
+    def _normalize_actions(self, actions: Tensor, embodiment: list[str]) -> Tensor:
+        rows = [self.normalizer.normalize_action(actions[i], e) for i, e in enumerate(embodiment)]
+        return torch.stack(rows).to(actions.device)
+
+    def save_pretrained(self, path) -> None:
+        from vla.training.checkpoint import save_policy
+
+        save_policy(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path, expected_head: str | None = None) -> VLAPolicy:
+        from vla.training.checkpoint import load_policy
+
+        return load_policy(path, expected_head=expected_head)

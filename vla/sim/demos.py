@@ -1,0 +1,180 @@
+"""Scripted Meta-World demonstrations written as a LeRobot dataset (lerobot 0.4.4 API).
+
+    vla-demos --episodes_per_task=10 --tasks='[push]'
+    python -m vla.sim.demos --image_size=96
+
+Frame t holds the observation before action t and that action. Only episodes where the
+scripted expert succeeds are kept; a failed seed is skipped and the next seed is tried.
+The dataset folder name carries a hash of the config, and `generation.json` is written beside
+the data once the dataset is complete: the same config returns the cached dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import draccus
+from tqdm import tqdm
+
+from vla.sim.metaworld_env import ACTION_NAMES, CONTROL_FPS, EMBODIMENT, STATE_NAMES, MetaWorldEnv, get_task
+
+# Evaluation uses seeds from here on; demos must stay below so no placement is shared.
+EVAL_SEED_START = 100_000
+# Bump when the recorded content changes, so older cached datasets are not reused.
+DEMOS_FORMAT_VERSION = 1
+GENERATION_FILE = "generation.json"
+# Give up on a task when the expert fails this many seeds in a row: something is broken.
+MAX_CONSECUTIVE_FAILURES = 20
+
+
+@dataclass
+class DemoConfig:
+    """What to record. `root` is only where to put it, so it is not part of the cache key."""
+
+    tasks: list[str] = field(default_factory=lambda: ["reach", "push", "button-press-topdown"])
+    episodes_per_task: int = 40
+    seed_start: int = 0
+    image_size: int = 64
+    camera: str = "corner"
+    max_steps: int = 200
+    root: str = "outputs/datasets"
+    repo_id: str = "local/metaworld"
+    # PNG-writing threads (lerobot's AsyncImageWriter); 0 writes in the main thread.
+    image_writer_threads: int = 2
+
+    def cache_key(self) -> dict[str, Any]:
+        """The fields that determine the recorded content."""
+        key = dataclasses.asdict(self)
+        for name in ("root", "image_writer_threads"):
+            key.pop(name)
+        return {**key, "format_version": DEMOS_FORMAT_VERSION}
+
+    def dataset_dir(self) -> Path:
+        """root/<repo_id>-<8 hex digits of the config hash>."""
+        digest = hashlib.sha256(json.dumps(self.cache_key(), sort_keys=True).encode()).hexdigest()[:8]
+        return Path(self.root) / f"{self.repo_id}-{digest}"
+
+    def validate(self) -> None:
+        for task in self.tasks:
+            get_task(task)
+        if not self.tasks:
+            raise ValueError("DemoConfig.tasks is empty")
+        if self.episodes_per_task <= 0:
+            raise ValueError(f"episodes_per_task must be positive; got {self.episodes_per_task}")
+        if not 0 <= self.seed_start < EVAL_SEED_START:
+            raise ValueError(f"seed_start must be in [0, {EVAL_SEED_START}) (evaluation seeds start there); "
+                             f"got {self.seed_start}")
+
+
+def dataset_features(image_size: int, camera: str) -> dict[str, dict]:
+    """LeRobot feature spec: one camera image, the 7-D robot state, the 4-D action."""
+    return {
+        f"observation.images.{camera}": {"dtype": "image", "shape": (image_size, image_size, 3),
+                                         "names": ["height", "width", "channels"]},
+        "observation.state": {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": STATE_NAMES},
+        "action": {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES},
+    }
+
+
+def rollout_expert(env: MetaWorldEnv, seed: int) -> tuple[list[dict[str, Any]], bool]:
+    """One expert episode at `seed`: (frames of image/state/action, success)."""
+    obs = env.reset(seed=seed)
+    frames: list[dict[str, Any]] = []
+    done = success = False
+    while not done:
+        action = env.expert_action()
+        frames.append({"image": obs["image"], "state": obs["state"], "action": action})
+        obs, success, done = env.step(action)
+    return frames, success
+
+
+def load_cached(cfg: DemoConfig) -> Path | None:
+    """The dataset folder if a complete one with this config exists, else None."""
+    path = cfg.dataset_dir()
+    marker = path / GENERATION_FILE
+    if not marker.exists():
+        return None
+    if json.loads(marker.read_text())["config"] != cfg.cache_key():
+        raise ValueError(f"{marker} was written by another config (hash collision?); delete {path}")
+    return path
+
+
+def generate_demos(cfg: DemoConfig) -> Path:
+    """Record cfg.episodes_per_task successful expert episodes per task; return the dataset folder.
+
+    Load it with LeRobotDataset(cfg.repo_id, root=<returned path>).
+    """
+    import datasets
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    datasets.disable_progress_bars()  # one "Map" bar per saved episode otherwise
+    cfg.validate()
+    cached = load_cached(cfg)
+    if cached is not None:
+        print(f"Using cached demos at {cached} (same config)")
+        return cached
+    path = cfg.dataset_dir()
+    if path.exists():  # an interrupted earlier run: no completion marker
+        shutil.rmtree(path)
+    dataset = LeRobotDataset.create(
+        repo_id=cfg.repo_id, fps=CONTROL_FPS, features=dataset_features(cfg.image_size, cfg.camera),
+        root=path, robot_type=EMBODIMENT, use_videos=False, image_writer_threads=cfg.image_writer_threads)
+    seeds_used: dict[str, list[int]] = {}
+    failed_seeds: dict[str, list[int]] = {}
+    with tqdm(total=len(cfg.tasks) * cfg.episodes_per_task, desc="expert demos", unit="episode") as bar:
+        for task in cfg.tasks:
+            seeds_used[task], failed_seeds[task] = _record_task(dataset, cfg, task, bar)
+    dataset.finalize()
+    generation = {"config": cfg.cache_key(), "embodiment": EMBODIMENT, "fps": CONTROL_FPS,
+                  "seeds_used": seeds_used, "failed_seeds": failed_seeds}
+    (path / GENERATION_FILE).write_text(json.dumps(generation, indent=1))
+    return path
+
+
+def _record_task(dataset: Any, cfg: DemoConfig, task: str, bar: tqdm) -> tuple[list[int], list[int]]:
+    """Add successful episodes of one task to the dataset; returns (seeds used, seeds failed)."""
+    camera_key = f"observation.images.{cfg.camera}"
+    env = MetaWorldEnv(task, seed=cfg.seed_start, image_size=cfg.image_size, camera=cfg.camera,
+                       max_steps=cfg.max_steps)
+    used: list[int] = []
+    failed: list[int] = []
+    seed = cfg.seed_start
+    try:
+        while len(used) < cfg.episodes_per_task:
+            if seed >= EVAL_SEED_START:
+                raise ValueError(f"demo seeds for {task!r} would reach the evaluation seeds ({EVAL_SEED_START})")
+            frames, success = rollout_expert(env, seed)
+            if success:
+                for frame in frames:
+                    dataset.add_frame({camera_key: frame["image"], "observation.state": frame["state"],
+                                       "action": frame["action"], "task": env.instruction})
+                dataset.save_episode()
+                used.append(seed)
+                bar.update(1)
+            else:
+                failed.append(seed)
+                bar.set_postfix(failed=len(failed))
+                if failed[-MAX_CONSECUTIVE_FAILURES:] == list(range(seed - MAX_CONSECUTIVE_FAILURES + 1, seed + 1)):
+                    raise ValueError(f"the {task!r} expert failed {MAX_CONSECUTIVE_FAILURES} seeds in a row "
+                                     f"(up to seed {seed}) within max_steps={cfg.max_steps}")
+            seed += 1
+    finally:
+        env.close()
+    return used, failed
+
+
+def main() -> None:
+    """Console entry point: parse a DemoConfig from the command line and record it."""
+    cfg = draccus.parse(config_class=DemoConfig)
+    path = generate_demos(cfg)
+    print(f"Demos for {cfg.tasks}: {path}  (load with LeRobotDataset({cfg.repo_id!r}, root={str(path)!r}))")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""Checkpoints as folders, like an HF model repo; no pickle anywhere.
+
+    <ckpt>/config.yaml         ModelConfig (backbone, head type and settings, dims, norm mode)
+    <ckpt>/model.safetensors   every weight of the policy (backbone + head)
+    <ckpt>/norm_stats.json     normalisation statistics per embodiment, and the mode
+    <ckpt>/backbone/           the VLM's HF config and processor (no weights): rebuilds offline
+    <ckpt>/meta.json           format version, head type, embodiments, parameter counts
+    <ckpt>/training_state/     optimiser moments (safetensors) + step and RNG seeds (json); resume only
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file, save_model
+
+from vla.config import ModelConfig, from_yaml, to_yaml
+
+FORMAT_VERSION = 1
+REQUIRED_FILES = ("config.yaml", "model.safetensors", "norm_stats.json", "meta.json", "backbone")
+
+
+def save_policy(policy, path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(policy.config, backbone=dataclasses.replace(policy.config.backbone, pretrained="backbone"))
+    (path / "config.yaml").write_text(to_yaml(config))
+    policy.backbone.save_structure(path / "backbone")
+    save_model(policy, str(path / "model.safetensors"))  # save_model handles tied weights
+    policy.normalizer.save(path / "norm_stats.json")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "head": policy.config.head.type,
+        "embodiments": policy.embodiments,
+        "parameters": {"total": count_parameters(policy), "backbone": count_parameters(policy.backbone),
+                       "head": count_parameters(policy.head)},
+    }
+    (path / "meta.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_policy(path: str | Path, expected_head: str | None = None, device: str | torch.device = "cpu"):
+    """Rebuild a VLAPolicy from a checkpoint folder, offline. Errors name what is missing or wrong."""
+    from vla.backbones import VLMBackbone
+    from vla.data.normalize import Normalizer
+    from vla.policy import VLAPolicy
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+    missing = [name for name in REQUIRED_FILES if not (path / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {missing}")
+    meta = json.loads((path / "meta.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"checkpoint {path} has format_version {meta.get('format_version')}; "
+                         f"this vla reads version {FORMAT_VERSION}")
+    if expected_head is not None and meta["head"] != expected_head:
+        raise ValueError(f"checkpoint {path} was made for head '{meta['head']}', not '{expected_head}'")
+    config = from_yaml(ModelConfig, str(path / "config.yaml"))
+    backbone_config = dataclasses.replace(config.backbone, pretrained=str(path / "backbone"))
+    config = dataclasses.replace(config, backbone=backbone_config)
+    normalizer = Normalizer.load(path / "norm_stats.json")
+    policy = VLAPolicy(config, normalizer, backbone=VLMBackbone(backbone_config, load_weights=False))
+    state = load_file(str(path / "model.safetensors"), device=str(device))
+    missing_keys, unexpected = policy.load_state_dict(state, strict=False)
+    # save_model drops one name of each tied pair; those are filled by the tie, anything else is an error
+    tied = {name for name in missing_keys if _is_tied(policy, name)}
+    if set(missing_keys) - tied or unexpected:
+        raise ValueError(f"checkpoint {path} does not match its config: missing weights "
+                         f"{sorted(set(missing_keys) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    return policy.to(device).eval()
+
+
+def _is_tied(module: torch.nn.Module, name: str) -> bool:
+    target = module.get_parameter(name) if name in dict(module.named_parameters()) else None
+    return target is not None and sum(p is target for p in module.parameters(remove_duplicate=False)) > 1
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, step: int, extra: dict) -> None:
+    """Optimiser tensors to safetensors, the rest (step, param-group settings) to JSON."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, slots in state["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    save_file(tensors, str(path / "optimizer.safetensors"))
+    groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
+    (path / "state.json").write_text(json.dumps({"step": step, "scalars": scalars, "param_groups": groups, **extra}))
+
+
+def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore optimiser state saved by save_training_state; returns the JSON record (with "step")."""
+    path = Path(path)
+    record = json.loads((path / "state.json").read_text())
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    state: dict[int, dict] = {}
+    for key, value in list(tensors.items()) + list(record["scalars"].items()):
+        pid, slot = key.split(".", 1)
+        state.setdefault(int(pid), {})[slot] = value
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in record["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return record
