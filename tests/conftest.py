@@ -28,3 +28,32 @@ def tiny_demos_path(tiny_demo_config):
     from vla.sim.demos import generate_demos
 
     return generate_demos(tiny_demo_config)
+
+
+# --- Tiny VLM backbone and policy (vla.backbones / vla.policy) ---
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_path(tmp_path_factory, tiny_demo_config):
+    """A tiny random PaliGemma (hidden 32) saved locally, loaded through from_pretrained like a real one."""
+    from vla.backbones.tiny import build_tiny_vlm
+    from vla.sim import get_task
+
+    instructions = [get_task(t).instruction for t in tiny_demo_config.tasks]
+    return build_tiny_vlm("paligemma", tmp_path_factory.mktemp("vlm") / "paligemma", instructions,
+                          image_size=tiny_demo_config.image_size, patch_size=8, hidden_size=32, heads=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_config(tiny_demos_path, tiny_vlm_path, tiny_demo_config):
+    """A TrainRunConfig for a few CPU seconds of training on the tiny demos."""
+    from vla.action_heads import DiTHeadConfig
+    from vla.backbones.config import BackboneConfig
+    from vla.config import DataConfig, ModelConfig, TrainConfig
+    from vla.training.train import TrainRunConfig
+
+    model = ModelConfig(backbone=BackboneConfig(family="paligemma", pretrained=str(tiny_vlm_path)),
+                        head=DiTHeadConfig(horizon=4, hidden=32, depth=2, heads=2, noise_samples_per_cond=2),
+                        image_size=tiny_demo_config.image_size, cameras=[tiny_demo_config.camera])
+    data = DataConfig(root=str(tiny_demos_path), repo_id=tiny_demo_config.repo_id, image_shift=2)
+    return TrainRunConfig(model=model, data=data, train=TrainConfig(steps=10, batch_size=8, log_every=5, save_every=5))

@@ -25,7 +25,8 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"diffusion.prediction_type must be one of {PREDICTION_TYPES}; got {self.prediction_type!r}")
+            raise ValueError(f"diffusion.prediction_type must be one of {PREDICTION_TYPES}; "
+                             f"got {self.prediction_type!r}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
             raise ValueError(f"diffusion.num_inference_steps={self.num_inference_steps} must be in "
                              f"[1, num_train_timesteps={self.num_train_timesteps}]")

@@ -66,7 +66,8 @@ class DiTHead(ActionHead):
     def __init__(self, config: DiTHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
         super().__init__(config, action_dim)
         self.config: DiTHeadConfig = config
-        self.cog_proj = nn.Sequential(nn.Linear(cond_dim, config.hidden), nn.SiLU(), nn.Linear(config.hidden, config.hidden))
+        self.cog_proj = nn.Sequential(
+            nn.Linear(cond_dim, config.hidden), nn.SiLU(), nn.Linear(config.hidden, config.hidden))
         self.state_proj = nn.Linear(state_dim, config.hidden) if config.use_proprio else None
         self.null_cog = nn.Parameter(torch.zeros(config.hidden))
         n_cond = 2 if config.use_proprio else 1

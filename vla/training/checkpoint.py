@@ -26,7 +26,8 @@ REQUIRED_FILES = ("config.yaml", "model.safetensors", "norm_stats.json", "meta.j
 def save_policy(policy, path: str | Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = dataclasses.replace(policy.config, backbone=dataclasses.replace(policy.config.backbone, pretrained="backbone"))
+    backbone = dataclasses.replace(policy.config.backbone, pretrained="backbone")  # relative to the folder
+    config = dataclasses.replace(policy.config, backbone=backbone)
     (path / "config.yaml").write_text(to_yaml(config))
     policy.backbone.save_structure(path / "backbone")
     save_model(policy, str(path / "model.safetensors"))  # save_model handles tied weights

@@ -9,10 +9,8 @@ with its own seed, so data-parallel ranks see different samples without a sharde
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-from vla.config import DataConfig, ModelConfig, TrainConfig, parse
+from vla.config import DataConfig, ModelConfig, TrainConfig, parse, to_yaml
 from vla.data.augment import random_shift
 from vla.data.dataset import ChunkedDemos, load_chunked_demos
 from vla.data.normalize import Normalizer
@@ -52,7 +50,7 @@ def load_demos(model: ModelConfig, data: DataConfig) -> ChunkedDemos:
                               expected_action_dim=data.action_dim, expected_state_dim=data.state_dim)
 
 
-def build_policy(cfg: TrainRunConfig, demos: ChunkedDemos) -> tuple[VLAPolicy, int]:
+def build_policy(cfg: TrainRunConfig, demos: ChunkedDemos) -> VLAPolicy:
     """A fresh policy (stats computed from the demos), or the one in output_dir when resuming."""
     last = last_checkpoint(cfg.train.output_dir)
     if cfg.train.resume and last.exists():
@@ -60,13 +58,13 @@ def build_policy(cfg: TrainRunConfig, demos: ChunkedDemos) -> tuple[VLAPolicy, i
         policy.train()
         if demos.embodiment not in policy.normalizer.stats:
             raise ValueError(f"resuming {last}: it has no statistics for the dataset's embodiment {demos.embodiment!r}")
-        return policy, 0
+        return policy
     normalizer = Normalizer.from_demos(demos, cfg.model.normalization, cfg.model.max_action_dim,
                                        cfg.model.max_state_dim)
-    return VLAPolicy(cfg.model, normalizer), 0
+    return VLAPolicy(cfg.model, normalizer)
 
 
-def make_optimizer(policy: VLAPolicy, cfg: TrainConfig, total_steps: int):
+def make_optimizer(policy: VLAPolicy, cfg: TrainConfig) -> torch.optim.AdamW:
     params = [p for p in policy.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]  # biases, norms, embeddings of one vector
@@ -74,9 +72,13 @@ def make_optimizer(policy: VLAPolicy, cfg: TrainConfig, total_steps: int):
         [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
     )
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, cfg.optim.warmup_steps, total_steps, min_lr_rate=cfg.optim.min_lr_ratio)
-    return optimizer, scheduler
+    return optimizer
+
+
+def make_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, done_steps: int):
+    """Linear warmup, then cosine decay to lr * min_lr_ratio; `done_steps` > 0 continues a resumed run."""
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, cfg.optim.warmup_steps, cfg.steps, min_lr_rate=cfg.optim.min_lr_ratio, last_epoch=done_steps - 1)
 
 
 def make_batch(demos: ChunkedDemos, batch_size: int, image_shift: int, generator: torch.Generator) -> dict:
@@ -108,22 +110,22 @@ def train(cfg: TrainRunConfig) -> Path:
     set_seed(cfg.train.seed)
     out = Path(cfg.train.output_dir)
     demos = load_demos(cfg.model, cfg.data)
-    policy, start_step = build_policy(cfg, demos)
-    optimizer, scheduler = make_optimizer(policy, cfg.train, cfg.train.steps)
+    policy = build_policy(cfg, demos)
+    optimizer = make_optimizer(policy, cfg.train)
     last = last_checkpoint(out)
+    start_step = 0
     if cfg.train.resume and last.exists():
         start_step = load_training_state(last / "training_state", optimizer)["step"]
-        for _ in range(start_step):
-            scheduler.step()
         accelerator.print(f"resuming from {last.resolve().name} at step {start_step}")
     elif out.exists() and any(checkpoint_dir(out).glob("step_*")) and accelerator.is_main_process:
         raise FileExistsError(f"{out} already holds checkpoints; pass --train.resume=true to continue, "
                               f"or choose another --train.output_dir")
+    scheduler = make_lr_schedule(optimizer, cfg.train, start_step)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     logger = ScalarLogger(out, enabled=accelerator.is_main_process)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.yaml").write_text(__import__("draccus").dump(cfg))
+        (out / "train_config.yaml").write_text(to_yaml(cfg))
         accelerator.print(f"policy: {count_parameters(policy) / 1e6:.2f}M parameters "
                           f"({count_parameters(policy, trainable_only=True) / 1e6:.2f}M trainable); "
                           f"{len(demos)} training frames")

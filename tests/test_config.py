@@ -1,0 +1,54 @@
+"""Config parsing: YAML recipes, dotted overrides, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from vla.config import ModelConfig, from_yaml, parse, to_yaml
+from vla.quickstart import QuickstartConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("quickstart*.yaml")))
+def test_recipes_parse(recipe):
+    cfg = parse(QuickstartConfig, [f"--config_path={recipe}"])
+    assert cfg.model.head.type == "dit"
+    assert cfg.eval.seed_start >= 100_000  # evaluation never reuses demo seeds
+
+
+def test_overrides_apply_on_top_of_yaml():
+    cfg = parse(QuickstartConfig, [f"--config_path={ROOT / 'configs/quickstart.yaml'}", "--train.steps=7",
+                                   "--model.head.depth=2", "--eval.tasks=[push]"])
+    assert (cfg.train.steps, cfg.model.head.depth, cfg.eval.tasks) == (7, 2, ["push"])
+
+
+def test_unknown_key_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse(QuickstartConfig, ["--train.stepz=7"])
+    assert "--train.stepz" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  head:\n    type: dit\n    depht: 3\n")
+    with pytest.raises(Exception, match="depht"):
+        parse(QuickstartConfig, [f"--config_path={bad}"])
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(Exception, match="train.steps"):
+        parse(QuickstartConfig, ["--train.steps=many"])
+
+
+def test_unknown_head_lists_choices(capsys):
+    with pytest.raises(SystemExit):
+        parse(QuickstartConfig, ["--model.head.type=difusion"])
+    assert "dit" in capsys.readouterr().err
+
+
+def test_invalid_values_fail_in_post_init():
+    with pytest.raises(ValueError, match="normalization"):
+        ModelConfig(normalization="minmax")
+
+
+def test_model_config_yaml_round_trip():
+    cfg = ModelConfig()
+    assert from_yaml(ModelConfig, to_yaml(cfg)) == cfg

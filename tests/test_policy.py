@@ -1,0 +1,132 @@
+"""Policy, checkpoints, training and evaluation on the tiny simulator dataset."""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from vla.policy import VLAPolicy
+from vla.training.checkpoint import load_policy
+from vla.training.logging import read_metrics
+from vla.training.train import TrainRunConfig, load_demos, train
+from vla.types import Observation
+
+
+def with_train(cfg: TrainRunConfig, **changes) -> TrainRunConfig:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **changes))
+
+
+@pytest.fixture(scope="module")
+def demos(tiny_run_config):
+    return load_demos(tiny_run_config.model, tiny_run_config.data)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    return train(with_train(tiny_run_config, output_dir=str(out)))
+
+
+def observation(demos, indices=(0, 5)) -> Observation:
+    idx = torch.tensor(indices)
+    return Observation(images=demos.images[idx], state=demos.state[idx], instruction=demos.instructions(idx),
+                       embodiment=[demos.embodiment] * len(indices))
+
+
+def test_checkpoint_round_trip_gives_identical_actions(trained, demos, tmp_path):
+    policy = load_policy(trained)
+    obs = observation(demos)
+    before = policy.predict(obs, generator=torch.Generator().manual_seed(0), num_steps=3)
+    policy.save_pretrained(tmp_path / "copy")
+    after = VLAPolicy.from_pretrained(tmp_path / "copy").predict(obs, generator=torch.Generator().manual_seed(0),
+                                                                 num_steps=3)
+    assert before.actions.shape == (2, 4, 4)
+    assert before.mask.all()
+    assert torch.equal(before.actions, after.actions)
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == [
+        "backbone", "config.yaml", "meta.json", "model.safetensors", "norm_stats.json"]
+    assert not list((tmp_path / "copy").rglob("*.bin")) and not list((tmp_path / "copy").rglob("*.pt"))
+
+
+def test_actions_come_back_in_robot_units(trained, demos):
+    policy = load_policy(trained)
+    actions = policy.predict(observation(demos, tuple(range(8))), num_steps=3).actions
+    stats = policy.normalizer.stats[demos.embodiment]["action"]
+    low, high = torch.tensor(stats["q01"]), torch.tensor(stats["q99"])
+    assert ((actions >= low - 1e-4) & (actions <= high + 1e-4)).all()
+
+
+def test_checkpoint_errors_name_the_problem(trained, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken, symlinks=False)
+    (broken / "norm_stats.json").unlink()
+    with pytest.raises(FileNotFoundError, match="norm_stats.json"):
+        load_policy(broken)
+    with pytest.raises(ValueError, match="made for head 'dit', not 'flow'"):
+        load_policy(trained, expected_head="flow")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_policy(tmp_path / "nowhere")
+
+
+def test_unknown_embodiment_is_an_error_not_a_default(trained, demos):
+    policy = load_policy(trained)
+    obs = observation(demos)
+    obs.embodiment = ["ur5e", "ur5e"]
+    with pytest.raises(ValueError, match="ur5e"):
+        policy.predict(obs, num_steps=2)
+
+
+def test_bad_observations_are_rejected(trained, demos):
+    policy = load_policy(trained)
+    obs = observation(demos)
+    with pytest.raises(ValueError, match="uint8"):
+        policy.predict(Observation(obs.images.float(), obs.state, obs.instruction, obs.embodiment))
+    with pytest.raises(ValueError, match="images must be"):
+        policy.predict(Observation(obs.images[:, :, :16], obs.state, obs.instruction, obs.embodiment))
+    state = obs.state.clone()
+    state[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        Observation(obs.images, state, obs.instruction, obs.embodiment)
+
+
+def test_training_writes_logs_and_resumes(trained, tiny_run_config):
+    out = trained.parent.parent
+    assert trained.name == "step_0000010"
+    assert (out / "loss_curve.png").stat().st_size > 0
+    assert list((out / "tb").iterdir())
+    assert read_metrics(out / "metrics.csv")["step"] == [5.0, 10.0]
+    resumed = train(with_train(tiny_run_config, output_dir=str(out), steps=15, resume=True))
+    assert resumed.name == "step_0000015"
+    assert read_metrics(out / "metrics.csv")["step"] == [5.0, 10.0, 15.0]
+    state = json.loads((resumed / "training_state" / "state.json").read_text())
+    assert state["step"] == 15
+    with pytest.raises(FileExistsError, match="resume"):
+        train(with_train(tiny_run_config, output_dir=str(out), steps=20))
+
+
+def test_dataset_with_other_action_dim_is_rejected(tiny_run_config):
+    data = dataclasses.replace(tiny_run_config.data, action_dim=7)
+    with pytest.raises(ValueError, match="action dim"):
+        load_demos(tiny_run_config.model, data)
+
+
+def test_policy_loss_falls_on_fixed_batch(tiny_run_config, demos):
+    from vla.data.normalize import Normalizer
+
+    torch.manual_seed(0)
+    model = tiny_run_config.model
+    policy = VLAPolicy(model, Normalizer.from_demos(demos, model.normalization, model.max_action_dim,
+                                                    model.max_state_dim))
+    batch = demos.sample(16, torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    losses = []
+    for step in range(60):
+        torch.manual_seed(step)
+        loss = policy(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
