@@ -91,3 +91,15 @@ def test_nan_names_episode_and_frame():
     with pytest.raises(ValueError, match="action has NaN or inf at episode 7, frame 2"):
         check_finite("action", values, torch.full((5,), 7), torch.tensor([9, 0, 1, 2, 3]))
     check_finite("action", torch.zeros(5, 4), torch.zeros(5), torch.arange(5))
+
+
+def test_expert_keeps_recording_after_success():
+    from vla.sim.demos import rollout_expert
+
+    env = MetaWorldEnv("reach", seed=0, image_size=16, max_steps=150)
+    until_success, ok = rollout_expert(env, seed=3, steps_after_success=0)
+    longer, ok_longer = rollout_expert(env, seed=3, steps_after_success=5)
+    env.close()
+    assert ok and ok_longer
+    assert len(longer) == len(until_success) + 5
+    assert all(np.array_equal(a["action"], b["action"]) for a, b in zip(until_success, longer, strict=False))

@@ -27,7 +27,7 @@ from vla.sim.metaworld_env import ACTION_NAMES, CONTROL_FPS, EMBODIMENT, STATE_N
 # Evaluation uses seeds from here on; demos must stay below so no placement is shared.
 EVAL_SEED_START = 100_000
 # Bump when the recorded content changes, so older cached datasets are not reused.
-DEMOS_FORMAT_VERSION = 1
+DEMOS_FORMAT_VERSION = 2
 GENERATION_FILE = "generation.json"
 # Give up on a task when the expert fails this many seeds in a row: something is broken.
 MAX_CONSECUTIVE_FAILURES = 20
@@ -43,6 +43,7 @@ class DemoConfig:
     image_size: int = 64
     camera: str = "corner"
     max_steps: int = 200
+    steps_after_success: int = 10  # keep recording the expert this long after it first succeeds
     root: str = "outputs/datasets"
     repo_id: str = "local/metaworld"
     # PNG-writing threads (lerobot's AsyncImageWriter); 0 writes in the main thread.
@@ -82,16 +83,25 @@ def dataset_features(image_size: int, camera: str) -> dict[str, dict]:
     }
 
 
-def rollout_expert(env: MetaWorldEnv, seed: int) -> tuple[list[dict[str, Any]], bool]:
-    """One expert episode at `seed`: (frames of image/state/action, success)."""
+def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int = 0) -> tuple[list[dict[str, Any]], bool]:
+    """One expert episode at `seed`: (frames of image/state/action, success).
+
+    The expert keeps acting for `steps_after_success` steps after first success: Meta-World's
+    experts stop right at the success boundary, so without these frames a policy never sees the
+    states just past it, and one that lands a little short hovers there without succeeding.
+    """
     obs = env.reset(seed=seed)
     frames: list[dict[str, Any]] = []
-    done = success = False
-    while not done:
+    succeeded_at: int | None = None
+    for step in range(env.max_steps):
         action = env.expert_action()
         frames.append({"image": obs["image"], "state": obs["state"], "action": action})
-        obs, success, done = env.step(action)
-    return frames, success
+        obs, success, _ = env.step(action)
+        if success and succeeded_at is None:
+            succeeded_at = step
+        if succeeded_at is not None and step - succeeded_at >= steps_after_success:
+            break
+    return frames, succeeded_at is not None
 
 
 def load_cached(cfg: DemoConfig) -> Path | None:
@@ -149,7 +159,7 @@ def _record_task(dataset: Any, cfg: DemoConfig, task: str, bar: tqdm) -> tuple[l
         while len(used) < cfg.episodes_per_task:
             if seed >= EVAL_SEED_START:
                 raise ValueError(f"demo seeds for {task!r} would reach the evaluation seeds ({EVAL_SEED_START})")
-            frames, success = rollout_expert(env, seed)
+            frames, success = rollout_expert(env, seed, cfg.steps_after_success)
             if success:
                 for frame in frames:
                     dataset.add_frame({camera_key: frame["image"], "observation.state": frame["state"],
