@@ -71,3 +71,16 @@ def test_bad_action_is_rejected(push_env):
     push_env.reset()
     with pytest.raises(ValueError, match="4 finite numbers"):
         push_env.step(np.array([0.0, np.nan, 0.0, 0.0]))
+
+
+def test_zoomed_camera_variant_renders_a_closer_view():
+    wide = MetaWorldEnv("push", seed=1, image_size=48, camera="corner")
+    zoom = MetaWorldEnv("push", seed=1, image_size=48, camera="corner_zoom")
+    a, b = wide.reset()["image"], zoom.reset()["image"]
+    wide.close()
+    zoom.close()
+    assert a.shape == b.shape == (48, 48, 3)
+    assert not np.array_equal(a, b)
+    # the table (brown) fills more of the zoomed picture
+    brown = lambda img: ((img[..., 0] > 80) & (img[..., 0] < 200) & (img[..., 2] < 90)).mean()  # noqa: E731
+    assert brown(b) > brown(a)
