@@ -152,3 +152,27 @@ def test_torch_preprocessing_matches_hf_processor(
     ref = backbone.processor(images=hf_images, text="<image>push", return_tensors="pt")["pixel_values"]
     ref = ref.reshape(-1, *ref.shape[-3:])
     torch.testing.assert_close(backbone.preprocess(frame), ref, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_vision_positions_start_from_sincos(tiny_dirs: dict[str, Path], family: str) -> None:
+    from vla.backbones.tiny import sincos_2d
+
+    backbone = load(tiny_dirs, family)
+    weights = [m.weight for n, m in backbone.vlm.named_modules() if n.endswith("embeddings.position_embedding")]
+    assert len(weights) == 1
+    grid = int(weights[0].shape[0] ** 0.5)
+    assert torch.allclose(weights[0], sincos_2d(grid, weights[0].shape[1]))
+    # neighbouring patches get similar codes, distant ones dissimilar
+    codes = torch.nn.functional.normalize(weights[0], dim=1)
+    assert codes[0] @ codes[1] > codes[0] @ codes[-1]
+
+
+def test_backbone_rebuilds_from_saved_structure_without_weights(tiny_dirs, tmp_path) -> None:
+    """A backbone rebuilt from its saved config alone (no weights) has the same structure."""
+    backbone = load(tiny_dirs, "paligemma")
+    backbone.save_structure(tmp_path / "structure")
+    assert not list((tmp_path / "structure").glob("*.safetensors"))
+    rebuilt = VLMBackbone(BackboneConfig(family="paligemma", pretrained=str(tmp_path / "structure")),
+                          load_weights=False)
+    assert [n for n, _ in rebuilt.named_parameters()] == [n for n, _ in backbone.named_parameters()]

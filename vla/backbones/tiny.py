@@ -78,6 +78,7 @@ def build_tiny_vlm(
         heads=heads,
         vocab_size=vocab_size,
         seed=seed,
+        position_init="sincos_2d",  # recorded so models built before this init are not reused
     )
     if _is_built(out, args):
         return out
@@ -88,6 +89,7 @@ def build_tiny_vlm(
     processor = _build_processor(family, tokenizer, image_size, patch_size)
     torch.manual_seed(seed)
     model = _build_model(family, processor, args)
+    _init_vision_positions_sincos(model, image_size // patch_size)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -148,6 +150,32 @@ def _build_processor(
         **_IMAGE_STATS,
     )
     return Idefics3Processor(image_processor=images, tokenizer=tokenizer, image_seq_len=n_patches // 4)
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position features [grid * grid, dim], row-major (as in MAE, He et al. 2022)."""
+    quarter = dim // 4
+    omega = 1.0 / 10_000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                            indexing="ij")
+    parts = [f(c.flatten()[:, None] * omega[None]) for c in (xs, ys) for f in (torch.sin, torch.cos)]
+    emb = torch.cat(parts, dim=1)
+    return torch.nn.functional.pad(emb, (0, dim - emb.shape[1])).float()
+
+
+def _init_vision_positions_sincos(model: torch.nn.Module, grid: int) -> None:
+    """Start the vision tower's learned position embeddings from 2-D sine-cosine features.
+
+    A randomly initialised ViT must otherwise learn where each patch is before it can localise
+    anything; with these it knows from step one, which matters for small from-scratch models
+    (a pretrained checkpoint brings its own trained embeddings and never comes through here).
+    """
+    for name, module in model.named_modules():
+        if name.endswith("embeddings.position_embedding") and module.weight.shape[0] == grid * grid:
+            with torch.no_grad():
+                module.weight.copy_(sincos_2d(grid, module.weight.shape[1]))
+            return
+    raise ValueError(f"no vision position embedding with {grid * grid} positions found in {type(model).__name__}")
 
 
 def _build_model(family: str, processor: ProcessorMixin, args: dict) -> torch.nn.Module:
