@@ -130,3 +130,14 @@ def test_policy_loss_falls_on_fixed_batch(tiny_run_config, demos):
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+
+
+def test_vla_eval_cli_with_adaptive_ensemble(trained, tmp_path, capsys):
+    from vla.eval.rollout import main
+
+    main([f"--checkpoint={trained}", "--tasks=[reach]", "--episodes_per_task=1", "--max_steps=6",
+          "--ensemble=adaptive", "--num_inference_steps=2", f"--output_dir={tmp_path}"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["settings"]["ensemble"] == "adaptive"
+    assert summary["tasks"]["reach"]["mean_episode_length"] == 6  # untrained: runs to max_steps
+    assert "reach" in capsys.readouterr().out

@@ -123,11 +123,6 @@ def write_video(episodes: list[Episode], path: Path, scale: int = 4, fps: int = 
                 writer.append_data(big)
 
 
-@dataclasses.dataclass
-class EvalRunConfig:
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-
-
 def main(args: list[str] | None = None) -> None:
     from vla.training.checkpoint import load_policy
 
