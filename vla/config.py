@@ -76,6 +76,7 @@ class EvalConfig:
     ensemble: str = "none"  # none | adaptive (CogACT's adaptive action ensemble; re-plans every step)
     ensemble_alpha: float = 0.1
     videos_per_task: int = 2
+    privileged_state: bool = False  # diagnostics: the simulator adds the object position (policy must expect it)
     output_dir: str = ""  # default: <checkpoint>/../../eval
     checkpoint: str = ""  # for vla-eval
 

@@ -65,7 +65,8 @@ def wire(cfg: QuickstartConfig, dataset_dir: Path, backbone_dir: Path) -> Quicks
                                 cameras=[cfg.demos.camera])
     data = dataclasses.replace(cfg.data, root=str(dataset_dir), repo_id=cfg.demos.repo_id)
     train = dataclasses.replace(cfg.train, resume=True)
-    evaluation = dataclasses.replace(cfg.eval, output_dir=cfg.eval.output_dir or str(Path(cfg.results_dir) / "eval"))
+    evaluation = dataclasses.replace(cfg.eval, output_dir=cfg.eval.output_dir or str(Path(cfg.results_dir) / "eval"),
+                                     privileged_state=cfg.demos.privileged_state)
     return dataclasses.replace(cfg, model=model, data=data, train=train, eval=evaluation)
 
 

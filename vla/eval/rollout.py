@@ -75,7 +75,7 @@ def evaluate(policy, cfg: EvalConfig, image_size: int, camera: str) -> dict:
     with tqdm(total=total, desc="eval") as progress:
         for task in cfg.tasks:
             env = MetaWorldEnv(task, seed=cfg.seed_start, image_size=image_size, camera=camera,
-                               max_steps=cfg.max_steps)
+                               max_steps=cfg.max_steps, privileged_state=cfg.privileged_state)
             for i in range(cfg.episodes_per_task):
                 episode = run_episode(policy, env, cfg.seed_start + i, cfg, latencies, record=i < cfg.videos_per_task)
                 episodes.append(episode)

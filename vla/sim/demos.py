@@ -22,7 +22,15 @@ from typing import Any
 import draccus
 from tqdm import tqdm
 
-from vla.sim.metaworld_env import ACTION_NAMES, CONTROL_FPS, EMBODIMENT, STATE_NAMES, MetaWorldEnv, get_task
+from vla.sim.metaworld_env import (
+    ACTION_NAMES,
+    CONTROL_FPS,
+    EMBODIMENT,
+    PRIVILEGED_STATE_NAMES,
+    STATE_NAMES,
+    MetaWorldEnv,
+    get_task,
+)
 
 # Evaluation uses seeds from here on; demos must stay below so no placement is shared.
 EVAL_SEED_START = 100_000
@@ -44,6 +52,7 @@ class DemoConfig:
     camera: str = "corner"
     max_steps: int = 200
     steps_after_success: int = 10  # keep recording the expert this long after it first succeeds
+    privileged_state: bool = False  # diagnostics only: add the object position to the state
     root: str = "outputs/datasets"
     repo_id: str = "local/metaworld"
     # PNG-writing threads (lerobot's AsyncImageWriter); 0 writes in the main thread.
@@ -73,12 +82,13 @@ class DemoConfig:
                              f"got {self.seed_start}")
 
 
-def dataset_features(image_size: int, camera: str) -> dict[str, dict]:
+def dataset_features(image_size: int, camera: str, privileged_state: bool = False) -> dict[str, dict]:
     """LeRobot feature spec: one camera image, the 7-D robot state, the 4-D action."""
+    names = PRIVILEGED_STATE_NAMES if privileged_state else STATE_NAMES
     return {
         f"observation.images.{camera}": {"dtype": "image", "shape": (image_size, image_size, 3),
                                          "names": ["height", "width", "channels"]},
-        "observation.state": {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": STATE_NAMES},
+        "observation.state": {"dtype": "float32", "shape": (len(names),), "names": names},
         "action": {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES},
     }
 
@@ -133,8 +143,9 @@ def generate_demos(cfg: DemoConfig) -> Path:
     if path.exists():  # an interrupted earlier run: no completion marker
         shutil.rmtree(path)
     dataset = LeRobotDataset.create(
-        repo_id=cfg.repo_id, fps=CONTROL_FPS, features=dataset_features(cfg.image_size, cfg.camera),
-        root=path, robot_type=EMBODIMENT, use_videos=False, image_writer_threads=cfg.image_writer_threads)
+        repo_id=cfg.repo_id, fps=CONTROL_FPS,
+        features=dataset_features(cfg.image_size, cfg.camera, cfg.privileged_state), root=path,
+        robot_type=EMBODIMENT, use_videos=False, image_writer_threads=cfg.image_writer_threads)
     seeds_used: dict[str, list[int]] = {}
     failed_seeds: dict[str, list[int]] = {}
     with tqdm(total=len(cfg.tasks) * cfg.episodes_per_task, desc="expert demos", unit="episode") as bar:
@@ -151,7 +162,7 @@ def _record_task(dataset: Any, cfg: DemoConfig, task: str, bar: tqdm) -> tuple[l
     """Add successful episodes of one task to the dataset; returns (seeds used, seeds failed)."""
     camera_key = f"observation.images.{cfg.camera}"
     env = MetaWorldEnv(task, seed=cfg.seed_start, image_size=cfg.image_size, camera=cfg.camera,
-                       max_steps=cfg.max_steps)
+                       max_steps=cfg.max_steps, privileged_state=cfg.privileged_state)
     used: list[int] = []
     failed: list[int] = []
     seed = cfg.seed_start

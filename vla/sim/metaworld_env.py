@@ -22,6 +22,9 @@ from gymnasium.utils import seeding
 
 EMBODIMENT = "metaworld_sawyer"
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_opening", "goal_x", "goal_y", "goal_z"]
+# For diagnostics only: the robot state plus the first object's position, which a real robot does
+# not have. Comparing a policy trained with it against one without measures what vision costs.
+PRIVILEGED_STATE_NAMES = STATE_NAMES + ["object_x", "object_y", "object_z"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 # Meta-World steps the simulation 5 x 2.5 ms per action: 80 Hz control (its metadata render_fps).
 CONTROL_FPS = 80
@@ -66,13 +69,15 @@ def get_task(task: str) -> TaskSpec:
     return TASKS[task]
 
 
-def robot_state(full_obs: np.ndarray, goal_in_state: bool) -> np.ndarray:
+def robot_state(full_obs: np.ndarray, goal_in_state: bool, privileged: bool = False) -> np.ndarray:
     """Robot-only state float32 [7] from Meta-World's 39-D observation.
 
-    Layout: hand xyz (obs[0:3]), gripper opening (obs[3]), goal xyz (obs[36:39]) or zeros.
+    Layout: hand xyz (obs[0:3]), gripper opening (obs[3]), goal xyz (obs[36:39]) or zeros;
+    with privileged=True, [10]: the object xyz (obs[4:7]) follows (diagnostics only).
     """
     goal = full_obs[36:39] if goal_in_state else np.zeros(3)
-    return np.concatenate([full_obs[0:4], goal]).astype(np.float32)
+    parts = [full_obs[0:4], goal] + ([full_obs[4:7]] if privileged else [])
+    return np.concatenate(parts).astype(np.float32)
 
 
 class FastRenderer:
@@ -119,7 +124,7 @@ class MetaWorldEnv:
     """
 
     def __init__(self, task: str, seed: int, image_size: int = 64, camera: str = "corner",
-                 max_steps: int = 200) -> None:
+                 max_steps: int = 200, privileged_state: bool = False) -> None:
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
         from metaworld.policies import ENV_POLICY_MAP
 
@@ -129,6 +134,7 @@ class MetaWorldEnv:
         self.seed = seed
         self.image_size = image_size
         self.camera = camera
+        self.privileged_state = privileged_state
         self.max_steps = min(max_steps, 500)  # Meta-World refuses to step past 500
         self._env = ALL_V3_ENVIRONMENTS[self.spec.env_name]()
         self._make_goal_observable_and_unfrozen()
@@ -204,7 +210,7 @@ class MetaWorldEnv:
         assert self._full_obs is not None
         return {
             "image": self.render(),
-            "state": robot_state(self._full_obs, self.spec.goal_in_state),
+            "state": robot_state(self._full_obs, self.spec.goal_in_state, self.privileged_state),
             "instruction": self.spec.instruction,
         }
 
