@@ -141,3 +141,12 @@ def test_vla_eval_cli_with_adaptive_ensemble(trained, tmp_path, capsys):
     assert summary["settings"]["ensemble"] == "adaptive"
     assert summary["tasks"]["reach"]["mean_episode_length"] == 6  # untrained: runs to max_steps
     assert "reach" in capsys.readouterr().out
+
+
+def test_tied_weights_are_recognised():
+    from vla.training.checkpoint import tied_parameter_names
+
+    module = torch.nn.Module()
+    module.embed, module.head, module.other = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    module.head.weight = module.embed.weight
+    assert tied_parameter_names(module) == {"embed.weight", "head.weight"}

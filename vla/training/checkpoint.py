@@ -68,17 +68,24 @@ def load_policy(path: str | Path, expected_head: str | None = None, device: str 
     policy = VLAPolicy(config, normalizer, backbone=VLMBackbone(backbone_config, load_weights=False))
     state = load_file(str(path / "model.safetensors"), device=str(device))
     missing_keys, unexpected = policy.load_state_dict(state, strict=False)
-    # save_model drops one name of each tied pair; those are filled by the tie, anything else is an error
-    tied = {name for name in missing_keys if _is_tied(policy, name)}
-    if set(missing_keys) - tied or unexpected:
-        raise ValueError(f"checkpoint {path} does not match its config: missing weights "
-                         f"{sorted(set(missing_keys) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    # save_model keeps one name of each tied pair; the others are filled by the tie. Anything else is an error.
+    missing = sorted(set(missing_keys) - tied_parameter_names(policy))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match its config: missing weights {missing[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
     return policy.to(device).eval()
 
 
-def _is_tied(module: torch.nn.Module, name: str) -> bool:
-    target = module.get_parameter(name) if name in dict(module.named_parameters()) else None
-    return target is not None and sum(p is target for p in module.parameters(remove_duplicate=False)) > 1
+def tied_parameter_names(module: torch.nn.Module) -> set[str]:
+    """Names of parameters that share their tensor with another parameter (tied weights)."""
+    first_name: dict[int, str] = {}
+    tied: set[str] = set()
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in first_name:
+            tied.update((name, first_name[id(param)]))
+        else:
+            first_name[id(param)] = name
+    return tied
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
