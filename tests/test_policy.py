@@ -150,3 +150,33 @@ def test_tied_weights_are_recognised():
     module.embed, module.head, module.other = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
     module.head.weight = module.embed.weight
     assert tied_parameter_names(module) == {"embed.weight", "head.weight"}
+
+
+def test_dataset_with_other_image_size_is_rejected_before_training(tiny_run_config):
+    model = dataclasses.replace(tiny_run_config.model, image_size=64)
+    with pytest.raises(ValueError, match="32x32 px; the model config expects \\['corner'\\] at 64x64"):
+        load_demos(model, tiny_run_config.data)
+
+
+def test_two_process_training_on_cpu(tiny_run_config, tmp_path):
+    """The same loop under torchrun: 2 ranks over gloo, one checkpoint written by rank 0."""
+    import os
+    import subprocess
+    import sys
+
+    from vla.config import to_yaml
+
+    out = tmp_path / "ddp"
+    cfg = with_train(tiny_run_config, output_dir=str(out), steps=4, log_every=2, save_every=4)
+    (tmp_path / "run.yaml").write_text(to_yaml(cfg))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "vla.training.train",
+               f"--config_path={tmp_path / 'run.yaml'}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_metrics(out / "metrics.csv")["step"] == [2.0, 4.0]
+    assert load_policy(out / "checkpoints" / "last").predict(observation_from_demos(cfg)).actions.shape[1] == 4
+
+
+def observation_from_demos(cfg: TrainRunConfig) -> Observation:
+    return observation(load_demos(cfg.model, cfg.data))

@@ -69,7 +69,8 @@ class DiTHead(ActionHead):
         self.cog_proj = nn.Sequential(
             nn.Linear(cond_dim, config.hidden), nn.SiLU(), nn.Linear(config.hidden, config.hidden))
         self.state_proj = nn.Linear(state_dim, config.hidden) if config.use_proprio else None
-        self.null_cog = nn.Parameter(torch.zeros(config.hidden))
+        # learned "no condition" for classifier-free guidance; only made when trained (DDP rejects unused weights)
+        self.null_cog = nn.Parameter(torch.zeros(config.hidden)) if config.cond_dropout > 0 else None
         n_cond = 2 if config.use_proprio else 1
         self.net = DiT(action_dim, config.horizon, n_cond, config.hidden, config.depth, config.heads,
                        config.mlp_ratio, config.dropout)

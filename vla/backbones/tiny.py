@@ -79,6 +79,7 @@ def build_tiny_vlm(
         vocab_size=vocab_size,
         seed=seed,
         position_init="sincos_2d",  # recorded so models built before this init are not reused
+        vision_use_head=False,
     )
     if _is_built(out, args):
         return out
@@ -205,7 +206,9 @@ def _build_model(family: str, processor: ProcessorMixin, args: dict) -> torch.nn
     image_token = tokenizer.convert_tokens_to_ids("<image>")
     if family == "paligemma":
         config = PaliGemmaConfig(
-            vision_config=dict(model_type="siglip_vision_model", **vision),
+            # no attention-pooling head: PaliGemma reads the patch tokens, as its real checkpoints do;
+            # an unused head would also make DistributedDataParallel fail on parameters without gradients
+            vision_config=dict(model_type="siglip_vision_model", vision_use_head=False, **vision),
             text_config=dict(model_type="gemma", **text),
             image_token_index=image_token,
             projection_dim=hidden,

@@ -46,8 +46,20 @@ def last_checkpoint(output_dir: str | Path) -> Path:
 
 
 def load_demos(model: ModelConfig, data: DataConfig) -> ChunkedDemos:
-    return load_chunked_demos(data.root, data.repo_id, chunk_size=model.head.horizon,
-                              expected_action_dim=data.action_dim, expected_state_dim=data.state_dim)
+    demos = load_chunked_demos(data.root, data.repo_id, chunk_size=model.head.horizon,
+                               expected_action_dim=data.action_dim, expected_state_dim=data.state_dim)
+    check_observation_spec(model, demos)
+    return demos
+
+
+def check_observation_spec(model: ModelConfig, demos: ChunkedDemos) -> None:
+    """Fail before training, naming both sides, when the dataset's cameras differ from the model config's."""
+    cameras = [key.removeprefix("observation.images.") for key in demos.camera_keys]
+    size = tuple(demos.images.shape[2:4])
+    if cameras != list(model.cameras) or size != (model.image_size, model.image_size):
+        raise ValueError(f"dataset {demos.embodiment!r} has cameras {cameras} at {size[0]}x{size[1]} px; the model "
+                         f"config expects {list(model.cameras)} at {model.image_size}x{model.image_size} px "
+                         f"(set --model.cameras / --model.image_size to match)")
 
 
 def build_policy(cfg: TrainRunConfig, demos: ChunkedDemos) -> VLAPolicy:
