@@ -51,8 +51,7 @@ class VLAPolicy(nn.Module):
         if not torch.isfinite(actions).all():
             raise ValueError("training batch has NaN or inf in actions")
         cond = self.condition(batch["images"], batch["state"], batch["instruction"], embodiment)
-        target = self._normalize_actions(actions, embodiment)  # (B, H, D_max)
-        dim_mask = torch.stack([self.normalizer.action_mask(e) for e in embodiment]).to(actions.device)  # (B, D_max)
+        target, dim_mask = self._normalize_actions(actions, embodiment)  # (B, H, D_max), (B, D_max)
         valid = (~batch["action_is_pad"])[:, :, None] & dim_mask[:, None, :]  # (B, H, D_max)
         return self.head.loss(cond, target, valid)
 
@@ -74,9 +73,15 @@ class VLAPolicy(nn.Module):
             mask[i, : chunk.shape[-1]] = True
         return ActionChunk(actions=actions, mask=mask)
 
-    def _normalize_actions(self, actions: Tensor, embodiment: list[str]) -> Tensor:
-        rows = [self.normalizer.normalize_action(actions[i], e) for i, e in enumerate(embodiment)]
-        return torch.stack(rows).to(actions.device)
+    def _normalize_actions(self, actions: Tensor, embodiment: list[str]) -> tuple[Tensor, Tensor]:
+        """(normalised actions [B, H, D_max], dim mask [B, D_max]), one normaliser call per embodiment."""
+        target = actions.new_zeros(*actions.shape[:2], self.config.max_action_dim)
+        mask = torch.zeros(len(embodiment), self.config.max_action_dim, dtype=torch.bool, device=actions.device)
+        for name in set(embodiment):
+            rows = torch.tensor([e == name for e in embodiment], device=actions.device)
+            target[rows] = self.normalizer.normalize_action(actions[rows], name).to(target)
+            mask[rows] = self.normalizer.action_mask(name).to(actions.device)
+        return target, mask
 
     def save_pretrained(self, path) -> None:
         from vla.training.checkpoint import save_policy
