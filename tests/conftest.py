@@ -57,3 +57,15 @@ def tiny_run_config(tiny_demos_path, tiny_vlm_path, tiny_demo_config):
                         image_size=tiny_demo_config.image_size, cameras=[tiny_demo_config.camera])
     data = DataConfig(root=str(tiny_demos_path), repo_id=tiny_demo_config.repo_id, image_shift=2)
     return TrainRunConfig(model=model, data=data, train=TrainConfig(steps=10, batch_size=8, log_every=5, save_every=5))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_run_config, tmp_path_factory):
+    """A checkpoint folder of the tiny policy after 10 training steps (32 px corner camera, reach + button)."""
+    import dataclasses
+
+    from vla.training.train import train
+
+    out = tmp_path_factory.mktemp("train")
+    return train(dataclasses.replace(tiny_run_config, train=dataclasses.replace(tiny_run_config.train,
+                                                                                 output_dir=str(out))))

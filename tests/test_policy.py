@@ -24,9 +24,8 @@ def demos(tiny_run_config):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_run_config, tmp_path_factory):
-    out = tmp_path_factory.mktemp("train")
-    return train(with_train(tiny_run_config, output_dir=str(out)))
+def trained(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 def observation(demos, indices=(0, 5)) -> Observation:
@@ -136,9 +135,9 @@ def test_vla_eval_cli_with_adaptive_ensemble(trained, tmp_path, capsys):
     from vla.eval.rollout import main
 
     main([f"--checkpoint={trained}", "--tasks=[reach]", "--episodes_per_task=1", "--max_steps=6",
-          "--ensemble=adaptive", "--num_inference_steps=2", f"--output_dir={tmp_path}"])
+          "--schedule.mode=adaptive", "--num_inference_steps=2", f"--output_dir={tmp_path}"])
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["settings"]["ensemble"] == "adaptive"
+    assert summary["settings"]["schedule"]["mode"] == "adaptive"
     assert summary["tasks"]["reach"]["mean_episode_length"] == 6  # untrained: runs to max_steps
     assert "reach" in capsys.readouterr().out
 

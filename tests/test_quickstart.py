@@ -4,6 +4,7 @@ import json
 
 from vla.action_heads import DiTHeadConfig
 from vla.config import EvalConfig, ModelConfig, TrainConfig
+from vla.deploy.chunking import ScheduleConfig
 from vla.quickstart import QuickstartConfig, TinyBackboneConfig, run
 from vla.training.logging import read_metrics
 
@@ -15,7 +16,7 @@ def test_quickstart_smoke(tiny_demo_config, tmp_path):
         model=ModelConfig(head=DiTHeadConfig(horizon=4, hidden=32, depth=2, heads=2, noise_samples_per_cond=2)),
         train=TrainConfig(steps=6, batch_size=4, log_every=3, save_every=6, output_dir=str(tmp_path / "train")),
         eval=EvalConfig(tasks=["reach"], episodes_per_task=2, max_steps=12, num_inference_steps=2,
-                        execute_steps=2, videos_per_task=1),
+                        schedule=ScheduleConfig(execute_steps=2), videos_per_task=1),
         results_dir=str(tmp_path / "results"),
     )
     summary = run(cfg)

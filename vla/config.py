@@ -13,6 +13,7 @@ import draccus
 
 from vla.action_heads import DiTHeadConfig, HeadConfig
 from vla.backbones.config import BackboneConfig
+from vla.deploy.chunking import ScheduleConfig
 
 NORMALIZATION_MODES = ("quantile", "zscore")
 
@@ -72,9 +73,7 @@ class EvalConfig:
     seed_start: int = 100_000  # demos use seeds from 0; evaluation never reuses them
     max_steps: int = 200
     num_inference_steps: int = 10  # DDIM steps
-    execute_steps: int = 4  # actions executed from each chunk before re-planning
-    ensemble: str = "none"  # none | adaptive (CogACT's adaptive action ensemble; re-plans every step)
-    ensemble_alpha: float = 0.1
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # chunk execution / ensembling
     videos_per_task: int = 2
     privileged_state: bool = False  # diagnostics: the simulator adds the object position (policy must expect it)
     output_dir: str = ""  # default: <checkpoint>/../../eval

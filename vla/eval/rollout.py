@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from vla.config import EvalConfig
-from vla.deploy.chunking import make_scheduler
+from vla.deploy.chunking import ActionSchedule
 from vla.eval.report import plot_success
 from vla.sim.metaworld_env import EMBODIMENT, MetaWorldEnv
 from vla.types import Observation
@@ -44,20 +44,20 @@ def observation_batch(obs: dict, embodiment: str) -> Observation:
 
 def run_episode(policy, env: MetaWorldEnv, seed: int, cfg: EvalConfig, latencies: list[float],
                 record: bool) -> Episode:
-    scheduler = make_scheduler(cfg.ensemble, policy.config.head.horizon, cfg.execute_steps, cfg.ensemble_alpha)
+    schedule = ActionSchedule(cfg.schedule, policy.config.head.horizon)
     generator = torch.Generator().manual_seed(seed)
     obs = env.reset(seed=seed)
     frames = [obs["image"]] if record else []
     success, steps = False, 0
     done = False
     while not done:
-        if scheduler.wants_chunk():
+        if schedule.needs_chunk(steps):
             start = time.perf_counter()
             chunk = policy.predict(observation_batch(obs, EMBODIMENT), generator=generator,
                                    num_steps=cfg.num_inference_steps)
             latencies.append(time.perf_counter() - start)
-            scheduler.add(chunk.actions[0, :, chunk.mask[0]])
-        obs, success, done = env.step(scheduler.next_action().numpy())
+            schedule.add(chunk.actions[0, :, chunk.mask[0]].numpy(), start_step=steps)
+        obs, success, done = env.step(schedule.action(steps))
         steps += 1
         if record:
             frames.append(obs["image"])
@@ -105,8 +105,8 @@ def summarize(episodes: list[Episode], latencies: list[float], cfg: EvalConfig) 
         "tasks": tasks,
         "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
         "chunk_latency_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))},
-        "settings": {"num_inference_steps": cfg.num_inference_steps, "execute_steps": cfg.execute_steps,
-                     "ensemble": cfg.ensemble, "max_steps": cfg.max_steps},
+        "settings": {"num_inference_steps": cfg.num_inference_steps, "schedule": dataclasses.asdict(cfg.schedule),
+                     "max_steps": cfg.max_steps},
     }
 
 

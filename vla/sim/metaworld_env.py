@@ -12,13 +12,16 @@ draw it from an RNG seeded with the episode seed: a placement is a pure function
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import mujoco
-import numpy as np
-from gymnasium.utils import seeding
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless off-screen rendering unless the user chose otherwise
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from gymnasium.utils import seeding  # noqa: E402
 
 EMBODIMENT = "metaworld_sawyer"
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_opening", "goal_x", "goal_y", "goal_z"]
@@ -28,6 +31,9 @@ PRIVILEGED_STATE_NAMES = STATE_NAMES + ["object_x", "object_y", "object_z"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 # Meta-World steps the simulation 5 x 2.5 ms per action: 80 Hz control (its metadata render_fps).
 CONTROL_FPS = 80
+# The Sawyer's hand moves action * 0.01 m per step, inside this box (Meta-World's hand_low / hand_high).
+ACTION_SCALE_M = 0.01
+HAND_LOW, HAND_HIGH = (-0.5, 0.4, 0.05), (0.5, 1.0, 0.5)
 MUJOCO_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
 # Named variants of Meta-World's cameras: (MuJoCo camera, vertical field of view in degrees).
 # "corner_zoom" frames the table workspace (fovy 30 instead of 45): the puck covers ~5 px at 96 px

@@ -1,0 +1,366 @@
+"""The deploy loop, safety layer, server and client: normal runs and injected faults.
+
+Every fault test asserts how the episode ended (arm held or stopped) and the log line that says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from vla.deploy.chunking import ScheduleConfig
+from vla.deploy.loop import ControlLoop, LoopConfig
+from vla.deploy.protocol import ObservationMessage, PolicySpec
+from vla.deploy.realtime import EStop, RateTimer
+from vla.deploy.safety import SafetyConfig, SafetyLayer
+from vla.robot_io.base import RobotState
+from vla.robot_io.fake import FakeArm, FakeCamera
+
+TOKEN = "test-token-0123456789"
+
+
+class ScriptedPolicy:
+    """A fake policy with a fixed answer and a chosen failure: "hang", "raise", "nan", "far" (out of limits)."""
+
+    def __init__(self, fault: str | None = None, fault_after: int = 0, horizon: int = 8, latency_s: float = 0.005):
+        self.spec = PolicySpec(cameras=["main"], image_size=32, horizon=horizon, state_dims={"fake_arm": 7},
+                               action_dims={"fake_arm": 7})
+        self.fault, self.fault_after, self.latency_s = fault, fault_after, latency_s
+        self.calls = 0
+        self.release = threading.Event()
+
+    def infer(self, obs: ObservationMessage) -> np.ndarray:
+        assert obs.images.shape == (1, 32, 32, 3) and obs.images.dtype == np.uint8
+        self.calls += 1
+        time.sleep(self.latency_s)
+        chunk = np.tile(obs.state, (self.spec.horizon, 1)) + 0.01 * np.arange(1, self.spec.horizon + 1)[:, None]
+        if self.fault and self.calls > self.fault_after:
+            if self.fault == "hang":
+                self.release.wait()
+            elif self.fault == "raise":
+                raise RuntimeError("CUDA out of memory (injected)")
+            elif self.fault == "nan":
+                chunk[:] = np.nan
+            elif self.fault == "far":
+                chunk[:, 0] = 2.9  # inside the joint range, far beyond one step of joint speed
+        return chunk.astype(np.float32)
+
+
+def make_loop(policy=None, camera=None, arm=None, **config) -> tuple[ControlLoop, FakeArm]:
+    arm = arm or FakeArm(control_hz=100.0)
+    camera = camera or FakeCamera("main", size=48, fps=200)
+    defaults = {"max_steps": 40, "safety": SafetyConfig(max_frame_age_s=0.1, policy_timeout_s=0.4)}
+    loop = ControlLoop(arm, {"main": camera}, policy or ScriptedPolicy(), LoopConfig(**(defaults | config)), "test")
+    loop.start()
+    return loop, arm
+
+
+def run(loop) -> object:
+    try:
+        return loop.run_episode()
+    finally:
+        loop.close()
+
+
+# --- normal operation ---
+
+
+@pytest.mark.parametrize("async_inference", [True, False])
+def test_loop_executes_policy_actions(async_inference):
+    loop, arm = make_loop(async_inference=async_inference)
+    report = run(loop)
+    assert report.steps == 40 and report.stopped is None
+    assert len(arm.commands) >= 35, report.holds  # a few holds while the first chunk is computed
+    assert report.summary(loop.period)["chunks"] >= 10  # receding horizon of 4: a chunk every 4 steps
+
+
+def test_ensembles_ask_for_a_chunk_every_step():
+    loop, arm = make_loop(schedule=ScheduleConfig("temporal"), async_inference=False)
+    report = run(loop)
+    assert len(report.inference_s) >= 35
+
+
+def test_rate_timer_does_not_drift():
+    timer = RateTimer(200.0)
+    start = time.perf_counter()
+    for _ in range(60):
+        timer.wait()
+        time.sleep(0.001)  # work shorter than the period
+    assert 59 * timer.period <= time.perf_counter() - start < 59 * timer.period + 0.05
+
+
+def test_policy_must_fit_the_robot():
+    policy = ScriptedPolicy()
+    policy.spec.state_dims = {"ur5e": 7}
+    with pytest.raises(ValueError, match="not trained on embodiment 'fake_arm'"):
+        make_loop(policy)
+    policy = ScriptedPolicy()
+    policy.spec.cameras = ["wrist"]
+    with pytest.raises(ValueError, match="missing \\['wrist'\\]"):
+        make_loop(policy)
+
+
+# --- faults: each must end with the arm held or stopped, and a log line ---
+
+
+def test_stalled_camera_holds_the_arm(caplog):
+    camera = FakeCamera("main", size=48, fps=200, fault="stall", fault_after=20)
+    loop, arm = make_loop(camera=camera, max_steps=60)
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    camera.disconnect()
+    assert report.holds["camera frame stale or missing"] > 10
+    assert "camera 'main' frame is" in caplog.text and "old" in caplog.text
+    moved_after_stall = arm.commands[-1]
+    assert arm.holds >= report.holds["camera frame stale or missing"]
+    assert np.array_equal(arm.position, moved_after_stall)
+
+
+def test_garbage_frames_hold_the_arm(caplog):
+    camera = FakeCamera("main", size=48, fps=200, fault="garbage", fault_after=10)
+    loop, arm = make_loop(camera=camera, max_steps=60)
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    assert report.holds["camera frame stale or missing"] > 10
+    assert "bad frame: expected uint8 [H, W, 3]" in caplog.text
+
+
+def test_hung_policy_holds_then_stops(caplog):
+    policy = ScriptedPolicy(fault="hang", fault_after=2)
+    loop, arm = make_loop(policy, max_steps=200)
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    policy.release.set()
+    assert report.holds["waiting for the policy"] > 0
+    assert report.stopped and "no action from the policy" in report.stopped
+    assert arm.stopped and "stopping the arm: no action from the policy" in caplog.text
+
+
+def test_policy_error_is_logged_and_arm_held(caplog):
+    loop, arm = make_loop(ScriptedPolicy(fault="raise", fault_after=1), max_steps=200)
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    assert "CUDA out of memory (injected)" in caplog.text
+    assert report.holds["waiting for the policy"] > 0 and arm.stopped
+
+
+def test_nan_actions_are_rejected(caplog):
+    loop, arm = make_loop(ScriptedPolicy(fault="nan", fault_after=1))
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    assert report.holds["safety rejected the action"] > 20
+    assert "NaN" in caplog.text
+    assert all(np.isfinite(c).all() for c in arm.commands)
+
+
+@pytest.mark.parametrize("mode", ["clip", "reject"])
+def test_actions_beyond_joint_speed_are_clipped_or_rejected(mode, caplog):
+    safety = SafetyConfig(on_violation=mode, max_frame_age_s=0.1, policy_timeout_s=0.4)
+    loop, arm = make_loop(ScriptedPolicy(fault="far", fault_after=1), safety=safety)
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    steps = np.diff(np.stack([np.zeros(7)] + arm.commands)[:, 0])
+    assert np.abs(steps).max() <= 2.0 / 100 + 1e-6  # joint speed limit 2 rad/s at 100 Hz
+    assert "joint velocity joint_0=" in caplog.text
+    if mode == "reject":
+        assert report.holds["safety rejected the action"] > 20
+
+
+def test_protective_stop_ends_the_episode(caplog):
+    loop, arm = make_loop(arm=FakeArm(control_hz=100.0, fault_at_step=10))
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    assert report.stopped == "robot fault: protective stop (fake)" and arm.stopped
+    assert len(arm.commands) == 10
+
+
+def test_signal_triggers_estop_and_stops_the_arm(caplog):
+    estop = EStop()
+    estop.install_signal_handlers()
+    arm = FakeArm(control_hz=100.0)
+    loop = ControlLoop(arm, {"main": FakeCamera("main", 48, 200)}, ScriptedPolicy(),
+                       LoopConfig(max_steps=500), "test", estop)
+    loop.start()
+    threading.Timer(0.15, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            report = run(loop)
+    finally:
+        estop.restore_signal_handlers()
+    assert report.stopped == "e-stop (signal SIGINT)" and arm.stopped and report.steps < 500
+    assert "E-STOP: signal SIGINT" in caplog.text
+
+
+def test_workspace_box_limits_cartesian_moves():
+    from vla.robot_io.sim import sim_spec
+
+    spec = sim_spec(30.0)
+    layer = SafetyLayer(spec, SafetyConfig())
+    at_edge = RobotState(state=np.zeros(7, np.float32), timestamp=0.0, tcp_position=np.array([0.495, 0.7, 0.2]))
+    verdict = layer.check(np.array([1.0, 0.0, 0.0, 0.0]), at_edge)
+    assert verdict.action[0] == pytest.approx(0.5, abs=1e-4)  # 1 cm asked, 0.5 cm left to the edge
+    assert "workspace x=" in verdict.events[0]
+    assert SafetyLayer(spec, SafetyConfig()).check(np.zeros(3), at_edge).action is None  # wrong width
+
+
+# --- server and client ---
+
+
+@pytest.fixture()
+def server():
+    from vla.deploy.server import PolicyServer
+
+    policy = ScriptedPolicy(latency_s=0.0)
+    srv = PolicyServer(policy, TOKEN, port=0).start_in_thread()
+    yield srv
+    srv.shutdown()
+
+
+def test_client_round_trip_and_reconnect(server):
+    from vla.deploy.client import RemotePolicy
+
+    client = RemotePolicy(f"ws://127.0.0.1:{server.port}", TOKEN)
+    assert client.spec.horizon == 8 and server.host == "127.0.0.1"
+    obs = ObservationMessage(np.zeros((1, 32, 32, 3), np.uint8), np.ones(7, np.float32), "go", "fake_arm")
+    first = client.infer(obs)
+    assert first.shape == (8, 7) and np.allclose(first[0], 1.01)
+    client._connection.close()  # the network drops the connection: the next request reconnects
+    assert np.array_equal(client.infer(obs), first)
+    assert client.health()["served"] == 2
+
+
+def test_server_rejects_bad_requests_and_stays_up(server):
+    from websockets.sync.client import connect
+
+    from vla.deploy.client import RemotePolicy
+    from vla.deploy.protocol import pack, unpack
+
+    with pytest.raises(PermissionError, match="HTTP 401"):
+        RemotePolicy(f"ws://127.0.0.1:{server.port}", "wrong-token-123")
+    url, header = f"ws://127.0.0.1:{server.port}", {"Authorization": f"Bearer {TOKEN}"}
+    with connect(url, additional_headers=header) as ws:
+        bad = {"type": "infer", "observation": {"images": np.zeros((1, 8, 8, 3), np.uint8),
+                                                "state": np.ones(7, np.float32), "instruction": "go",
+                                                "embodiment": "fake_arm"}}
+        ws.send(pack(bad))
+        assert "images must be uint8 [1, 32, 32, 3]" in unpack(ws.recv())["message"]
+        ws.send(b"\xc1 not msgpack")
+        assert "not a valid msgpack" in unpack(ws.recv())["message"]
+        ws.send("text frame")
+        assert "binary msgpack" in unpack(ws.recv())["message"]
+        ws.send(pack({"type": "infer", "observation": dict(bad["observation"], embodiment="ur5e")}))
+        assert "unknown embodiment 'ur5e'" in unpack(ws.recv())["message"]
+    with connect(url, additional_headers=header, max_size=None) as ws:
+        ws.send(b"\x00" * (9 * 2**20))  # over the 8 MiB cap: the server closes this connection ...
+        with pytest.raises(Exception, match="1009|message too big"):
+            ws.recv(timeout=5)
+    assert RemotePolicy(url, TOKEN).health()["type"] == "health"  # ... and keeps serving
+
+
+def test_health_answers_during_inference():
+    from vla.deploy.client import RemotePolicy
+    from vla.deploy.server import PolicyServer
+
+    slow = ScriptedPolicy(latency_s=1.0)
+    srv = PolicyServer(slow, TOKEN, port=0).start_in_thread()
+    url = f"ws://127.0.0.1:{srv.port}"
+    obs = ObservationMessage(np.zeros((1, 32, 32, 3), np.uint8), np.ones(7, np.float32), "go", "fake_arm")
+    answers = []
+    busy_client = threading.Thread(target=lambda: answers.append(RemotePolicy(url, TOKEN).infer(obs)))
+    busy_client.start()
+    time.sleep(0.2)
+    start = time.perf_counter()
+    health = RemotePolicy(url, TOKEN).health()
+    assert health["busy"] and time.perf_counter() - start < 0.5
+    busy_client.join()
+    assert answers[0].shape == (8, 7)
+    srv.shutdown()
+
+
+def test_server_killed_mid_episode_holds_then_stops(caplog):
+    from vla.deploy.client import RemotePolicy
+    from vla.deploy.server import PolicyServer
+
+    srv = PolicyServer(ScriptedPolicy(latency_s=0.0), TOKEN, port=0).start_in_thread()
+    client = RemotePolicy(f"ws://127.0.0.1:{srv.port}", TOKEN, timeout_s=0.2, retries=2)
+    threading.Timer(0.2, srv.shutdown).start()
+    loop, arm = make_loop(client, max_steps=300)
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    assert len(arm.commands) > 5  # it ran before the server died
+    assert report.stopped and "no action from the policy" in report.stopped and arm.stopped
+    assert "unreachable" in caplog.text
+
+
+def test_client_imports_neither_torch_nor_transformers():
+    code = ("import sys, vla.deploy.client, vla.deploy.loop, vla.robot_io.fake; "
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unauthenticated_server_refuses_to_start(monkeypatch):
+    from vla.deploy.server import main
+
+    monkeypatch.delenv("VLA_SERVER_TOKEN", raising=False)
+    with pytest.raises(SystemExit, match="VLA_SERVER_TOKEN"):
+        main(["--checkpoint=unused"])
+
+
+# --- end to end: a trained checkpoint drives the simulator through deploy.py ---
+
+
+def sim_deploy_config(tmp_path, **changes):
+    from vla.deploy.run import DeployConfig
+    from vla.robot_io.config import SimArmConfig
+
+    robot = SimArmConfig(task="reach", image_size=32, max_steps=25, control_hz=20.0)
+    return DeployConfig(robot=robot, episodes=2, num_inference_steps=2, output_dir=str(tmp_path),
+                        loop=LoopConfig(max_steps=25, safety=SafetyConfig(max_frame_age_s=0.5)), **changes)
+
+
+def check_sim_summary(summary, tmp_path):
+    assert [e["steps"] for e in summary["episodes"]] == [25, 25]  # the untrained policy runs to max_steps
+    for episode in summary["episodes"]:
+        assert episode["stopped"] is None and episode["chunks"] >= 4
+        assert sum(episode["held_ticks"].values()) < 10
+    assert (tmp_path / "steps_episode_1.csv").read_text().count("\n") == 26
+
+
+def test_deploy_checkpoint_in_process(tiny_checkpoint, tmp_path):
+    from vla.deploy.run import main
+
+    main([f"--checkpoint={tiny_checkpoint}", "--robot.type=sim", "--robot.task=reach", "--robot.image_size=32",
+          "--robot.control_hz=20", "--episodes=2", "--num_inference_steps=2", "--loop.max_steps=25",
+          "--loop.safety.max_frame_age_s=0.5", f"--output_dir={tmp_path}"])
+    import json
+
+    check_sim_summary(json.loads((tmp_path / "summary.json").read_text()), tmp_path)
+
+
+def test_deploy_through_policy_server(tiny_checkpoint, tmp_path, monkeypatch):
+    from vla.deploy.run import deploy
+    from vla.deploy.runner import LocalPolicy
+    from vla.deploy.server import PolicyServer
+
+    srv = PolicyServer(LocalPolicy.from_checkpoint(str(tiny_checkpoint), num_steps=2), TOKEN, port=0)
+    srv.start_in_thread()
+    monkeypatch.setenv("VLA_SERVER_TOKEN", TOKEN)
+    try:
+        summary = deploy(sim_deploy_config(tmp_path, server=f"ws://127.0.0.1:{srv.port}"))
+    finally:
+        srv.shutdown()
+    check_sim_summary(summary, tmp_path)
+    assert srv.served >= 8
+
+
+def test_deploy_needs_exactly_one_policy_source(tmp_path):
+    with pytest.raises(ValueError, match="exactly one of --checkpoint"):
+        sim_deploy_config(tmp_path)

@@ -1,0 +1,244 @@
+"""The real-time control loop: frames + state -> policy -> action schedule -> safety -> arm.
+
+Every tick of a fixed-rate clock (drift-free, `RateTimer`):
+1. stop on e-stop or a robot fault;
+2. take the latest camera frames (grabbed in background threads) and the robot state; hold the
+   arm if a frame is stale;
+3. collect a finished chunk from the inference worker, and ask for the next one when the
+   schedule says so — asynchronously (the next chunk is computed while the current one
+   executes) or synchronously (the loop waits, the baseline);
+4. pick this step's action from the schedule, pass it through the safety layer and send it;
+   with no action (policy late) or a rejected one, hold the arm.
+The arm is stopped on every way out. Per-step timing goes to a CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from vla.deploy.chunking import ActionSchedule, ScheduleConfig
+from vla.deploy.protocol import ObservationMessage, PolicySpec
+from vla.deploy.realtime import EStop, FrameGrabber, InferenceWorker, RateTimer
+from vla.deploy.safety import SafetyConfig, SafetyLayer
+from vla.robot_io.base import Camera, Robot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopConfig:
+    control_hz: float = 0.0  # 0: the robot's own rate (RobotSpec.control_hz)
+    max_steps: int = 300  # per episode
+    async_inference: bool = True  # compute the next chunk while the current one executes
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+
+
+@dataclass
+class EpisodeReport:
+    steps: int = 0
+    success: bool | None = None  # from the simulator; None on a real arm
+    stopped: str | None = None  # why the episode ended early (e-stop, fault, policy timeout)
+    holds: Counter = field(default_factory=Counter)  # reason -> ticks the arm was held
+    safety_events: int = 0
+    tick_starts: list[float] = field(default_factory=list)  # perf_counter of each tick
+    inference_s: list[float] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # per-step timing log
+
+    def period_jitter_ms(self, period_s: float) -> dict[str, float]:
+        """|actual tick period - nominal| p50 / p99 / max in milliseconds."""
+        periods = np.diff(self.tick_starts)
+        if not len(periods):
+            return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+        jitter = np.abs(periods - period_s) * 1000
+        return {"p50": float(np.percentile(jitter, 50)), "p99": float(np.percentile(jitter, 99)),
+                "max": float(jitter.max())}
+
+    def summary(self, period_s: float) -> dict:
+        latency = np.array(self.inference_s or [0.0]) * 1000
+        return {"steps": self.steps, "success": self.success, "stopped": self.stopped,
+                "held_ticks": dict(self.holds), "safety_events": self.safety_events,
+                "period_jitter_ms": self.period_jitter_ms(period_s),
+                "inference_ms": {"p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99))},
+                "chunks": len(self.inference_s)}
+
+
+def fit_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square and resize to uint8 [size, size, 3] (the policy's training view)."""
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return cv2.resize(image[top:top + side, left:left + side], (size, size), interpolation=cv2.INTER_AREA)
+
+
+def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera]) -> None:
+    """Refuse to start (ValueError naming the mismatch) when the robot or cameras do not fit the policy."""
+    name = robot.spec.embodiment
+    if name not in spec.state_dims:
+        raise ValueError(f"the policy was not trained on embodiment {name!r}; it knows {sorted(spec.state_dims)}")
+    if spec.state_dims[name] != robot.spec.state_dim:
+        raise ValueError(f"{name}: the policy expects state [{spec.state_dims[name]}], the robot gives "
+                         f"[{robot.spec.state_dim}] ({robot.spec.state_names})")
+    if spec.action_dims[name] != robot.spec.action_dim:
+        raise ValueError(f"{name}: the policy outputs actions [{spec.action_dims[name]}], the robot takes "
+                         f"[{robot.spec.action_dim}] ({robot.spec.action_names})")
+    missing = [c for c in spec.cameras if c not in cameras]
+    if missing:
+        raise ValueError(f"the policy needs cameras {spec.cameras}; missing {missing} (have {sorted(cameras)})")
+
+
+class ControlLoop:
+    def __init__(self, robot: Robot, cameras: dict[str, Camera], policy, config: LoopConfig, instruction: str,
+                 estop: EStop | None = None):
+        check_compatible(policy.spec, robot, cameras)
+        self.robot, self.cameras, self.policy, self.config = robot, cameras, policy, config
+        self.instruction = instruction
+        self.estop = estop or EStop()
+        self.hz = config.control_hz or robot.spec.control_hz
+        self.period = 1.0 / self.hz
+        self.schedule = ActionSchedule(config.schedule, policy.spec.horizon)
+        self.safety = SafetyLayer(robot.spec, config.safety)
+        self.grabbers = {name: FrameGrabber(cameras[name]) for name in policy.spec.cameras}
+        self.worker = InferenceWorker(policy.infer)
+        self.latency_s = 0.0  # running estimate, sets how early an asynchronous request goes out
+        self.episode = -1
+
+    def start(self) -> None:
+        for grabber in self.grabbers.values():
+            grabber.start()
+        if hasattr(self.policy, "warmup"):
+            self.policy.warmup()  # the first inference allocates and autotunes: keep it out of the episode
+
+    def close(self) -> None:
+        for grabber in self.grabbers.values():
+            grabber.close()
+        self.worker.close()
+
+    def run_episode(self) -> EpisodeReport:
+        self.episode += 1
+        self.robot.reset()
+        self.schedule.reset()
+        self.safety.reset()
+        self._wait_for_cameras()
+        report, timer = EpisodeReport(), RateTimer(self.hz)
+        self._last_action = time.perf_counter()
+        for step in range(self.config.max_steps):
+            late = timer.wait()
+            tick = time.perf_counter()
+            report.tick_starts.append(tick)
+            event = self._tick(step, report)
+            report.steps = step + 1
+            report.rows.append({"step": step, "t_s": tick - report.tick_starts[0], "late_ms": late * 1000,
+                                "work_ms": (time.perf_counter() - tick) * 1000, "event": event or ""})
+            if report.stopped or getattr(self.robot, "episode_done", False):
+                break
+        report.success = getattr(self.robot, "success", None)
+        return report
+
+    def _wait_for_cameras(self, timeout_s: float = 5.0) -> None:
+        """Start the clock once every camera has delivered a frame (or after timeout_s; the watchdog holds then)."""
+        deadline = time.monotonic() + timeout_s
+        while self._stale_camera() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def _tick(self, step: int, report: EpisodeReport) -> str | None:
+        """One control step; returns what happened when it was not a plain policy action."""
+        if self.estop.triggered:
+            return self._stop(report, f"e-stop ({self.estop.reason})")
+        state = self.robot.get_state()
+        if state.fault:
+            return self._stop(report, f"robot fault: {state.fault}")
+        self._collect(report)
+        stale = self._stale_camera()
+        if stale:
+            return self._hold(report, "camera frame stale or missing", stale)
+        if self.schedule.needs_chunk(step, lead=self._lead_steps()) and not self.worker.busy:
+            self.worker.submit(self.episode, step, self._observation(state))
+            if not self.config.async_inference:
+                self.worker.wait_idle(self.config.safety.policy_timeout_s)
+                self._collect(report)
+        action = self.schedule.action(step)
+        if action is None:
+            waited = time.perf_counter() - self._last_action
+            if waited > self.config.safety.policy_timeout_s:
+                return self._stop(report, f"no action from the policy for {waited:.1f} s "
+                                          f"(limit safety.policy_timeout_s={self.config.safety.policy_timeout_s})")
+            return self._hold(report, "waiting for the policy")
+        verdict = self.safety.check(action, state)
+        report.safety_events += len(verdict.events)
+        if verdict.action is None:
+            return self._hold(report, "safety rejected the action")
+        self.robot.send_action(verdict.action)
+        self._last_action = time.perf_counter()
+        return "; ".join(verdict.events) or None
+
+    def _collect(self, report: EpisodeReport) -> None:
+        result = self.worker.poll()
+        if result is None or result.episode != self.episode:  # none yet, or left over from the last episode
+            return
+        if result.error:
+            log.error("policy failed on the observation of step %d: %s", result.step, result.error)
+            return
+        report.inference_s.append(result.latency_s)
+        self.latency_s = result.latency_s if not self.latency_s else 0.8 * self.latency_s + 0.2 * result.latency_s
+        try:
+            self.schedule.add(result.actions, result.step)
+        except ValueError as error:
+            log.error("policy returned an unusable chunk: %s", error)
+
+    def _lead_steps(self) -> int:
+        return math.ceil(self.latency_s / self.period) if self.config.async_inference else 0
+
+    def _stale_camera(self) -> str | None:
+        now = time.monotonic()
+        for name, grabber in self.grabbers.items():
+            frame = grabber.latest
+            if frame is None:
+                return f"camera {name!r} has no frame yet" + (f" ({grabber.error})" if grabber.error else "")
+            age = now - frame.timestamp
+            if age > self.config.safety.max_frame_age_s:
+                limit = self.config.safety.max_frame_age_s
+                detail = f": {grabber.error}" if grabber.error else ""
+                return f"camera {name!r} frame is {age:.2f} s old (limit {limit} s){detail}"
+        return None
+
+    def _observation(self, state) -> ObservationMessage:
+        spec = self.policy.spec
+        images = np.stack([fit_image(self.grabbers[c].latest.image, spec.image_size) for c in spec.cameras])
+        return ObservationMessage(images=images, state=np.asarray(state.state, dtype=np.float32),
+                                  instruction=self.instruction, embodiment=self.robot.spec.embodiment)
+
+    def _hold(self, report: EpisodeReport, reason: str, detail: str = "") -> str:
+        """Hold the arm this tick; `reason` is the stable key counted in the report, `detail` the specifics."""
+        text = f"{reason}: {detail}" if detail else reason
+        if not report.holds[reason]:
+            log.warning("holding the arm: %s", text)
+        report.holds[reason] += 1
+        self.robot.hold()
+        self.safety.held()
+        return f"hold: {text}"
+
+    def _stop(self, report: EpisodeReport, reason: str) -> str:
+        log.error("stopping the arm: %s", reason)
+        report.stopped = reason
+        self.robot.stop()
+        return f"stop: {reason}"
+
+
+def write_step_log(report: EpisodeReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "t_s", "late_ms", "work_ms", "event"])
+        writer.writeheader()
+        writer.writerows(report.rows)

@@ -1,0 +1,159 @@
+"""What crosses the wire between the robot PC and the policy server, and how it is checked.
+
+Messages are msgpack maps; numpy arrays travel as msgpack extension type 1 holding
+(dtype string, shape, raw bytes). No pickle anywhere: a message can carry numbers, strings,
+lists, maps and plain numeric arrays, nothing that executes code when decoded. Only numpy and
+msgpack are imported, so the robot-side client stays light.
+
+Requests:  {"type": "infer", "observation": {...}, "prefix": optional float32 [P, D]}
+           {"type": "spec"} | {"type": "health"}
+Replies:   {"type": "chunk", "actions": float32 [H, D], "latency_ms": float}
+           {"type": "spec", "spec": {...}} | {"type": "health", "busy": bool, "served": int}
+           {"type": "error", "message": str}
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import msgpack
+import numpy as np
+
+NDARRAY_EXT = 1
+ALLOWED_DTYPES = {"|u1", "<u2", "<i4", "<i8", "<f4", "<f8", "|b1"}
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted; the text says which field is wrong and why."""
+
+
+@dataclass
+class PolicySpec:
+    """What a policy expects per control step, per embodiment.
+
+    cameras: camera names in the order the policy stacks them; images are uint8 [N, S, S, 3] with S = image_size.
+    state_dims / action_dims: embodiment -> state width S / action width D in the robot's own units.
+    horizon: actions per chunk H.
+    """
+
+    cameras: list[str]
+    image_size: int
+    horizon: int
+    state_dims: dict[str, int]
+    action_dims: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PolicySpec:
+        return cls(**data)
+
+
+@dataclass
+class ObservationMessage:
+    """One control step's observation for one robot. images: uint8 [N, S, S, 3]; state: float32 [S_e]."""
+
+    images: np.ndarray
+    state: np.ndarray
+    instruction: str
+    embodiment: str
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "state": self.state, "instruction": self.instruction,
+                "embodiment": self.embodiment}
+
+
+def blank_observation(spec: PolicySpec) -> ObservationMessage:
+    """An all-zero observation of the right shapes, for warming a policy up before the first episode."""
+    embodiment = sorted(spec.state_dims)[0]
+    return ObservationMessage(images=np.zeros((len(spec.cameras), spec.image_size, spec.image_size, 3), np.uint8),
+                              state=np.zeros(spec.state_dims[embodiment], np.float32), instruction="warm up",
+                              embodiment=embodiment)
+
+
+def _encode_ext(obj):
+    if isinstance(obj, np.ndarray):
+        array = np.ascontiguousarray(obj)
+        if array.dtype.str not in ALLOWED_DTYPES:
+            raise TypeError(f"cannot send a numpy array of dtype {array.dtype}")
+        header = msgpack.packb([array.dtype.str, list(array.shape)])
+        return msgpack.ExtType(NDARRAY_EXT, header + array.tobytes())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot send an object of type {type(obj).__name__}")
+
+
+def _decode_ext(code: int, data: bytes):
+    if code != NDARRAY_EXT:
+        raise ProtocolError(f"unknown msgpack extension type {code}")
+    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(data))
+    unpacker.feed(data)
+    dtype, shape = unpacker.unpack()
+    if dtype not in ALLOWED_DTYPES:
+        raise ProtocolError(f"array dtype {dtype!r} is not allowed; allowed: {sorted(ALLOWED_DTYPES)}")
+    body = data[unpacker.tell():]
+    count = int(np.prod(shape)) if shape else 1
+    if count * np.dtype(dtype).itemsize != len(body):
+        raise ProtocolError(f"array of shape {shape} and dtype {dtype} does not match its {len(body)} bytes")
+    return np.frombuffer(body, dtype=dtype).reshape(shape)
+
+
+def pack(message: dict) -> bytes:
+    return msgpack.packb(message, default=_encode_ext, use_bin_type=True)
+
+
+def unpack(payload: bytes) -> dict:
+    if not isinstance(payload, bytes | bytearray):
+        raise ProtocolError("messages must be binary msgpack frames, not text")
+    try:
+        message = msgpack.unpackb(payload, ext_hook=_decode_ext, raw=False, strict_map_key=True)
+    except ProtocolError:
+        raise
+    except Exception as error:  # msgpack raises several unrelated types for corrupt input
+        raise ProtocolError(f"not a valid msgpack message: {error}") from error
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("a message must be a map with a string 'type' field")
+    return message
+
+
+def validate_observation(data: object, spec: PolicySpec) -> ObservationMessage:
+    """Check every field of an observation against the policy's spec; ProtocolError names the first bad one."""
+    if not isinstance(data, dict):
+        raise ProtocolError("'observation' must be a map with images, state, instruction, embodiment")
+    missing = {"images", "state", "instruction", "embodiment"} - set(data)
+    if missing:
+        raise ProtocolError(f"observation is missing {sorted(missing)}")
+    embodiment = data["embodiment"]
+    if embodiment not in spec.state_dims:
+        raise ProtocolError(f"unknown embodiment {embodiment!r}; this policy knows {sorted(spec.state_dims)}")
+    instruction = data["instruction"]
+    if not isinstance(instruction, str) or not instruction.strip() or len(instruction) > 1000:
+        raise ProtocolError("instruction must be a non-empty string of at most 1000 characters")
+    images = data["images"]
+    expected = (len(spec.cameras), spec.image_size, spec.image_size, 3)
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape != expected:
+        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ProtocolError(f"images must be uint8 {list(expected)} (cameras {spec.cameras}); got {got}")
+    state = data["state"]
+    width = spec.state_dims[embodiment]
+    if not isinstance(state, np.ndarray) or state.dtype.kind != "f" or state.shape != (width,):
+        got = f"{state.dtype} {list(state.shape)}" if isinstance(state, np.ndarray) else type(state).__name__
+        raise ProtocolError(f"state must be float [{width}] for {embodiment!r}; got {got}")
+    if not np.isfinite(state).all():
+        raise ProtocolError("state contains NaN or inf")
+    return ObservationMessage(images, state.astype(np.float32), instruction, embodiment)
+
+
+def validate_prefix(prefix: object, spec: PolicySpec, embodiment: str) -> np.ndarray | None:
+    """Optional real-time-chunking prefix: float [P, D] actions already committed, P < H."""
+    if prefix is None:
+        return None
+    width = spec.action_dims[embodiment]
+    if (not isinstance(prefix, np.ndarray) or prefix.dtype.kind != "f" or prefix.ndim != 2
+            or prefix.shape[1] != width or prefix.shape[0] >= spec.horizon):
+        got = f"{prefix.dtype} {list(prefix.shape)}" if isinstance(prefix, np.ndarray) else type(prefix).__name__
+        raise ProtocolError(f"prefix must be float [P < {spec.horizon}, {width}]; got {got}")
+    if not np.isfinite(prefix).all():
+        raise ProtocolError("prefix contains NaN or inf")
+    return prefix.astype(np.float32)

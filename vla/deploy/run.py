@@ -1,0 +1,123 @@
+"""`python deploy.py` / `vla-deploy`: run a policy on a robot, in-process or through a policy server.
+
+    python deploy.py --checkpoint outputs/train/quickstart/checkpoints/last --robot.type sim --robot.task reach
+    python deploy.py --server ws://gpu-box:8765 --robot.type ur --robot.host 192.168.1.10 \\
+        --cameras '[{type: realsense, name: corner, serial: "123456"}]' --instruction "push the puck"
+
+Writes <output_dir>/summary.json (per episode: steps, success, holds, jitter, latency) and a
+per-step timing CSV per episode. Ctrl-C, SIGTERM or q/space/Esc in the terminal is the e-stop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import draccus
+
+from vla.deploy.loop import ControlLoop, LoopConfig, write_step_log
+from vla.deploy.realtime import EStop
+from vla.robot_io.config import CameraConfig, RobotConfig
+
+log = logging.getLogger("vla.deploy")
+
+
+@dataclass
+class DeployConfig:
+    checkpoint: str = ""  # run this checkpoint in-process ...
+    server: str = ""  # ... or ask the policy server at ws://HOST:PORT
+    token_env: str = "VLA_SERVER_TOKEN"  # environment variable holding the server's shared token
+    robot: RobotConfig = field(default_factory=lambda: RobotConfig.get_choice_class("sim")())
+    cameras: list[CameraConfig] = field(default_factory=list)  # the simulator brings its own
+    instruction: str = ""  # default: the simulated task's instruction
+    episodes: int = 1
+    num_inference_steps: int = 0  # diffusion / flow steps; 0 = the checkpoint's default
+    seed: int = 0
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    output_dir: str = "outputs/deploy"
+
+    def __post_init__(self) -> None:
+        if bool(self.checkpoint) == bool(self.server):
+            raise ValueError("give exactly one of --checkpoint PATH (in-process) or --server ws://HOST:PORT")
+
+
+def make_policy(cfg: DeployConfig):
+    if cfg.server:
+        from vla.deploy.client import RemotePolicy
+
+        token = os.environ.get(cfg.token_env, "")
+        if not token:
+            raise SystemExit(f"set the policy server's shared token in ${cfg.token_env}")
+        return RemotePolicy(cfg.server, token)  # the server sets its own number of sampling steps
+    from vla.deploy.runner import LocalPolicy
+
+    return LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, seed=cfg.seed)
+
+
+def make_cameras(cfg: DeployConfig, robot) -> dict:
+    cameras = {c.name: c.make() for c in cfg.cameras}
+    if hasattr(robot, "latest_frame"):  # the simulator renders its own camera
+        from vla.robot_io.sim import SimCamera
+
+        cameras.setdefault(robot.config.camera, SimCamera(robot, robot.config.camera))
+    return cameras
+
+
+def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
+    """Connect, run the episodes, stop the arm on every way out; returns the summary."""
+    out = Path(cfg.output_dir)
+    policy = policy or make_policy(cfg)
+    robot = cfg.robot.make()
+    estop = estop or EStop()
+    robot.connect()
+    cameras = make_cameras(cfg, robot)
+    episodes = []
+    loop = None
+    try:
+        for camera in cameras.values():
+            camera.connect()
+        instruction = cfg.instruction or getattr(robot, "instruction", "")
+        if not instruction:
+            raise ValueError("give --instruction (what the robot should do)")
+        loop = ControlLoop(robot, cameras, policy, cfg.loop, instruction, estop)
+        estop.install_signal_handlers()
+        estop.watch_keyboard()
+        loop.start()
+        for i in range(cfg.episodes):
+            report = loop.run_episode()
+            write_step_log(report, out / f"steps_episode_{i}.csv")
+            episodes.append(report.summary(loop.period))
+            log.info("episode %d: %s", i, json.dumps(episodes[-1]))
+            if report.stopped:
+                break
+    finally:
+        robot.stop()
+        if loop is not None:
+            loop.close()
+        for camera in cameras.values():
+            camera.disconnect()
+        robot.disconnect()
+        estop.restore_signal_handlers()
+    summary = {"control_hz": loop.hz if loop else None, "async_inference": cfg.loop.async_inference,
+               "episodes": episodes}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(args: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = draccus.parse(DeployConfig, args=args)
+    summary = deploy(cfg)
+    for i, episode in enumerate(summary["episodes"]):
+        jitter, latency = episode["period_jitter_ms"], episode["inference_ms"]
+        print(f"episode {i}: {episode['steps']} steps, success={episode['success']}, stopped={episode['stopped']}, "
+              f"held {sum(episode['held_ticks'].values())} ticks | jitter p50 {jitter['p50']:.2f} ms "
+              f"p99 {jitter['p99']:.2f} ms | inference p50 {latency['p50']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

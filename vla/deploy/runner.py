@@ -1,0 +1,57 @@
+"""A trained policy behind the small interface the control loop and the server use.
+
+`infer(observation) -> actions [H, D]` in the robot's own units, numpy in and out. The robot
+PC uses `RemotePolicy` (vla.deploy.client) with the same interface and no torch.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from vla.deploy.protocol import ObservationMessage, PolicySpec, blank_observation
+from vla.types import Observation
+
+
+def policy_spec(policy) -> PolicySpec:
+    """The observation a VLAPolicy expects, per embodiment it was trained on."""
+    normalizer = policy.normalizer
+    return PolicySpec(
+        cameras=list(policy.config.cameras), image_size=policy.config.image_size, horizon=policy.config.head.horizon,
+        state_dims={e: normalizer.state_dim(e) for e in normalizer.embodiments},
+        action_dims={e: normalizer.action_dim(e) for e in normalizer.embodiments},
+    )
+
+
+class LocalPolicy:
+    """A VLAPolicy in this process. Thread-safe: one inference at a time."""
+
+    def __init__(self, policy, num_steps: int | None = None, seed: int = 0, device: str | None = None):
+        self.policy = policy.eval()
+        if device:
+            self.policy.to(device)
+        self.num_steps = num_steps
+        self.generator = torch.Generator().manual_seed(seed)
+        self.spec = policy_spec(policy)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **kwargs) -> LocalPolicy:
+        from vla.training.checkpoint import load_policy
+
+        return cls(load_policy(path), **kwargs)
+
+    def warmup(self) -> None:
+        """One inference on a blank observation, so the first real one is not slow."""
+        self.infer(blank_observation(self.spec))
+
+    def infer(self, obs: ObservationMessage) -> np.ndarray:
+        batch = Observation(images=torch.from_numpy(np.array(obs.images))[None],  # a copy: wire buffers are read-only
+                            state=torch.from_numpy(np.asarray(obs.state, dtype=np.float32))[None],
+                            instruction=[obs.instruction], embodiment=[obs.embodiment])
+        options = {"num_steps": self.num_steps} if self.num_steps else {}
+        with self._lock, torch.inference_mode():
+            chunk = self.policy.predict(batch, generator=self.generator, **options)
+        return chunk.actions[0, :, chunk.mask[0]].numpy()

@@ -1,0 +1,140 @@
+"""The safety layer between the policy and the arm: every action passes `SafetyLayer.check`.
+
+It enforces the robot's `Limits`: action bounds, joint position / velocity / acceleration
+limits (joint-space arms) and a Cartesian workspace box (Cartesian-delta arms). A violation is
+clipped back inside the limit or the action is rejected (`on_violation`), with a log line that
+names the limit and the value. NaN / inf actions and actions of the wrong width are always
+rejected: a rejected action makes the loop hold the arm.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vla.robot_io.base import RobotSpec, RobotState
+
+log = logging.getLogger(__name__)
+VIOLATION_MODES = ("clip", "reject")
+
+
+@dataclass
+class SafetyConfig:
+    on_violation: str = "clip"  # clip | reject: what to do with an action outside a limit
+    max_frame_age_s: float = 0.25  # hold the arm when a camera frame is older than this
+    policy_timeout_s: float = 3.0  # stop the run when no action has come for this long
+
+    def __post_init__(self) -> None:
+        if self.on_violation not in VIOLATION_MODES:
+            raise ValueError(f"safety.on_violation must be one of {VIOLATION_MODES}; got {self.on_violation!r}")
+
+
+@dataclass
+class Verdict:
+    """action: the action to send ([D], maybe clipped) or None to hold; events: what was wrong."""
+
+    action: np.ndarray | None
+    events: list[str] = field(default_factory=list)
+
+
+class SafetyLayer:
+    def __init__(self, spec: RobotSpec, config: SafetyConfig):
+        self.spec = spec
+        self.config = config
+        self.dt = 1.0 / spec.control_hz
+        self.clip_counts: Counter[str] = Counter()
+        self.reset()
+
+    def reset(self) -> None:
+        self._last_velocity: np.ndarray | None = None  # joint velocity of the previous command
+        self._velocity: np.ndarray | None = None  # joint velocity of the command being checked
+
+    def held(self) -> None:
+        """The arm was held (zero velocity): the next command accelerates from rest."""
+        if self._last_velocity is not None:
+            self._last_velocity = np.zeros_like(self._last_velocity)
+
+    def check(self, action: np.ndarray, state: RobotState) -> Verdict:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (self.spec.action_dim,):
+            return self._reject(f"action has shape {list(action.shape)}; {self.spec.embodiment} takes "
+                                f"[{self.spec.action_dim}] ({', '.join(self.spec.action_names)})")
+        if not np.isfinite(action).all():
+            return self._reject(f"action contains NaN or inf: {np.round(action, 4).tolist()}")
+        events: list[str] = []
+        limits = self.spec.limits
+        action = self._bound(action, limits.action_low, limits.action_high, "action", self.spec.action_names, events)
+        if self.spec.action_kind == "joint_position":
+            action = self._joint_limits(action, state, events)
+        else:
+            action = self._workspace(action, state, events)
+        if events and self.config.on_violation == "reject":
+            self._velocity = None
+            return self._reject("; ".join(events))
+        for event in events:
+            self._log_clip(event)
+        if self._velocity is not None:
+            self._last_velocity, self._velocity = self._velocity, None
+        return Verdict(action.astype(np.float32), events)
+
+    def _joint_limits(self, action: np.ndarray, state: RobotState, events: list[str]) -> np.ndarray:
+        limits = self.spec.limits
+        n = len(limits.joint_position_low) if limits.joint_position_low is not None else 0
+        if not n:
+            return action
+        names = self.spec.action_names[:n]
+        target = self._bound(action[:n], limits.joint_position_low, limits.joint_position_high, "joint", names, events)
+        current = state.joint_positions
+        if current is not None and limits.joint_velocity is not None:
+            velocity = (target - current[:n]) / self.dt  # (J,)
+            vmax = np.asarray(limits.joint_velocity)
+            velocity = self._bound(velocity, -vmax, vmax, "joint velocity", names, events)
+            if limits.joint_acceleration is not None and self._last_velocity is not None:
+                step = np.asarray(limits.joint_acceleration) * self.dt
+                velocity = self._bound(velocity, self._last_velocity - step, self._last_velocity + step,
+                                       "joint acceleration (velocity change)", names, events)
+            target = current[:n] + velocity * self.dt
+            self._velocity = velocity
+        action = action.copy()
+        action[:n] = target
+        return action
+
+    def _workspace(self, action: np.ndarray, state: RobotState, events: list[str]) -> np.ndarray:
+        limits = self.spec.limits
+        if limits.workspace_low is None or state.tcp_position is None:
+            return action
+        scale = self.spec.ee_delta_scale
+        target = np.asarray(state.tcp_position, dtype=np.float64) + action[:3] * scale
+        low, high = np.asarray(limits.workspace_low), np.asarray(limits.workspace_high)
+        # a hand already outside the box may still move back in: only forbid moving further out
+        low, high = np.minimum(low, state.tcp_position), np.maximum(high, state.tcp_position)
+        inside = self._bound(target, low, high, "workspace", ["x", "y", "z"], events)
+        action = action.copy()
+        action[:3] = (inside - state.tcp_position) / scale
+        return action
+
+    def _log_clip(self, event: str) -> None:
+        """Log the first clip of each kind and every 100th after it, not one line per tick."""
+        kind = event.split("=")[0]
+        self.clip_counts[kind] += 1
+        count = self.clip_counts[kind]
+        if count == 1 or count % 100 == 0:
+            log.warning("safety: clipped %s (%d times so far)", event, count)
+
+    @staticmethod
+    def _bound(values: np.ndarray, low, high, what: str, names: list[str], events: list[str]) -> np.ndarray:
+        if low is None or high is None:
+            return values
+        low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+        bad = (values < low) | (values > high)
+        for i in np.flatnonzero(bad):
+            events.append(f"{what} {names[i]}={values[i]:.4g} outside [{low[i]:.4g}, {high[i]:.4g}]")
+        return np.clip(values, low, high)
+
+    @staticmethod
+    def _reject(reason: str) -> Verdict:
+        log.error("safety: rejected action, holding the arm: %s", reason)
+        return Verdict(None, [reason])

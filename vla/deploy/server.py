@@ -1,0 +1,150 @@
+"""Policy server: the policy on a GPU box, the control loop on the robot PC.
+
+    export VLA_SERVER_TOKEN=$(openssl rand -hex 16)   # the same token on both machines
+    vla-serve --checkpoint outputs/train/quickstart/checkpoints/last --port 8765 [--host 0.0.0.0]
+
+WebSocket + msgpack (vla.deploy.protocol; no pickle). One binary request per observation, one
+chunk per reply. The server binds 127.0.0.1 unless told otherwise, refuses connections without
+the shared token (HTTP 401 before the WebSocket opens), caps message size, validates every
+field against the policy's observation spec, and answers a bad request with an error message
+while staying up. Inference runs in a worker thread, so the event loop keeps answering health
+checks from other connections while a chunk is computed (openpi's server blocks its loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from vla.deploy.protocol import ProtocolError, pack, unpack, validate_observation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    checkpoint: str = ""
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes the server to the network: do it on a trusted LAN only
+    port: int = 8765
+    token_env: str = "VLA_SERVER_TOKEN"
+    max_message_mb: float = 8.0  # bigger requests close the connection (WebSocket code 1009)
+    num_inference_steps: int = 0  # 0 = the checkpoint's default
+    device: str = ""  # "" = cuda when available, else cpu
+
+
+class PolicyServer:
+    """Serves `policy` (anything with `.spec` and `.infer(ObservationMessage) -> [H, D]`)."""
+
+    def __init__(self, policy, token: str, host: str = "127.0.0.1", port: int = 8765, max_message_mb: float = 8.0):
+        if len(token) < 8:
+            raise ValueError("the server token must be at least 8 characters")
+        self.policy, self.token, self.host, self.port = policy, token, host, port
+        self.max_bytes = int(max_message_mb * 2**20)
+        self.busy = False
+        self.served = 0
+        self._infer_lock = asyncio.Lock()
+        self._ready = threading.Event()
+        self._server = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self) -> None:
+        async with serve(self._handle, self.host, self.port, max_size=self.max_bytes,
+                         process_request=self._authorise) as server:
+            self._server, self._loop = server, asyncio.get_running_loop()
+            self.port = server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
+            log.info("policy server on ws://%s:%d", self.host, self.port)
+            self._ready.set()
+            try:
+                await server.serve_forever()
+            except asyncio.CancelledError:  # shutdown() closed the server
+                log.info("policy server on port %d stopped", self.port)
+
+    def start_in_thread(self) -> PolicyServer:
+        """Serve from a daemon thread (tests, benchmarks); returns once the port is bound."""
+        threading.Thread(target=lambda: asyncio.run(self.serve()), name="policy-server", daemon=True).start()
+        if not self._ready.wait(10):
+            raise RuntimeError(f"policy server did not start on {self.host}:{self.port}")
+        return self
+
+    def shutdown(self) -> None:
+        if self._server is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._server.close)
+
+    def _authorise(self, connection: ServerConnection, request):
+        given = request.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            return None
+        log.warning("refused a connection from %s: missing or wrong token", connection.remote_address)
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        peer = connection.remote_address
+        try:
+            async for payload in connection:
+                await connection.send(pack(await self._reply(payload)))
+        except ConnectionClosed as closed:
+            if closed.rcvd is not None and closed.rcvd.code == 1009:
+                log.warning("%s sent a message over %d bytes; connection closed", peer, self.max_bytes)
+
+    async def _reply(self, payload) -> dict:
+        try:
+            message = unpack(payload)
+            kind = message["type"]
+            if kind == "health":
+                return {"type": "health", "busy": self.busy, "served": self.served}
+            if kind == "spec":
+                return {"type": "spec", "spec": self.policy.spec.to_dict()}
+            if kind == "infer":
+                return await self._infer(message)
+            raise ProtocolError(f"unknown message type {kind!r}; expected infer, spec or health")
+        except ProtocolError as error:
+            log.warning("bad request: %s", error)
+            return {"type": "error", "message": str(error)}
+
+    async def _infer(self, message: dict) -> dict:
+        observation = validate_observation(message.get("observation"), self.policy.spec)
+        async with self._infer_lock:  # one inference at a time; other connections queue here
+            self.busy = True
+            start = time.perf_counter()
+            try:
+                actions = await asyncio.to_thread(self.policy.infer, observation)
+            except Exception as error:  # the policy failed on this input: report it, keep serving
+                log.exception("policy failed")
+                return {"type": "error", "message": f"policy failed: {type(error).__name__}: {error}"}
+            finally:
+                self.busy = False
+        self.served += 1
+        return {"type": "chunk", "actions": actions, "latency_ms": (time.perf_counter() - start) * 1000}
+
+
+def main(args: list[str] | None = None) -> None:
+    import draccus
+    import torch
+
+    from vla.deploy.runner import LocalPolicy
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = draccus.parse(ServerConfig, args=args)
+    token = os.environ.get(cfg.token_env, "")
+    if not token:
+        raise SystemExit(f"set a shared token in ${cfg.token_env} first, e.g. export {cfg.token_env}=$(openssl rand "
+                         "-hex 16), and give the robot PC the same one")
+    if not cfg.checkpoint:
+        raise SystemExit("vla-serve needs --checkpoint PATH")
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    policy = LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, device=device)
+    policy.warmup()
+    asyncio.run(PolicyServer(policy, token, cfg.host, cfg.port, cfg.max_message_mb).serve())
+
+
+if __name__ == "__main__":
+    main()
