@@ -364,3 +364,22 @@ def test_deploy_through_policy_server(tiny_checkpoint, tmp_path, monkeypatch):
 def test_deploy_needs_exactly_one_policy_source(tmp_path):
     with pytest.raises(ValueError, match="exactly one of --checkpoint"):
         sim_deploy_config(tmp_path)
+
+
+def test_record_sim_expert_demos_through_the_loop(tmp_path):
+    """Teleoperated demos go through the loop + safety layer into a LeRobot dataset the trainer reads."""
+    from vla.data.dataset import load_chunked_demos
+    from vla.deploy.record import RecordConfig, record
+    from vla.robot_io.config import SimArmConfig
+
+    cfg = RecordConfig(robot=SimArmConfig(task="reach", image_size=32, max_steps=150, control_hz=200.0),
+                       episodes=2, max_steps=150, image_size=32, root=str(tmp_path / "rec"), repo_id="test/rec",
+                       safety=SafetyConfig(max_frame_age_s=0.5))
+    demos = load_chunked_demos(str(record(cfg)), "test/rec", chunk_size=4, expected_action_dim=4,
+                               expected_state_dim=7)
+    assert int(demos.episode_index.max()) == 1  # two kept episodes: the expert succeeded in both
+    assert demos.images.shape[1:] == (1, 32, 32, 3) and demos.embodiment == "metaworld_sawyer"
+    assert demos.tasks == ["reach the goal"]
+    assert (demos.actions.abs() <= 1.0 + 1e-6).all()  # what was executed, after the safety layer
+    with pytest.raises(FileExistsError, match="nothing is overwritten"):
+        record(cfg)

@@ -100,7 +100,7 @@ def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera])
 
 class ControlLoop:
     def __init__(self, robot: Robot, cameras: dict[str, Camera], policy, config: LoopConfig, instruction: str,
-                 estop: EStop | None = None):
+                 estop: EStop | None = None, recorder=None):
         check_compatible(policy.spec, robot, cameras)
         self.robot, self.cameras, self.policy, self.config = robot, cameras, policy, config
         self.instruction = instruction
@@ -109,7 +109,9 @@ class ControlLoop:
         self.period = 1.0 / self.hz
         self.schedule = ActionSchedule(config.schedule, policy.spec.horizon)
         self.safety = SafetyLayer(robot.spec, config.safety)
-        self.grabbers = {name: FrameGrabber(cameras[name]) for name in policy.spec.cameras}
+        self.recorder = recorder  # optional EpisodeRecorder: every executed action is written with its frames
+        watched = set(policy.spec.cameras) | set(getattr(recorder, "cameras", []))
+        self.grabbers = {name: FrameGrabber(cameras[name]) for name in sorted(watched)}
         self.worker = InferenceWorker(policy.infer)
         self.latency_s = 0.0  # running estimate, sets how early an asynchronous request goes out
         self.episode = -1
@@ -181,6 +183,9 @@ class ControlLoop:
             return self._hold(report, "safety rejected the action")
         self.robot.send_action(verdict.action)
         self._last_action = time.perf_counter()
+        if self.recorder is not None:
+            images = {name: grabber.latest.image for name, grabber in self.grabbers.items()}
+            self.recorder.add(images, state.state, verdict.action, self.instruction)
         return "; ".join(verdict.events) or None
 
     def _collect(self, report: EpisodeReport) -> None:

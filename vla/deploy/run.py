@@ -38,6 +38,8 @@ class DeployConfig:
     seed: int = 0
     loop: LoopConfig = field(default_factory=LoopConfig)
     output_dir: str = "outputs/deploy"
+    record_root: str = ""  # also write every episode (frames, state, executed actions) to a LeRobot dataset here
+    record_repo_id: str = "local/rollouts"
 
     def __post_init__(self) -> None:
         if bool(self.checkpoint) == bool(self.server):
@@ -57,8 +59,8 @@ def make_policy(cfg: DeployConfig):
     return LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, seed=cfg.seed)
 
 
-def make_cameras(cfg: DeployConfig, robot) -> dict:
-    cameras = {c.name: c.make() for c in cfg.cameras}
+def make_cameras(configs: list[CameraConfig], robot) -> dict:
+    cameras = {c.name: c.make() for c in configs}
     if hasattr(robot, "latest_frame"):  # the simulator renders its own camera
         from vla.robot_io.sim import SimCamera
 
@@ -73,21 +75,28 @@ def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
     robot = cfg.robot.make()
     estop = estop or EStop()
     robot.connect()
-    cameras = make_cameras(cfg, robot)
+    cameras = make_cameras(cfg.cameras, robot)
     episodes = []
-    loop = None
+    loop = recorder = None
     try:
         for camera in cameras.values():
             camera.connect()
         instruction = cfg.instruction or getattr(robot, "instruction", "")
         if not instruction:
             raise ValueError("give --instruction (what the robot should do)")
-        loop = ControlLoop(robot, cameras, policy, cfg.loop, instruction, estop)
+        if cfg.record_root:
+            from vla.deploy.record import EpisodeRecorder
+
+            recorder = EpisodeRecorder(cfg.record_root, cfg.record_repo_id, robot.spec, policy.spec.cameras,
+                                       policy.spec.image_size, cfg.loop.control_hz or robot.spec.control_hz)
+        loop = ControlLoop(robot, cameras, policy, cfg.loop, instruction, estop, recorder=recorder)
         estop.install_signal_handlers()
         estop.watch_keyboard()
         loop.start()
         for i in range(cfg.episodes):
             report = loop.run_episode()
+            if recorder is not None:
+                recorder.end_episode(keep=True)
             write_step_log(report, out / f"steps_episode_{i}.csv")
             episodes.append(report.summary(loop.period))
             log.info("episode %d: %s", i, json.dumps(episodes[-1]))
@@ -101,6 +110,8 @@ def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
             camera.disconnect()
         robot.disconnect()
         estop.restore_signal_handlers()
+        if recorder is not None:
+            recorder.finalize()
     summary = {"control_hz": loop.hz if loop else None, "async_inference": cfg.loop.async_inference,
                "episodes": episodes}
     out.mkdir(parents=True, exist_ok=True)
