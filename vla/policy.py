@@ -56,11 +56,19 @@ class VLAPolicy(nn.Module):
         return self.head.loss(cond, target, valid)
 
     @torch.no_grad()
-    def predict(self, obs: Observation, generator: torch.Generator | None = None, **sample_options) -> ActionChunk:
-        """One action chunk per observation, in each embodiment's own units: [B, H, D]."""
+    def predict(self, obs: Observation, generator: torch.Generator | None = None, prefix_actions: Tensor | None = None,
+                prefix_weights: Tensor | None = None, **sample_options) -> ActionChunk:
+        """One action chunk per observation, in each embodiment's own units: [B, H, D].
+
+        prefix_actions [B, P, D] (robot units) and prefix_weights [P]: real-time chunking; heads
+        that denoise (dit, dita, flow) inpaint the chunk's first P actions towards them.
+        """
         device = next(self.parameters()).device
         obs = obs.to(device)
         cond = self.condition(obs.images, obs.state.float(), obs.instruction, obs.embodiment)
+        if prefix_actions is not None:
+            prefix, _ = self._normalize_actions(prefix_actions.to(device).float(), obs.embodiment)
+            sample_options |= {"prefix": prefix, "prefix_weights": prefix_weights.to(device).float()}
         normalized = self.head.sample(cond, generator=generator, **sample_options).float()  # (B, H, D_max)
         if not torch.isfinite(normalized).all():
             raise FloatingPointError("the action head produced NaN or inf actions")

@@ -39,6 +39,9 @@ class LoopConfig:
     control_hz: float = 0.0  # 0: the robot's own rate (RobotSpec.control_hz)
     max_steps: int = 300  # per episode
     async_inference: bool = True  # compute the next chunk while the current one executes
+    # real-time chunking (Black et al., arXiv 2506.07339): a diffusion / flow head generates the next chunk
+    # inpainted onto the actions still queued, so consecutive chunks join without a jump (async only)
+    rtc: bool = False
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
@@ -80,6 +83,15 @@ def fit_image(image: np.ndarray, size: int) -> np.ndarray:
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     return cv2.resize(image[top:top + side, left:left + side], (size, size), interpolation=cv2.INTER_AREA)
+
+
+def rtc_weights(length: int, delay: int) -> np.ndarray:
+    """RTC's soft mask [length]: 1 for the `delay` steps that execute while the chunk is computed, then an
+    exponential fade c * (e^c - 1) / (e - 1), c = (length - i) / (length - delay + 1), to the end of the overlap."""
+    i = np.arange(length)
+    c = np.clip((length - i) / (length - delay + 1), 0.0, 1.0)
+    fade = c * np.expm1(c) / np.expm1(1.0)
+    return np.where(i < delay, 1.0, fade).astype(np.float32)
 
 
 def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera]) -> None:
@@ -166,7 +178,7 @@ class ControlLoop:
         if stale:
             return self._hold(report, "camera frame stale or missing", stale)
         if self.schedule.needs_chunk(step, lead=self._lead_steps()) and not self.worker.busy:
-            self.worker.submit(self.episode, step, self._observation(state))
+            self.worker.submit(self.episode, step, self._observation(state, step))
             if not self.config.async_inference:
                 self.worker.wait_idle(self.config.safety.policy_timeout_s)
                 self._collect(report)
@@ -218,11 +230,15 @@ class ControlLoop:
                 return f"camera {name!r} frame is {age:.2f} s old (limit {limit} s){detail}"
         return None
 
-    def _observation(self, state) -> ObservationMessage:
+    def _observation(self, state, step: int) -> ObservationMessage:
         spec = self.policy.spec
         images = np.stack([fit_image(self.grabbers[c].latest.image, spec.image_size) for c in spec.cameras])
-        return ObservationMessage(images=images, state=np.asarray(state.state, dtype=np.float32),
-                                  instruction=self.instruction, embodiment=self.robot.spec.embodiment)
+        obs = ObservationMessage(images=images, state=np.asarray(state.state, dtype=np.float32),
+                                 instruction=self.instruction, embodiment=self.robot.spec.embodiment)
+        queued = self.schedule.remaining(step)
+        if self.config.rtc and self.config.async_inference and len(queued):
+            obs.prefix, obs.prefix_weights = queued, rtc_weights(len(queued), self._lead_steps())
+        return obs
 
     def _hold(self, report: EpisodeReport, reason: str, detail: str = "") -> str:
         """Hold the arm this tick; `reason` is the stable key counted in the report, `detail` the specifics."""

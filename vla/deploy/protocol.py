@@ -5,7 +5,8 @@ Messages are msgpack maps; numpy arrays travel as msgpack extension type 1 holdi
 lists, maps and plain numeric arrays, nothing that executes code when decoded. Only numpy and
 msgpack are imported, so the robot-side client stays light.
 
-Requests:  {"type": "infer", "observation": {...}, "prefix": optional float32 [P, D]}
+Requests:  {"type": "infer", "observation": {images, state, instruction, embodiment,
+                                             optional prefix [P, D] + prefix_weights [P] for real-time chunking}}
            {"type": "spec"} | {"type": "health"}
 Replies:   {"type": "chunk", "actions": float32 [H, D], "latency_ms": float}
            {"type": "spec", "spec": {...}} | {"type": "health", "busy": bool, "served": int}
@@ -52,16 +53,26 @@ class PolicySpec:
 
 @dataclass
 class ObservationMessage:
-    """One control step's observation for one robot. images: uint8 [N, S, S, 3]; state: float32 [S_e]."""
+    """One control step's observation for one robot. images: uint8 [N, S, S, 3]; state: float32 [S_e].
+
+    prefix / prefix_weights: real-time chunking. The actions [P, D] (robot units) the previous
+    chunk still holds for the steps from this observation on, and how strongly [P] in [0, 1] the
+    new chunk must follow them: 1 for the steps that execute while it is computed, fading after.
+    """
 
     images: np.ndarray
     state: np.ndarray
     instruction: str
     embodiment: str
+    prefix: np.ndarray | None = None
+    prefix_weights: np.ndarray | None = None
 
     def to_dict(self) -> dict:
-        return {"images": self.images, "state": self.state, "instruction": self.instruction,
+        data = {"images": self.images, "state": self.state, "instruction": self.instruction,
                 "embodiment": self.embodiment}
+        if self.prefix is not None:
+            data |= {"prefix": self.prefix, "prefix_weights": self.prefix_weights}
+        return data
 
 
 def blank_observation(spec: PolicySpec) -> ObservationMessage:
@@ -142,18 +153,22 @@ def validate_observation(data: object, spec: PolicySpec) -> ObservationMessage:
         raise ProtocolError(f"state must be float [{width}] for {embodiment!r}; got {got}")
     if not np.isfinite(state).all():
         raise ProtocolError("state contains NaN or inf")
-    return ObservationMessage(images, state.astype(np.float32), instruction, embodiment)
+    prefix, weights = validate_prefix(data.get("prefix"), data.get("prefix_weights"), spec, embodiment)
+    return ObservationMessage(images, state.astype(np.float32), instruction, embodiment, prefix, weights)
 
 
-def validate_prefix(prefix: object, spec: PolicySpec, embodiment: str) -> np.ndarray | None:
-    """Optional real-time-chunking prefix: float [P, D] actions already committed, P < H."""
-    if prefix is None:
-        return None
+def validate_prefix(prefix: object, weights: object, spec: PolicySpec,
+                    embodiment: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Optional real-time-chunking prefix float [P <= H, D] with weights [P] in [0, 1]."""
+    if prefix is None and weights is None:
+        return None, None
     width = spec.action_dims[embodiment]
     if (not isinstance(prefix, np.ndarray) or prefix.dtype.kind != "f" or prefix.ndim != 2
-            or prefix.shape[1] != width or prefix.shape[0] >= spec.horizon):
+            or prefix.shape[1] != width or not 0 < prefix.shape[0] <= spec.horizon):
         got = f"{prefix.dtype} {list(prefix.shape)}" if isinstance(prefix, np.ndarray) else type(prefix).__name__
-        raise ProtocolError(f"prefix must be float [P < {spec.horizon}, {width}]; got {got}")
-    if not np.isfinite(prefix).all():
-        raise ProtocolError("prefix contains NaN or inf")
-    return prefix.astype(np.float32)
+        raise ProtocolError(f"prefix must be float [1..{spec.horizon}, {width}]; got {got}")
+    if not isinstance(weights, np.ndarray) or weights.shape != prefix.shape[:1]:
+        raise ProtocolError(f"prefix_weights must be float [{prefix.shape[0]}], one per prefix action")
+    if not (np.isfinite(prefix).all() and ((weights >= 0) & (weights <= 1)).all()):
+        raise ProtocolError("prefix must be finite and prefix_weights within [0, 1]")
+    return prefix.astype(np.float32), weights.astype(np.float32)

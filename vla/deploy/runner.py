@@ -52,6 +52,9 @@ class LocalPolicy:
                             state=torch.from_numpy(np.asarray(obs.state, dtype=np.float32))[None],
                             instruction=[obs.instruction], embodiment=[obs.embodiment])
         options = {"num_steps": self.num_steps} if self.num_steps else {}
+        if obs.prefix is not None:
+            options |= {"prefix_actions": torch.from_numpy(np.array(obs.prefix))[None],
+                        "prefix_weights": torch.from_numpy(np.array(obs.prefix_weights))}
         with self._lock, torch.inference_mode():
             chunk = self.policy.predict(batch, generator=self.generator, **options)
         return chunk.actions[0, :, chunk.mask[0]].numpy()
