@@ -35,11 +35,13 @@ class ScriptedPolicy:
                                action_dims={"fake_arm": 7})
         self.fault, self.fault_after, self.latency_s = fault, fault_after, latency_s
         self.calls = 0
+        self.prefixes: list = []
         self.release = threading.Event()
 
     def infer(self, obs: ObservationMessage) -> np.ndarray:
         assert obs.images.shape == (1, 32, 32, 3) and obs.images.dtype == np.uint8
         self.calls += 1
+        self.prefixes.append(obs.prefix)
         time.sleep(self.latency_s)
         chunk = np.tile(obs.state, (self.spec.horizon, 1)) + 0.01 * np.arange(1, self.spec.horizon + 1)[:, None]
         if self.fault and self.calls > self.fault_after:
@@ -86,6 +88,19 @@ def test_ensembles_ask_for_a_chunk_every_step():
     loop, arm = make_loop(schedule=ScheduleConfig("temporal"), async_inference=False)
     report = run(loop)
     assert len(report.inference_s) >= 35
+
+
+def test_rtc_sends_queued_actions_with_a_fading_mask():
+    from vla.deploy.loop import rtc_weights
+
+    weights = rtc_weights(6, delay=2)
+    assert np.allclose(weights[:2], 1.0) and np.all(np.diff(weights[1:]) < 0) and 0 < weights[-1] < 0.2
+    policy = ScriptedPolicy(latency_s=0.02)
+    loop, arm = make_loop(policy, rtc=True)
+    run(loop)
+    sent = [p for p in policy.prefixes if p is not None]
+    assert policy.prefixes[0] is None and len(sent) >= 5  # the first chunk has nothing queued before it
+    assert all(p.shape[1] == 7 and 0 < p.shape[0] <= 8 for p in sent)
 
 
 def test_rate_timer_does_not_drift():
@@ -258,6 +273,12 @@ def test_server_rejects_bad_requests_and_stays_up(server):
         assert "binary msgpack" in unpack(ws.recv())["message"]
         ws.send(pack({"type": "infer", "observation": dict(bad["observation"], embodiment="ur5e")}))
         assert "unknown embodiment 'ur5e'" in unpack(ws.recv())["message"]
+        good = dict(bad["observation"], images=np.zeros((1, 32, 32, 3), np.uint8))
+        ws.send(pack({"type": "infer", "observation": good | {"prefix": np.zeros((3, 7), np.float32),
+                                                              "prefix_weights": np.full(3, 2.0, np.float32)}}))
+        assert "within [0, 1]" in unpack(ws.recv())["message"]
+        ws.send(pack({"type": "infer", "observation": good}))
+        assert unpack(ws.recv())["actions"].shape == (8, 7)
     with connect(url, additional_headers=header, max_size=None) as ws:
         ws.send(b"\x00" * (9 * 2**20))  # over the 8 MiB cap: the server closes this connection ...
         with pytest.raises(Exception, match="1009|message too big"):
