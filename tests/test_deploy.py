@@ -404,3 +404,15 @@ def test_record_sim_expert_demos_through_the_loop(tmp_path):
     assert (demos.actions.abs() <= 1.0 + 1e-6).all()  # what was executed, after the safety layer
     with pytest.raises(FileExistsError, match="nothing is overwritten"):
         record(cfg)
+
+
+def test_robot_pc_imports_stay_light():
+    """deploy.py with a server and real devices needs neither torch nor the simulator."""
+    code = ("import sys, vla.deploy.run, vla.deploy.record; "
+            "bad = [m for m in ('torch', 'transformers', 'mujoco', 'metaworld') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from vla.robot_io.sim import FIRST_EVAL_SEED
+    from vla.sim.demos import EVAL_SEED_START
+
+    assert FIRST_EVAL_SEED == EVAL_SEED_START

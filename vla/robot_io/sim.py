@@ -2,7 +2,8 @@
 
 The camera shows the picture rendered after the latest simulator step. All simulator calls
 (stepping and rendering) happen in the thread that calls `send_action` / `hold`: MuJoCo's
-off-screen GL context belongs to one thread.
+off-screen GL context belongs to one thread. MuJoCo and Meta-World are imported only when a
+simulated arm is made, so a robot PC without them can still parse deploy configs.
 """
 
 from __future__ import annotations
@@ -13,22 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla.robot_io.base import Frame, Limits, RobotSpec, RobotState
-from vla.sim.demos import EVAL_SEED_START
-from vla.sim.metaworld_env import (
-    ACTION_NAMES,
-    ACTION_SCALE_M,
-    EMBODIMENT,
-    HAND_HIGH,
-    HAND_LOW,
-    STATE_NAMES,
-    MetaWorldEnv,
-)
+
+FIRST_EVAL_SEED = 100_000  # = vla.sim.demos.EVAL_SEED_START (kept literal to avoid importing MuJoCo here)
 
 
 @dataclass
 class SimRobotConfig:
     task: str = "reach"
-    seed: int = EVAL_SEED_START  # episode i uses seed + i: never a demo seed
+    seed: int = FIRST_EVAL_SEED  # episode i uses seed + i: never a demo seed
     image_size: int = 96
     camera: str = "corner"
     max_steps: int = 200
@@ -36,6 +29,8 @@ class SimRobotConfig:
 
 
 def sim_spec(control_hz: float) -> RobotSpec:
+    from vla.sim.metaworld_env import ACTION_NAMES, ACTION_SCALE_M, EMBODIMENT, HAND_HIGH, HAND_LOW, STATE_NAMES
+
     return RobotSpec(
         embodiment=EMBODIMENT, action_kind="ee_delta", action_names=list(ACTION_NAMES), state_names=list(STATE_NAMES),
         control_hz=control_hz, ee_delta_scale=ACTION_SCALE_M,
@@ -50,7 +45,7 @@ class SimRobot:
     def __init__(self, config: SimRobotConfig):
         self.config = config
         self.spec = sim_spec(config.control_hz)
-        self.env: MetaWorldEnv | None = None
+        self.env = None  # MetaWorldEnv once connected
         self.episode = -1
         self.success = False
         self.episode_done = False
@@ -64,6 +59,8 @@ class SimRobot:
         return self._env().instruction
 
     def connect(self) -> None:
+        from vla.sim.metaworld_env import MetaWorldEnv
+
         c = self.config
         self.env = MetaWorldEnv(c.task, seed=c.seed, image_size=c.image_size, camera=c.camera, max_steps=c.max_steps)
 
@@ -111,7 +108,7 @@ class SimRobot:
             raise RuntimeError("the simulated arm has no observation yet: call connect() and reset() first")
         return self._obs
 
-    def _env(self) -> MetaWorldEnv:
+    def _env(self):
         if self.env is None:
             raise RuntimeError("the simulated arm is not connected: call connect() first")
         return self.env
