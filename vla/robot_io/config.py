@@ -10,7 +10,11 @@ from dataclasses import dataclass
 import draccus
 
 from vla.robot_io.base import Camera, Robot
+from vla.robot_io.lerobot_arm import LeRobotArmConfig
+from vla.robot_io.opencv import OpenCVConfig
+from vla.robot_io.realsense import RealSenseConfig
 from vla.robot_io.sim import SimRobotConfig
+from vla.robot_io.ur import URConfig
 
 
 @dataclass
@@ -67,3 +71,47 @@ class FakeCameraConfig(CameraConfig):
         from vla.robot_io.fake import FakeCamera
 
         return FakeCamera(self.name, self.size, self.fps)
+
+
+@RobotConfig.register_subclass("ur")
+@dataclass
+class URArmConfig(URConfig, RobotConfig):
+    """A Universal Robots arm over RTDE (ur_rtde): `--robot.type ur --robot.host 192.168.1.10`."""
+
+    def make(self) -> Robot:
+        from vla.robot_io.ur import URRobot
+
+        return URRobot(self)
+
+
+@RobotConfig.register_subclass("lerobot")
+@dataclass
+class LeRobotRobotConfig(LeRobotArmConfig, RobotConfig):
+    """A LeRobot arm: `--robot.type lerobot --robot.robot so101_follower --robot.port /dev/ttyACM0 --robot.id arm`."""
+
+    def make(self) -> Robot:
+        from vla.robot_io.lerobot_arm import LeRobotArm
+
+        return LeRobotArm(self)
+
+
+@CameraConfig.register_subclass("realsense")
+@dataclass
+class RealSenseCameraConfig(RealSenseConfig, CameraConfig):
+    """An Intel RealSense (pyrealsense2): `{type: realsense, name: corner, serial: "123456", depth: true}`."""
+
+    def make(self) -> Camera:
+        from vla.robot_io.realsense import RealSenseCamera
+
+        return RealSenseCamera(self)
+
+
+@CameraConfig.register_subclass("opencv")
+@dataclass
+class OpenCVCameraConfig(OpenCVConfig, CameraConfig):
+    """A camera or video file read by LeRobot's OpenCVCamera: `{type: opencv, name: wrist, index_or_path: "0"}`."""
+
+    def make(self) -> Camera:
+        from vla.robot_io.opencv import OpenCVCamera
+
+        return OpenCVCamera(self)
