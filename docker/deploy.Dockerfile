@@ -23,7 +23,8 @@ COPY deploy.py ./
 # --no-deps: the package's own dependency list is the training stack; the robot PC needs only these
 RUN pip install --no-deps . \
     && pip install "numpy==2.2.6" "msgpack==1.1.2" "websockets==15.0.1" "opencv-python-headless==4.12.0.88" \
-       "draccus==0.10.0" "pyyaml==6.0.4" "pyrealsense2==2.56.5.9235" "ur-rtde==1.6.5"
+       "draccus==0.10.0" "pyyaml==6.0.4" "matplotlib==3.11.2" "pyrealsense2==2.56.5.9235" "ur-rtde==1.6.5"
+# (recording demos with vla-record writes LeRobot datasets and needs the full install: `pip install .`)
 # fail the build if the robot image could pull in torch by accident
 RUN python -c "import sys, vla.deploy.run, vla.deploy.client; assert 'torch' not in sys.modules"
 ENTRYPOINT ["python", "deploy.py"]

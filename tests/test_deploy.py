@@ -353,6 +353,7 @@ def check_sim_summary(summary, tmp_path):
         assert episode["stopped"] is None and episode["chunks"] >= 4
         assert sum(episode["held_ticks"].values()) < 10
     assert (tmp_path / "steps_episode_1.csv").read_text().count("\n") == 26
+    assert (tmp_path / "timing_episode_1.png").stat().st_size > 0
 
 
 def test_deploy_checkpoint_in_process(tiny_checkpoint, tmp_path):

@@ -4,8 +4,8 @@
     python deploy.py --server ws://gpu-box:8765 --robot.type ur --robot.host 192.168.1.10 \\
         --cameras '[{type: realsense, name: corner, serial: "123456"}]' --instruction "push the puck"
 
-Writes <output_dir>/summary.json (per episode: steps, success, holds, jitter, latency) and a
-per-step timing CSV per episode. Ctrl-C, SIGTERM or q/space/Esc in the terminal is the e-stop.
+Writes <output_dir>/summary.json (per episode: steps, success, holds, jitter, latency), and per
+episode a per-step timing CSV and a timing plot (held ticks in red). Ctrl-C, SIGTERM or q/space/Esc in the terminal is the e-stop.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import draccus
 
 from vla.deploy.loop import ControlLoop, LoopConfig, write_step_log
 from vla.deploy.realtime import EStop
+from vla.deploy.report import plot_timing
 from vla.robot_io.config import CameraConfig, RobotConfig
 
 log = logging.getLogger("vla.deploy")
@@ -98,6 +99,8 @@ def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
             if recorder is not None:
                 recorder.end_episode(keep=True)
             write_step_log(report, out / f"steps_episode_{i}.csv")
+            plot_timing(report.rows, loop.period, out / f"timing_episode_{i}.png",
+                        f"episode {i}: {report.steps} steps at {loop.hz:g} Hz, success={report.success}")
             episodes.append(report.summary(loop.period))
             log.info("episode %d: %s", i, json.dumps(episodes[-1]))
             if report.stopped:
