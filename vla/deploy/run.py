@@ -5,7 +5,8 @@
         --cameras '[{type: realsense, name: corner, serial: "123456"}]' --instruction "push the puck"
 
 Writes <output_dir>/summary.json (per episode: steps, success, holds, jitter, latency), and per
-episode a per-step timing CSV and a timing plot (held ticks in red). Ctrl-C, SIGTERM or q/space/Esc in the terminal is the e-stop.
+episode a per-step timing CSV and a timing plot (held ticks in red). Ctrl-C, SIGTERM or
+q / space / Esc in the terminal is the e-stop.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla.robot_io.base import Frame
-from vla.robot_io.opencv import ReconnectingCamera
+from vla.robot_io.reconnect import ReconnectingCamera
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = 'pip install -e ".[robot]"'
