@@ -417,3 +417,14 @@ def test_robot_pc_imports_stay_light():
     from vla.sim.demos import EVAL_SEED_START
 
     assert FIRST_EVAL_SEED == EVAL_SEED_START
+
+
+@pytest.mark.parametrize("name", ["sim_reach", "ur5e_realsense", "so101"])
+def test_deploy_recipes_parse(name):
+    import draccus
+
+    from vla.deploy.run import DeployConfig
+
+    args = ["--checkpoint=ckpt"] if name == "so101" else []  # the recipe leaves the checkpoint to the command line
+    cfg = draccus.parse(DeployConfig, config_path=f"configs/deploy/{name}.yaml", args=args)
+    assert cfg.robot.control_hz == 30 and cfg.output_dir.startswith("outputs/deploy")
