@@ -428,3 +428,20 @@ def test_deploy_recipes_parse(name):
     args = ["--checkpoint=ckpt"] if name == "so101" else []  # the recipe leaves the checkpoint to the command line
     cfg = draccus.parse(DeployConfig, config_path=f"configs/deploy/{name}.yaml", args=args)
     assert cfg.robot.control_hz == 30 and cfg.output_dir.startswith("outputs/deploy")
+
+
+def test_keypress_triggers_estop(monkeypatch):
+    """q typed in the terminal (a pseudo-terminal here) is the e-stop."""
+    import io
+
+    master, slave = os.openpty()
+    terminal = io.TextIOWrapper(io.FileIO(slave, "r+", closefd=False))
+    monkeypatch.setattr(sys, "stdin", terminal)
+    estop = EStop()
+    keys = estop.watch_keyboard()
+    time.sleep(0.2)
+    os.write(master, b"q")
+    assert estop.event.wait(2.0) and estop.reason == "key pressed"
+    keys.join(2.0)  # it restores the terminal's mode before the test closes it
+    os.close(master)
+    os.close(slave)

@@ -204,11 +204,13 @@ class EStop:
             signal.signal(sig, handler)
         self._previous_handlers.clear()
 
-    def watch_keyboard(self) -> None:
-        """Read keys from a terminal in a daemon thread (does nothing when stdin is not a TTY)."""
+    def watch_keyboard(self) -> threading.Thread | None:
+        """Read keys from a terminal in a daemon thread (None when stdin is not a TTY)."""
         if sys.stdin is None or not sys.stdin.isatty():
-            return
-        threading.Thread(target=self._read_keys, name="estop-keys", daemon=True).start()
+            return None
+        thread = threading.Thread(target=self._read_keys, name="estop-keys", daemon=True)
+        thread.start()
+        return thread
 
     def _on_signal(self, signum, _frame) -> None:
         self.trigger(f"signal {signal.Signals(signum).name}")
