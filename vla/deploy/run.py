@@ -132,6 +132,9 @@ def main(args: list[str] | None = None) -> None:
         print(f"episode {i}: {episode['steps']} steps, success={episode['success']}, stopped={episode['stopped']}, "
               f"held {sum(episode['held_ticks'].values())} ticks | jitter p50 {jitter['p50']:.2f} ms "
               f"p99 {jitter['p99']:.2f} ms | inference p50 {latency['p50']:.1f} ms")
+    stopped = [e["stopped"] for e in summary["episodes"] if e["stopped"] and not e["stopped"].startswith("e-stop")]
+    if stopped:
+        raise SystemExit(f"the arm was stopped: {stopped[0]}")  # non-zero exit for supervisors; e-stop exits 0
 
 
 if __name__ == "__main__":
