@@ -43,18 +43,22 @@ def percentiles(values_s: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
 
 
-def loop_run(policy: LocalPolicy, hz: float, async_inference: bool, ticks: int, task: str) -> dict:
+def loop_run(policy: LocalPolicy, hz: float, async_inference: bool, ticks: int, task: str, rtc: bool = False) -> dict:
     """Run simulator episodes until `ticks` control steps have passed; timing over all of them."""
     robot = SimRobot(SimRobotConfig(task=task, image_size=policy.spec.image_size, camera=policy.spec.cameras[0],
                                     max_steps=500, control_hz=hz))
     robot.connect()
     camera = SimCamera(robot, policy.spec.cameras[0])
-    config = LoopConfig(max_steps=ticks, async_inference=async_inference, schedule=ScheduleConfig(execute_steps=4))
+    config = LoopConfig(max_steps=ticks, async_inference=async_inference, schedule=ScheduleConfig(execute_steps=4),
+                        rtc=rtc)
     loop = ControlLoop(robot, {camera.name: camera}, policy, config, robot.instruction)
     loop.start()
     jitter, latency, steps, held, elapsed = [], [], 0, 0, 0.0
+    jumps, successes = [], []
     while steps < ticks:
         report: EpisodeReport = loop.run_episode()
+        jumps.append(report.chunk_boundary_jump())
+        successes.append(bool(report.success))
         periods = np.diff(report.tick_starts)
         jitter += list(np.abs(periods - loop.period))
         latency += report.inference_s
@@ -63,9 +67,15 @@ def loop_run(policy: LocalPolicy, hz: float, async_inference: bool, ticks: int, 
         elapsed += report.tick_starts[-1] - report.tick_starts[0] + loop.period
     loop.close()
     robot.disconnect()
-    return {"hz": hz, "async": async_inference, "ticks": steps, "jitter_ms": percentiles(jitter),
+    return {"hz": hz, "async": async_inference, "rtc": rtc, "ticks": steps, "jitter_ms": percentiles(jitter),
             "achieved_hz": steps / elapsed, "policy_action_share": 1 - held / steps,
-            "inference_ms": percentiles(latency)}
+            "inference_ms": percentiles(latency), "episodes": len(successes), "successes": sum(successes),
+            "jump_boundary": float(np.mean([j["boundary"] for j in jumps])),
+            "jump_within": float(np.mean([j["within"] for j in jumps]))}
+
+
+def loop_label(r: dict) -> str:
+    return f"{r['hz']:.0f} Hz {'async' if r['async'] else 'sync'}{' + RTC' if r['rtc'] else ''}"
 
 
 def head_latency(base, calls: int) -> list[dict]:
@@ -125,12 +135,14 @@ def write_report(results: dict, out: Path) -> None:
     lines = [f"# Deploy benchmark\n\n{results['machine']}; checkpoint `{results['checkpoint']}`, "
              f"{results['num_inference_steps']} sampling steps, {results['ticks']} ticks per loop setting.\n",
              "## Control loop (simulator, receding horizon, 4 of 8 actions per chunk)\n",
-             "| rate | inference | jitter p50 (ms) | jitter p99 (ms) | achieved rate (Hz) | ticks with a policy action "
-             "| chunk latency p50 / p99 (ms) |", "|---|---|---|---|---|---|---|"]
+             "| loop | jitter p50 (ms) | jitter p99 (ms) | achieved rate (Hz) | ticks with a policy action "
+             "| chunk latency p50 / p99 (ms) | mean action jump at chunk joins / inside chunks | success |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results["loop"]:
-        lines.append(f"| {r['hz']:.0f} Hz | {'async' if r['async'] else 'sync'} | {r['jitter_ms']['p50']:.3f} | "
-                     f"{r['jitter_ms']['p99']:.3f} | {r['achieved_hz']:.1f} | {100 * r['policy_action_share']:.0f}% | "
-                     f"{r['inference_ms']['p50']:.1f} / {r['inference_ms']['p99']:.1f} |")
+        lines.append(f"| {loop_label(r)} | {r['jitter_ms']['p50']:.3f} | {r['jitter_ms']['p99']:.3f} | "
+                     f"{r['achieved_hz']:.1f} | {100 * r['policy_action_share']:.0f}% | "
+                     f"{r['inference_ms']['p50']:.1f} / {r['inference_ms']['p99']:.1f} | "
+                     f"{r['jump_boundary']:.3f} / {r['jump_within']:.3f} | {r['successes']}/{r['episodes']} |")
     lines += ["\n## Inference latency per chunk, by head (same backbone, default head configs)\n",
               "| head | head params | p50 (ms) | p99 (ms) |", "|---|---|---|---|"]
     lines += [f"| {h['head']} | {h['params_head'] / 1e6:.2f} M | {h['p50']:.1f} | {h['p99']:.1f} |"
@@ -146,7 +158,7 @@ def write_report(results: dict, out: Path) -> None:
 
 def plot(results: dict, path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    labels = [f"{r['hz']:.0f} Hz {'async' if r['async'] else 'sync'}" for r in results["loop"]]
+    labels = [loop_label(r).replace(" + ", "\n+") for r in results["loop"]]
     ax1.bar(labels, [100 * r["policy_action_share"] for r in results["loop"]], color="#4878a8")
     ax1.set_ylabel("ticks with a policy action (%)")
     ax1.set_ylim(0, 105)
@@ -181,7 +193,8 @@ def main() -> None:
     results = {"machine": f"{torch.get_num_threads()} torch threads, CUDA {torch.cuda.is_available()}",
                "checkpoint": args.checkpoint, "num_inference_steps": args.num_inference_steps, "ticks": args.ticks,
                "loop": [loop_run(policy, hz, async_inference, args.ticks, args.task)
-                        for hz in (30.0, 50.0) for async_inference in (True, False)],
+                        for hz in (30.0, 50.0) for async_inference in (True, False)]
+                       + [loop_run(policy, hz, True, args.ticks, args.task, rtc=True) for hz in (30.0, 50.0)],
                "heads": head_latency(base, args.calls), "server": server_overhead(policy, args.calls)}
     write_report(results, Path(args.out))
     print(Path(args.out).with_suffix(".md").read_text())

@@ -56,6 +56,19 @@ class EpisodeReport:
     tick_starts: list[float] = field(default_factory=list)  # perf_counter of each tick
     inference_s: list[float] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)  # per-step timing log
+    sent: list[tuple[int, int, np.ndarray]] = field(default_factory=list)  # (step, chunk start step, action sent)
+
+    def chunk_boundary_jump(self) -> dict[str, float]:
+        """Mean |a_t - a_{t-1}| where consecutive actions come from different chunks vs from the same one.
+
+        Chunks that do not join up show as boundary >> within; real-time chunking narrows the gap.
+        """
+        boundary, within = [], []
+        for (s0, c0, a0), (s1, c1, a1) in zip(self.sent, self.sent[1:], strict=False):
+            if s1 == s0 + 1:
+                (boundary if c1 != c0 else within).append(float(np.abs(a1 - a0).mean()))
+        return {"boundary": float(np.mean(boundary)) if boundary else 0.0,
+                "within": float(np.mean(within)) if within else 0.0}
 
     def period_jitter_ms(self, period_s: float) -> dict[str, float]:
         """|actual tick period - nominal| p50 / p99 / max in milliseconds."""
@@ -195,6 +208,7 @@ class ControlLoop:
             return self._hold(report, "safety rejected the action")
         self.robot.send_action(verdict.action)
         self._last_action = time.perf_counter()
+        report.sent.append((step, self.schedule.chunks[-1][0], verdict.action))
         if self.recorder is not None:
             images = {name: grabber.latest.image for name, grabber in self.grabbers.items()}
             self.recorder.add(images, state.state, verdict.action, self.instruction)
