@@ -1,7 +1,9 @@
-"""Transformer pieces shared by the diffusion and flow heads: timestep embedding, DiT block.
+"""Transformer pieces shared by the diffusion and flow heads: timestep embedding, DiT block, final layer.
 
 Written here rather than taken from diffusers because diffusers' DiT blocks are tied to image
-patch latents and its own conditioning classes; ours take [B, T, C] action tokens.
+patch latents and its own conditioning classes; ours take [B, T, C] action tokens and can attend
+to a memory of condition tokens [B, M, C] (backbone prefix), the way pi0's action expert and
+Dita's in-context denoiser read the VLM tokens.
 """
 
 from __future__ import annotations
@@ -24,15 +26,19 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> T
 
 
 class TimestepEmbedder(nn.Module):
-    """Timestep -> [B, C] through sinusoidal features and a 2-layer MLP (DiT, Peebles & Xie 2023)."""
+    """Timestep -> [B, C] through sinusoidal features and a 2-layer MLP (DiT, Peebles & Xie 2023).
 
-    def __init__(self, hidden: int, freq_dim: int = 256):
+    `scale` maps the caller's time range onto ~[0, 1000] (flow time t in [0, 1] uses scale=1000).
+    """
+
+    def __init__(self, hidden: int, freq_dim: int = 256, scale: float = 1.0):
         super().__init__()
         self.freq_dim = freq_dim
+        self.scale = scale
         self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+        return self.mlp(sinusoidal_embedding(t * self.scale, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -41,33 +47,47 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero conditioning on a vector c: [B, C].
+    """Pre-norm transformer block; optionally adaLN-Zero conditioned, optionally attending to a memory.
 
-    The modulation is zero-initialised, so every block starts as the identity (DiT's adaLN-Zero).
+    adaln=True: conditioned on a vector c [B, C]; the modulation is zero-initialised, so every block
+    starts as the identity (DiT's adaLN-Zero). adaln=False: a plain pre-norm block (Dita's
+    LLaMA-style causal transformer), called with c=None.
+    memory [B, M, C]: extra keys/values placed before the tokens' own, normalised by the same norm1
+    (unmodulated), so that attending to a layer's cached prefix hidden states equals running the
+    block over the concatenated [prefix, tokens] sequence with prefix-causal attention.
     """
 
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, adaln: bool = True):
         super().__init__()
-        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.norm1 = nn.LayerNorm(hidden, elementwise_affine=not adaln, eps=1e-6)
         self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
-        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(hidden, elementwise_affine=not adaln, eps=1e-6)
         self.mlp = nn.Sequential(
             nn.Linear(hidden, int(hidden * mlp_ratio)), nn.GELU(approximate="tanh"),
             nn.Linear(int(hidden * mlp_ratio), hidden),
         )
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
-        nn.init.zeros_(self.ada[-1].weight)
-        nn.init.zeros_(self.ada[-1].bias)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden)) if adaln else None
+        if self.ada is not None:
+            nn.init.zeros_(self.ada[-1].weight)
+            nn.init.zeros_(self.ada[-1].bias)
 
-    def forward(self, x: Tensor, c: Tensor, attn_mask: Tensor | None = None,
-                key_padding_mask: Tensor | None = None) -> Tensor:
-        """x: [B, T, C] tokens; c: [B, C] conditioning; masks as in nn.MultiheadAttention."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
-        h = modulate(self.norm1(x), shift1, scale1)
-        h = self.attn(h, h, h, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False)[0]
-        x = x + gate1[:, None] * h
-        x = x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
-        return x
+    def forward(self, x: Tensor, c: Tensor | None = None, memory: Tensor | None = None,
+                attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
+        """x: [B, T, C] tokens; c: [B, C] or None; memory: [B, M, C] or None.
+
+        attn_mask: [T, M + T] (or [B * heads, T, M + T]), True = may not attend (nn.MultiheadAttention);
+        key_padding_mask: [B, M + T], True = padding.
+        """
+        if self.ada is not None:
+            shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=-1)
+        else:
+            shift1 = scale1 = shift2 = scale2 = x.new_zeros(())
+            gate1 = gate2 = x.new_ones(())
+        h = self.norm1(x) * (1 + scale1) + shift1
+        kv = h if memory is None else torch.cat([self.norm1(memory), h], dim=1)
+        h = self.attn(h, kv, kv, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        x = x + gate1 * h
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
 
 
 class FinalLayer(nn.Module):
@@ -85,3 +105,18 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.ada(c).chunk(2, dim=-1)
         return self.proj(modulate(self.norm(x), shift, scale))
+
+
+class PrefixProjector(nn.Module):
+    """Backbone tokens [B, L, C_backbone] -> head width [B, L, C], plus the key-padding mask.
+
+    Shared by the heads that read the raw VLM prefix (dita, flow) instead of one pooled feature.
+    """
+
+    def __init__(self, cond_dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.LayerNorm(cond_dim), nn.Linear(cond_dim, hidden))
+
+    def forward(self, tokens: Tensor, token_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (prefix [B, L, C], padding [B, L] with True where the token is padding)."""
+        return self.proj(tokens), ~token_mask.bool()

@@ -1,0 +1,156 @@
+"""Dita: a diffusion transformer whose noisy action tokens attend in context to the raw VLM tokens.
+
+Hou et al., "Dita" (ICCV 2025, arXiv 2503.19757). Instead of conditioning on one pooled feature,
+the denoiser is a causal transformer over
+
+    [prefix: backbone tokens (image + instruction) | state token | timestep token | action tokens]
+
+and the output at the action positions predicts the DDPM noise. The prefix never attends to
+the tokens after it, so its hidden state at every layer is the same at every denoising step:
+`encode_prefix` computes it once per observation and the denoising steps reuse it as each
+layer's key/value memory (the prefix KV-cache trick of Dita / HybridVLA). Each action token can
+carry several consecutive actions (`num_action_tokens` < horizon).
+
+Not here: the denoiser shares no weights with the backbone (`denoiser: separate`), and the
+observation history is one frame (Dita uses two).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vla.action_heads.bac import BlockCache, CachedSampling, run_block
+from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_loss, register_head
+from vla.action_heads.blocks import DiTBlock, PrefixProjector, TimestepEmbedder
+from vla.action_heads.diffusion import ActionDiffusion, DiffusionConfig
+from vla.types import Cond
+
+DENOISERS = ("separate", "shared")
+
+
+def causal_mask(queries: int, keys: int, device: torch.device) -> Tensor:
+    """bool [Q, K], True = may not attend; the queries are the last Q of the K positions."""
+    q = torch.arange(keys - queries, keys, device=device)[:, None]
+    return torch.arange(keys, device=device)[None, :] > q
+
+
+class InContextDenoiser(nn.Module):
+    """Causal transformer: noisy action tokens [B, N, D * G] after a cached prefix -> noise [B, N, D * G]."""
+
+    def __init__(self, token_dim: int, n_suffix: int, hidden: int, depth: int, heads: int, mlp_ratio: float,
+                 dropout: float, causal_actions: bool):
+        super().__init__()
+        self.causal_actions = causal_actions
+        self.action_in = nn.Linear(token_dim, hidden)
+        self.t_embed = TimestepEmbedder(hidden)
+        self.pos = nn.Parameter(torch.randn(1, n_suffix, hidden) * 0.02)  # suffix positions
+        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout, adaln=False) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, token_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def encode_prefix(self, prefix: Tensor, pad: Tensor) -> list[Tensor]:
+        """Each block's input hidden state over the prefix [B, L, C] (causal, padding masked): depth tensors."""
+        mask = causal_mask(prefix.shape[1], prefix.shape[1], prefix.device)
+        states = [prefix]
+        for block in self.blocks[:-1]:  # the last block's prefix output is never attended to
+            states.append(block(states[-1], attn_mask=mask, key_padding_mask=pad))
+        return states
+
+    def forward(self, noisy_tokens: Tensor, t: Tensor, prefix_states: list[Tensor], pad: Tensor, extra: Tensor,
+                cache: BlockCache | None = None) -> Tensor:
+        """noisy_tokens [B, N, D*G], t [B], prefix_states depth x [B, L, C], pad bool [B, L], extra [B, K, C]."""
+        n = noisy_tokens.shape[1]
+        x = torch.cat([extra, self.t_embed(t)[:, None], self.action_in(noisy_tokens)], dim=1) + self.pos
+        length, total = x.shape[1], pad.shape[1] + x.shape[1]
+        mask = causal_mask(length, total, x.device)  # (K + 1 + N, L + K + 1 + N)
+        if not self.causal_actions:  # action tokens see each other; the state and timestep tokens stay causal
+            mask[-n:, -n:] = False
+        key_pad = torch.cat([pad, pad.new_zeros(x.shape[:2])], dim=1)
+        for i, block in enumerate(self.blocks):
+            x = run_block(cache, i, block, x, memory=prefix_states[i], attn_mask=mask, key_padding_mask=key_pad)
+        return self.out(self.norm_out(x[:, -n:]))
+
+
+@dataclass
+class DitaHeadConfig(TransformerHeadConfig):
+    num_action_tokens: int = 0  # action tokens in the sequence; 0 = one per action (horizon); must divide horizon
+    causal_actions: bool = True  # Dita's causal transformer; False lets action tokens attend to each other
+    denoiser: str = "separate"  # separate: own transformer stack; shared (in the backbone LLM): not available yet
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.denoiser not in DENOISERS:
+            raise ValueError(f"head.denoiser must be one of {DENOISERS}; got {self.denoiser!r}")
+        if self.denoiser == "shared":
+            raise ValueError(
+                "head.denoiser='shared' (denoising inside the backbone's own LLM layers, reusing its prefix "
+                "past_key_values) needs a backbone API to run extra tokens through the LLM with a cached prefix "
+                "(encode_prefix / denoise_step), which VLMBackbone does not offer yet; use head.denoiser='separate', "
+                "whose own causal stack attends to the backbone tokens and caches the prefix per layer")
+        tokens = self.num_action_tokens or self.horizon
+        if tokens < 1 or self.horizon % tokens:
+            raise ValueError(f"head.num_action_tokens={self.num_action_tokens} must divide head.horizon={self.horizon} "
+                             f"(or be 0 for one token per action)")
+
+    @property
+    def actions_per_token(self) -> int:
+        return self.horizon // (self.num_action_tokens or self.horizon)
+
+
+class DitaHead(CachedSampling, ActionHead):
+    def __init__(self, config: DitaHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
+        super().__init__(config, action_dim)
+        self.config: DitaHeadConfig = config
+        self.group = config.actions_per_token
+        n_tokens = config.horizon // self.group
+        self.prefix = PrefixProjector(cond_dim, config.hidden)
+        self.state_proj = nn.Linear(state_dim, config.hidden) if config.use_proprio else None
+        n_suffix = int(config.use_proprio) + 1 + n_tokens
+        self.net = InContextDenoiser(action_dim * self.group, n_suffix, config.hidden, config.depth, config.heads,
+                                     config.mlp_ratio, config.dropout, config.causal_actions)
+        self.diffusion = ActionDiffusion(config.diffusion)
+
+    def encode(self, cond: Cond) -> tuple[list[Tensor], Tensor, Tensor]:
+        """(per-layer prefix states depth x [B, L, C], padding [B, L], extra tokens [B, K, C])."""
+        prefix, pad = self.prefix(cond.backbone.tokens, cond.backbone.token_mask)
+        extra = prefix.new_zeros(prefix.shape[0], 0, prefix.shape[-1])
+        if self.state_proj is not None:
+            extra = self.state_proj(cond.proprio.to(prefix.dtype))[:, None]
+        return self.net.encode_prefix(prefix, pad), pad, extra
+
+    def denoise(self, noisy: Tensor, t: Tensor, states: list[Tensor], pad: Tensor, extra: Tensor,
+                cache: BlockCache | None = None) -> Tensor:
+        """Noisy actions [B, H, D] -> predicted noise [B, H, D], grouping G actions per token."""
+        b, h, d = noisy.shape
+        out = self.net(noisy.reshape(b, h // self.group, self.group * d), t, states, pad, extra, cache)
+        return out.reshape(b, h, d)
+
+    def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
+        k = self.config.noise_samples_per_cond
+        states, pad, extra = self.encode(cond)  # the prefix pass runs once per observation, not per noise draw
+        states = [s.repeat_interleave(k, dim=0) for s in states]
+        pad, extra = pad.repeat_interleave(k, dim=0), extra.repeat_interleave(k, dim=0)
+        return denoising_loss(self.diffusion.noisy_batch, lambda x, t: self.denoise(x, t, states, pad, extra),
+                              actions, valid, k)
+
+    @torch.no_grad()
+    def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
+               bac: bool | BlockCache | None = None, **options) -> Tensor:
+        """[B, H, D] by DDIM with num_steps steps (default diffusion.num_inference_steps); the prefix is
+        encoded once and reused by every step. bac: see CachedSampling.block_cache."""
+        num_steps = num_steps or self.config.diffusion.num_inference_steps
+        cache = self.block_cache(num_steps, bac)
+        states, pad, extra = self.encode(cond)
+        shape = (pad.shape[0], self.config.horizon, self.action_dim)
+        return self.diffusion.sample(lambda x, t: self.denoise(x, t, states, pad, extra, cache), shape,
+                                     extra.device, extra.dtype, generator, num_steps)
+
+
+DitaHeadConfig.head_class = DitaHead
+register_head("dita")(DitaHeadConfig)

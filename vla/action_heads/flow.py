@@ -1,0 +1,94 @@
+"""pi0-style flow matching: an action expert that attends to the VLM prefix tokens.
+
+Black et al., "pi0" (arXiv 2410.24164). The action expert is a transformer over [state token,
+H noisy action tokens]; in every layer its tokens attend jointly to themselves and to the
+backbone's prefix tokens (image + instruction, projected to the expert's width), the way pi0's
+expert reads the VLM's keys and values. Deviations, for this framework's separate-backbone
+contract: the prefix is the backbone's last-layer tokens (the same at every expert layer) rather
+than per-layer VLM keys/values, and flow time enters through adaLN (as in pi0.5) rather than
+being mixed into each action token by an MLP. Training: Beta time sampling and the velocity
+target (`flow_matching.py`); inference: Euler with a configurable number of steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vla.action_heads.bac import BlockCache, CachedSampling, run_block
+from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_loss, register_head
+from vla.action_heads.blocks import DiTBlock, FinalLayer, PrefixProjector, TimestepEmbedder
+from vla.action_heads.flow_matching import FlowMatching, FlowMatchingConfig
+from vla.types import Cond
+
+
+class ActionExpert(nn.Module):
+    """Velocity field: x_t [B, H, D] + time [B] + prefix [B, L, C] (+ extra tokens [B, K, C]) -> [B, H, D]."""
+
+    def __init__(self, action_dim: int, horizon: int, n_extra: int, hidden: int, depth: int, heads: int,
+                 mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.action_in = nn.Linear(action_dim, hidden)
+        self.pos = nn.Parameter(torch.randn(1, n_extra + horizon, hidden) * 0.02)
+        self.t_embed = TimestepEmbedder(hidden, scale=1000.0)  # t in [0, 1] -> DiT's timestep range
+        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.final = FinalLayer(hidden, action_dim)
+
+    def forward(self, x_t: Tensor, t: Tensor, prefix: Tensor, prefix_pad: Tensor, extra: Tensor,
+                cache: BlockCache | None = None) -> Tensor:
+        """prefix_pad: bool [B, L], True where the prefix token is padding."""
+        h = x_t.shape[1]
+        x = torch.cat([extra, self.action_in(x_t)], dim=1) + self.pos  # (B, K + H, C)
+        c = self.t_embed(t)  # (B, C)
+        pad = torch.cat([prefix_pad, prefix_pad.new_zeros(x.shape[:2])], dim=1)  # (B, L + K + H)
+        for i, block in enumerate(self.blocks):
+            x = run_block(cache, i, block, x, c, memory=prefix, key_padding_mask=pad)
+        return self.final(x[:, -h:], c)  # (B, H, D)
+
+
+@dataclass
+class FlowHeadConfig(TransformerHeadConfig):
+    flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+
+
+class FlowHead(CachedSampling, ActionHead):
+    def __init__(self, config: FlowHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
+        super().__init__(config, action_dim)
+        self.config: FlowHeadConfig = config
+        self.prefix = PrefixProjector(cond_dim, config.hidden)
+        self.state_proj = nn.Linear(state_dim, config.hidden) if config.use_proprio else None
+        self.net = ActionExpert(action_dim, config.horizon, int(config.use_proprio), config.hidden, config.depth,
+                                config.heads, config.mlp_ratio, config.dropout)
+        self.flow = FlowMatching(config.flow)
+
+    def encode(self, cond: Cond) -> tuple[Tensor, Tensor, Tensor]:
+        """(prefix [B, L, C], prefix padding [B, L], extra tokens [B, K, C]); K = 1 with the state token."""
+        prefix, pad = self.prefix(cond.backbone.tokens, cond.backbone.token_mask)
+        extra = prefix.new_zeros(prefix.shape[0], 0, prefix.shape[-1])
+        if self.state_proj is not None:
+            extra = self.state_proj(cond.proprio.to(prefix.dtype))[:, None]
+        return prefix, pad, extra
+
+    def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
+        k = self.config.noise_samples_per_cond
+        prefix, pad, extra = (x.repeat_interleave(k, dim=0) for x in self.encode(cond))
+        return denoising_loss(self.flow.noisy_batch, lambda x, t: self.net(x, t, prefix, pad, extra),
+                              actions, valid, k)
+
+    @torch.no_grad()
+    def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
+               bac: bool | BlockCache | None = None, **options) -> Tensor:
+        """[B, H, D] by Euler integration with num_steps steps (default flow.num_steps); bac: see
+        CachedSampling.block_cache."""
+        num_steps = num_steps or self.config.flow.num_steps
+        cache = self.block_cache(num_steps, bac)
+        prefix, pad, extra = self.encode(cond)
+        shape = (prefix.shape[0], self.config.horizon, self.action_dim)
+        return self.flow.sample(lambda x, t: self.net(x, t, prefix, pad, extra, cache), shape, prefix.device,
+                                prefix.dtype, generator, num_steps)
+
+
+FlowHeadConfig.head_class = FlowHead
+register_head("flow")(FlowHeadConfig)
