@@ -71,7 +71,8 @@ class EvalConfig:
     episodes_per_task: int = 20
     seed_start: int = 100_000  # demos use seeds from 0; evaluation never reuses them
     max_steps: int = 200
-    num_inference_steps: int = 10  # DDIM steps
+    num_inference_steps: int = 10  # denoising steps (DDIM or flow Euler)
+    bac: bool = False  # block-wise adaptive caching with the checkpoint's schedule for num_inference_steps
     execute_steps: int = 4  # actions executed from each chunk before re-planning
     ensemble: str = "none"  # none | adaptive (CogACT's adaptive action ensemble; re-plans every step)
     ensemble_alpha: float = 0.1
@@ -79,6 +80,10 @@ class EvalConfig:
     privileged_state: bool = False  # diagnostics: the simulator adds the object position (policy must expect it)
     output_dir: str = ""  # default: <checkpoint>/../../eval
     checkpoint: str = ""  # for vla-eval
+
+    def __post_init__(self) -> None:
+        if self.num_inference_steps < 1:
+            raise ValueError(f"eval.num_inference_steps must be >= 1; got {self.num_inference_steps}")
 
 
 def parse(config_class: type, args: list[str] | None = None):

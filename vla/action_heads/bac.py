@@ -176,3 +176,13 @@ def load_schedules(path: str | Path) -> list[BACSchedule]:
     if data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a BAC schedule file (format {data.get('format')!r}, expected {FORMAT!r})")
     return [BACSchedule(**record) for record in data["schedules"]]
+
+
+def calibrate_head(head: CachedSampling, cond, num_steps: int, threshold: float, seed: int = 0) -> BACSchedule:
+    """Calibrate and attach a schedule for `num_steps` from one batched sampling call over the
+    calibration observations in `cond` (a Cond of B observations; changes are averaged over them)."""
+    generator = torch.Generator().manual_seed(seed)
+    schedule = calibrate(lambda cache: head.sample(cond, generator=generator, num_steps=num_steps, bac=cache),
+                         1, num_steps, threshold)
+    head.add_bac_schedule(schedule)
+    return schedule

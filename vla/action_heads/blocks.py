@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -46,20 +47,26 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+KV = tuple[Tensor, Tensor]  # keys, values [B, heads, M, C / heads]
+
+
 class DiTBlock(nn.Module):
     """Pre-norm transformer block; optionally adaLN-Zero conditioned, optionally attending to a memory.
 
     adaln=True: conditioned on a vector c [B, C]; the modulation is zero-initialised, so every block
     starts as the identity (DiT's adaLN-Zero). adaln=False: a plain pre-norm block (Dita's
     LLaMA-style causal transformer), called with c=None.
-    memory [B, M, C]: extra keys/values placed before the tokens' own, normalised by the same norm1
-    (unmodulated), so that attending to a layer's cached prefix hidden states equals running the
-    block over the concatenated [prefix, tokens] sequence with prefix-causal attention.
+    Memory: keys/values of condition tokens [B, M, C] (`memory_kv`), placed before the tokens' own and
+    computed from the same norm1 (unmodulated). Attending to a layer's prefix hidden states this way
+    equals running the block over [prefix, tokens] with prefix-causal attention, and the memory's
+    keys/values are computed once per observation, not once per denoising step or noise draw.
     """
 
     def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, adaln: bool = True):
         super().__init__()
+        self.n_heads = heads
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=not adaln, eps=1e-6)
+        # Holds the q/k/v/out projections (names kept for checkpoints); attention itself runs through SDPA below.
         self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=not adaln, eps=1e-6)
         self.mlp = nn.Sequential(
@@ -71,22 +78,37 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.ada[-1].weight)
             nn.init.zeros_(self.ada[-1].bias)
 
-    def forward(self, x: Tensor, c: Tensor | None = None, memory: Tensor | None = None,
-                attn_mask: Tensor | None = None, key_padding_mask: Tensor | None = None) -> Tensor:
-        """x: [B, T, C] tokens; c: [B, C] or None; memory: [B, M, C] or None.
+    def _split(self, x: Tensor) -> Tensor:
+        """[B, N, C] -> [B, heads, N, C / heads]."""
+        return x.unflatten(-1, (self.n_heads, -1)).transpose(1, 2)
 
-        attn_mask: [T, M + T] (or [B * heads, T, M + T]), True = may not attend (nn.MultiheadAttention);
-        key_padding_mask: [B, M + T], True = padding.
+    def memory_kv(self, memory: Tensor) -> KV:
+        """Keys and values of memory tokens [B, M, C]: ([B, heads, M, C / heads],) * 2."""
+        weight, bias = self.attn.in_proj_weight, self.attn.in_proj_bias
+        kv = F.linear(self.norm1(memory), weight[weight.shape[1]:], bias[weight.shape[1]:])  # (B, M, 2C)
+        k, v = kv.chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def _attend(self, h: Tensor, memory: KV | None, allowed: Tensor | None) -> Tensor:
+        q, k, v = (self._split(p) for p in F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, -1))
+        if memory is not None:
+            k, v = torch.cat([memory[0], k], dim=2), torch.cat([memory[1], v], dim=2)  # (B, heads, M + T, C / heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                             dropout_p=self.attn.dropout if self.training else 0.0)
+        return self.attn.out_proj(out.transpose(1, 2).flatten(2))  # (B, T, C)
+
+    def forward(self, x: Tensor, c: Tensor | None = None, memory: KV | None = None,
+                allowed: Tensor | None = None) -> Tensor:
+        """x: [B, T, C] tokens; c: [B, C] or None; memory: `memory_kv` output or None.
+
+        allowed: bool, broadcastable to [B, heads, T, M + T]; True where a query may attend to a key.
         """
         if self.ada is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=-1)
         else:
             shift1 = scale1 = shift2 = scale2 = x.new_zeros(())
             gate1 = gate2 = x.new_ones(())
-        h = self.norm1(x) * (1 + scale1) + shift1
-        kv = h if memory is None else torch.cat([self.norm1(memory), h], dim=1)
-        h = self.attn(h, kv, kv, attn_mask=attn_mask, key_padding_mask=key_padding_mask, need_weights=False)[0]
-        x = x + gate1 * h
+        x = x + gate1 * self._attend(self.norm1(x) * (1 + scale1) + shift1, memory, allowed)
         return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
 
 
@@ -118,5 +140,19 @@ class PrefixProjector(nn.Module):
         self.proj = nn.Sequential(nn.LayerNorm(cond_dim), nn.Linear(cond_dim, hidden))
 
     def forward(self, tokens: Tensor, token_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (prefix [B, L, C], padding [B, L] with True where the token is padding)."""
-        return self.proj(tokens), ~token_mask.bool()
+        """Returns (prefix [B, L, C], real [B, L] with True where the token is not padding)."""
+        return self.proj(tokens), token_mask.bool()
+
+
+def memory_allowed(real: Tensor, queries: int, causal_queries: bool = False) -> Tensor:
+    """Attention mask [B, 1, T, M + T] (True = may attend) for T queries after a memory of M tokens.
+
+    real: bool [B, M], False where the memory token is padding. causal_queries: each query sees only
+    the queries up to itself (the memory stays fully visible).
+    """
+    b, m = real.shape
+    own = torch.ones(queries, queries, dtype=torch.bool, device=real.device)
+    if causal_queries:
+        own = own.tril()
+    keys = torch.cat([real[:, None, :].expand(b, queries, m), own.expand(b, -1, -1)], dim=-1)  # (B, T, M + T)
+    return keys[:, None]

@@ -24,17 +24,11 @@ from torch import Tensor, nn
 
 from vla.action_heads.bac import BlockCache, CachedSampling, run_block
 from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_loss, register_head
-from vla.action_heads.blocks import DiTBlock, PrefixProjector, TimestepEmbedder
+from vla.action_heads.blocks import KV, DiTBlock, PrefixProjector, TimestepEmbedder, memory_allowed
 from vla.action_heads.diffusion import ActionDiffusion, DiffusionConfig
 from vla.types import Cond
 
 DENOISERS = ("separate", "shared")
-
-
-def causal_mask(queries: int, keys: int, device: torch.device) -> Tensor:
-    """bool [Q, K], True = may not attend; the queries are the last Q of the K positions."""
-    q = torch.arange(keys - queries, keys, device=device)[:, None]
-    return torch.arange(keys, device=device)[None, :] > q
 
 
 class InContextDenoiser(nn.Module):
@@ -53,33 +47,36 @@ class InContextDenoiser(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def encode_prefix(self, prefix: Tensor, pad: Tensor) -> list[Tensor]:
-        """Each block's input hidden state over the prefix [B, L, C] (causal, padding masked): depth tensors."""
-        mask = causal_mask(prefix.shape[1], prefix.shape[1], prefix.device)
-        states = [prefix]
-        for block in self.blocks[:-1]:  # the last block's prefix output is never attended to
-            states.append(block(states[-1], attn_mask=mask, key_padding_mask=pad))
-        return states
+    def encode_prefix(self, prefix: Tensor, real: Tensor) -> list[KV]:
+        """Every layer's keys/values of the prefix [B, L, C] under causal attention (padding masked).
 
-    def forward(self, noisy_tokens: Tensor, t: Tensor, prefix_states: list[Tensor], pad: Tensor, extra: Tensor,
+        real: bool [B, L], False at padding. Returns depth (keys, values) pairs [B, heads, L, C / heads].
+        """
+        length = prefix.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=prefix.device).tril()
+        allowed = (causal & real[:, None, :])[:, None]  # (B, 1, L, L); right padding: no row is empty
+        memory, x = [], prefix
+        for i, block in enumerate(self.blocks):
+            memory.append(block.memory_kv(x))
+            if i < len(self.blocks) - 1:  # the last block's prefix output is never attended to
+                x = block(x, allowed=allowed)
+        return memory
+
+    def forward(self, noisy_tokens: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:
-        """noisy_tokens [B, N, D*G], t [B], prefix_states depth x [B, L, C], pad bool [B, L], extra [B, K, C]."""
+        """noisy_tokens [B, N, D*G], t [B], memory from encode_prefix, real bool [B, L], extra [B, K, C]."""
         n = noisy_tokens.shape[1]
         x = torch.cat([extra, self.t_embed(t)[:, None], self.action_in(noisy_tokens)], dim=1) + self.pos
-        length, total = x.shape[1], pad.shape[1] + x.shape[1]
-        mask = causal_mask(length, total, x.device)  # (K + 1 + N, L + K + 1 + N)
-        if not self.causal_actions:  # action tokens see each other; the state and timestep tokens stay causal
-            mask[-n:, -n:] = False
-        key_pad = torch.cat([pad, pad.new_zeros(x.shape[:2])], dim=1)
+        allowed = memory_allowed(real, x.shape[1], causal_queries=self.causal_actions)  # (B, 1, T, L + T)
         for i, block in enumerate(self.blocks):
-            x = run_block(cache, i, block, x, memory=prefix_states[i], attn_mask=mask, key_padding_mask=key_pad)
+            x = run_block(cache, i, block, x, memory=memory[i], allowed=allowed)
         return self.out(self.norm_out(x[:, -n:]))
 
 
 @dataclass
 class DitaHeadConfig(TransformerHeadConfig):
     num_action_tokens: int = 0  # action tokens in the sequence; 0 = one per action (horizon); must divide horizon
-    causal_actions: bool = True  # Dita's causal transformer; False lets action tokens attend to each other
+    causal_actions: bool = True  # Dita's causal transformer; False: state, timestep and action tokens see each other
     denoiser: str = "separate"  # separate: own transformer stack; shared (in the backbone LLM): not available yet
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
@@ -116,27 +113,28 @@ class DitaHead(CachedSampling, ActionHead):
                                      config.mlp_ratio, config.dropout, config.causal_actions)
         self.diffusion = ActionDiffusion(config.diffusion)
 
-    def encode(self, cond: Cond) -> tuple[list[Tensor], Tensor, Tensor]:
-        """(per-layer prefix states depth x [B, L, C], padding [B, L], extra tokens [B, K, C])."""
-        prefix, pad = self.prefix(cond.backbone.tokens, cond.backbone.token_mask)
+    def encode(self, cond: Cond, repeat: int = 1) -> tuple[list[KV], Tensor, Tensor]:
+        """(per-layer prefix keys/values, real-token mask [B, L], extra tokens [B, K, C]), each row repeated
+        `repeat` times: the prefix pass runs once per observation, not per noise draw or denoising step."""
+        prefix, real = self.prefix(cond.backbone.tokens, cond.backbone.token_mask)
         extra = prefix.new_zeros(prefix.shape[0], 0, prefix.shape[-1])
         if self.state_proj is not None:
             extra = self.state_proj(cond.proprio.to(prefix.dtype))[:, None]
-        return self.net.encode_prefix(prefix, pad), pad, extra
+        memory = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0))
+                  for k, v in self.net.encode_prefix(prefix, real)]
+        return memory, real.repeat_interleave(repeat, 0), extra.repeat_interleave(repeat, 0)
 
-    def denoise(self, noisy: Tensor, t: Tensor, states: list[Tensor], pad: Tensor, extra: Tensor,
+    def denoise(self, noisy: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:
         """Noisy actions [B, H, D] -> predicted noise [B, H, D], grouping G actions per token."""
         b, h, d = noisy.shape
-        out = self.net(noisy.reshape(b, h // self.group, self.group * d), t, states, pad, extra, cache)
+        out = self.net(noisy.reshape(b, h // self.group, self.group * d), t, memory, real, extra, cache)
         return out.reshape(b, h, d)
 
     def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
         k = self.config.noise_samples_per_cond
-        states, pad, extra = self.encode(cond)  # the prefix pass runs once per observation, not per noise draw
-        states = [s.repeat_interleave(k, dim=0) for s in states]
-        pad, extra = pad.repeat_interleave(k, dim=0), extra.repeat_interleave(k, dim=0)
-        return denoising_loss(self.diffusion.noisy_batch, lambda x, t: self.denoise(x, t, states, pad, extra),
+        memory, real, extra = self.encode(cond, repeat=k)
+        return denoising_loss(self.diffusion.noisy_batch, lambda x, t: self.denoise(x, t, memory, real, extra),
                               actions, valid, k)
 
     @torch.no_grad()
@@ -146,9 +144,9 @@ class DitaHead(CachedSampling, ActionHead):
         encoded once and reused by every step. bac: see CachedSampling.block_cache."""
         num_steps = num_steps or self.config.diffusion.num_inference_steps
         cache = self.block_cache(num_steps, bac)
-        states, pad, extra = self.encode(cond)
-        shape = (pad.shape[0], self.config.horizon, self.action_dim)
-        return self.diffusion.sample(lambda x, t: self.denoise(x, t, states, pad, extra, cache), shape,
+        memory, real, extra = self.encode(cond)
+        shape = (real.shape[0], self.config.horizon, self.action_dim)
+        return self.diffusion.sample(lambda x, t: self.denoise(x, t, memory, real, extra, cache), shape,
                                      extra.device, extra.dtype, generator, num_steps)
 
 

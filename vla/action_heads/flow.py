@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from vla.action_heads.bac import BlockCache, CachedSampling, run_block
 from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_loss, register_head
-from vla.action_heads.blocks import DiTBlock, FinalLayer, PrefixProjector, TimestepEmbedder
+from vla.action_heads.blocks import KV, DiTBlock, FinalLayer, PrefixProjector, TimestepEmbedder, memory_allowed
 from vla.action_heads.flow_matching import FlowMatching, FlowMatchingConfig
 from vla.types import Cond
 
@@ -36,15 +36,19 @@ class ActionExpert(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth))
         self.final = FinalLayer(hidden, action_dim)
 
-    def forward(self, x_t: Tensor, t: Tensor, prefix: Tensor, prefix_pad: Tensor, extra: Tensor,
+    def memory(self, prefix: Tensor) -> list[KV]:
+        """Every layer's keys/values of the prefix [B, L, C]; computed once per observation."""
+        return [block.memory_kv(prefix) for block in self.blocks]
+
+    def forward(self, x_t: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:
-        """prefix_pad: bool [B, L], True where the prefix token is padding."""
+        """memory: `self.memory(prefix)`; real: bool [B, L], False where the prefix token is padding."""
         h = x_t.shape[1]
         x = torch.cat([extra, self.action_in(x_t)], dim=1) + self.pos  # (B, K + H, C)
         c = self.t_embed(t)  # (B, C)
-        pad = torch.cat([prefix_pad, prefix_pad.new_zeros(x.shape[:2])], dim=1)  # (B, L + K + H)
+        allowed = memory_allowed(real, x.shape[1])  # (B, 1, K + H, L + K + H)
         for i, block in enumerate(self.blocks):
-            x = run_block(cache, i, block, x, c, memory=prefix, key_padding_mask=pad)
+            x = run_block(cache, i, block, x, c, memory=memory[i], allowed=allowed)
         return self.final(x[:, -h:], c)  # (B, H, D)
 
 
@@ -63,18 +67,20 @@ class FlowHead(CachedSampling, ActionHead):
                                 config.heads, config.mlp_ratio, config.dropout)
         self.flow = FlowMatching(config.flow)
 
-    def encode(self, cond: Cond) -> tuple[Tensor, Tensor, Tensor]:
-        """(prefix [B, L, C], prefix padding [B, L], extra tokens [B, K, C]); K = 1 with the state token."""
-        prefix, pad = self.prefix(cond.backbone.tokens, cond.backbone.token_mask)
+    def encode(self, cond: Cond, repeat: int = 1) -> tuple[list[KV], Tensor, Tensor]:
+        """(per-layer prefix keys/values, real-token mask [B, L], extra tokens [B, K, C]), each row repeated
+        `repeat` times (repeat_interleave); K = 1 with the state token."""
+        prefix, real = self.prefix(cond.backbone.tokens, cond.backbone.token_mask)
         extra = prefix.new_zeros(prefix.shape[0], 0, prefix.shape[-1])
         if self.state_proj is not None:
             extra = self.state_proj(cond.proprio.to(prefix.dtype))[:, None]
-        return prefix, pad, extra
+        memory = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0)) for k, v in self.net.memory(prefix)]
+        return memory, real.repeat_interleave(repeat, 0), extra.repeat_interleave(repeat, 0)
 
     def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
         k = self.config.noise_samples_per_cond
-        prefix, pad, extra = (x.repeat_interleave(k, dim=0) for x in self.encode(cond))
-        return denoising_loss(self.flow.noisy_batch, lambda x, t: self.net(x, t, prefix, pad, extra),
+        memory, real, extra = self.encode(cond, repeat=k)
+        return denoising_loss(self.flow.noisy_batch, lambda x, t: self.net(x, t, memory, real, extra),
                               actions, valid, k)
 
     @torch.no_grad()
@@ -84,10 +90,10 @@ class FlowHead(CachedSampling, ActionHead):
         CachedSampling.block_cache."""
         num_steps = num_steps or self.config.flow.num_steps
         cache = self.block_cache(num_steps, bac)
-        prefix, pad, extra = self.encode(cond)
-        shape = (prefix.shape[0], self.config.horizon, self.action_dim)
-        return self.flow.sample(lambda x, t: self.net(x, t, prefix, pad, extra, cache), shape, prefix.device,
-                                prefix.dtype, generator, num_steps)
+        memory, real, extra = self.encode(cond)
+        shape = (extra.shape[0], self.config.horizon, self.action_dim)
+        return self.flow.sample(lambda x, t: self.net(x, t, memory, real, extra, cache), shape, extra.device,
+                                extra.dtype, generator, num_steps)
 
 
 FlowHeadConfig.head_class = FlowHead
