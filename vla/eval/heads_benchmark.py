@@ -173,7 +173,8 @@ def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
 def run_benchmark(cfg: HeadsBenchmarkConfig) -> Path:
     from vla.eval.heads_report import write_report
 
-    runs = {(head, seed): train_and_eval(cfg, head, seed) for head in cfg.heads for seed in cfg.seeds}
+    # seed-major, so that an interrupted benchmark has every head at its first seeds
+    runs = {(head, seed): train_and_eval(cfg, head, seed) for seed in cfg.seeds for head in cfg.heads}
     bac_rows = [row for head in cfg.bac.heads for row in bac_runs(cfg, head, runs[(head, cfg.seeds[0])])]
     (Path(cfg.output_dir) / "results.json").write_text(json.dumps(
         {"runs": {f"{h}_s{s}": r for (h, s), r in runs.items()}, "bac": bac_rows}, indent=1))
