@@ -127,32 +127,3 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.ada(c).chunk(2, dim=-1)
         return self.proj(modulate(self.norm(x), shift, scale))
-
-
-class PrefixProjector(nn.Module):
-    """Backbone tokens [B, L, C_backbone] -> head width [B, L, C], plus the key-padding mask.
-
-    Shared by the heads that read the raw VLM prefix (dita, flow) instead of one pooled feature.
-    """
-
-    def __init__(self, cond_dim: int, hidden: int):
-        super().__init__()
-        self.proj = nn.Sequential(nn.LayerNorm(cond_dim), nn.Linear(cond_dim, hidden))
-
-    def forward(self, tokens: Tensor, token_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (prefix [B, L, C], real [B, L] with True where the token is not padding)."""
-        return self.proj(tokens), token_mask.bool()
-
-
-def memory_allowed(real: Tensor, queries: int, causal_queries: bool = False) -> Tensor:
-    """Attention mask [B, 1, T, M + T] (True = may attend) for T queries after a memory of M tokens.
-
-    real: bool [B, M], False where the memory token is padding. causal_queries: each query sees only
-    the queries up to itself (the memory stays fully visible).
-    """
-    b, m = real.shape
-    own = torch.ones(queries, queries, dtype=torch.bool, device=real.device)
-    if causal_queries:
-        own = own.tril()
-    keys = torch.cat([real[:, None, :].expand(b, queries, m), own.expand(b, -1, -1)], dim=-1)  # (B, T, M + T)
-    return keys[:, None]

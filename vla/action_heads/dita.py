@@ -7,7 +7,7 @@ the denoiser is a causal transformer over
 
 and the output at the action positions predicts the DDPM noise. The prefix never attends to
 the tokens after it, so its hidden state at every layer is the same at every denoising step:
-`encode_prefix` computes it once per observation and the denoising steps reuse it as each
+`memory` computes it once per observation and the denoising steps reuse it as each
 layer's key/value memory (the prefix KV-cache trick of Dita / HybridVLA). Each action token can
 carry several consecutive actions (`num_action_tokens` < horizon).
 
@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from vla.action_heads.bac import BlockCache, CachedSampling, run_block
-from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_loss, register_head
-from vla.action_heads.blocks import KV, DiTBlock, PrefixProjector, TimestepEmbedder, memory_allowed
+from vla.action_heads.bac import BlockCache, run_block
+from vla.action_heads.base import TransformerHeadConfig, denoising_loss, register_head
+from vla.action_heads.blocks import KV, DiTBlock, TimestepEmbedder
 from vla.action_heads.diffusion import ActionDiffusion, DiffusionConfig
+from vla.action_heads.prefix import PrefixHead, memory_allowed
 from vla.types import Cond
 
 DENOISERS = ("separate", "shared")
@@ -47,7 +48,7 @@ class InContextDenoiser(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def encode_prefix(self, prefix: Tensor, real: Tensor) -> list[KV]:
+    def memory(self, prefix: Tensor, real: Tensor) -> list[KV]:
         """Every layer's keys/values of the prefix [B, L, C] under causal attention (padding masked).
 
         real: bool [B, L], False at padding. Returns depth (keys, values) pairs [B, heads, L, C / heads].
@@ -64,7 +65,7 @@ class InContextDenoiser(nn.Module):
 
     def forward(self, noisy_tokens: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:
-        """noisy_tokens [B, N, D*G], t [B], memory from encode_prefix, real bool [B, L], extra [B, K, C]."""
+        """noisy_tokens [B, N, D*G], t [B], memory from `memory`, real bool [B, L], extra [B, K, C]."""
         n = noisy_tokens.shape[1]
         x = torch.cat([extra, self.t_embed(t)[:, None], self.action_in(noisy_tokens)], dim=1) + self.pos
         allowed = memory_allowed(real, x.shape[1], causal_queries=self.causal_actions)  # (B, 1, T, L + T)
@@ -100,29 +101,16 @@ class DitaHeadConfig(TransformerHeadConfig):
         return self.horizon // (self.num_action_tokens or self.horizon)
 
 
-class DitaHead(CachedSampling, ActionHead):
+class DitaHead(PrefixHead):
     def __init__(self, config: DitaHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
-        super().__init__(config, action_dim)
+        super().__init__(config, cond_dim, action_dim, state_dim)
         self.config: DitaHeadConfig = config
         self.group = config.actions_per_token
         n_tokens = config.horizon // self.group
-        self.prefix = PrefixProjector(cond_dim, config.hidden)
-        self.state_proj = nn.Linear(state_dim, config.hidden) if config.use_proprio else None
-        n_suffix = int(config.use_proprio) + 1 + n_tokens
+        n_suffix = self.n_extra_tokens + 1 + n_tokens  # [state] + timestep + action tokens
         self.net = InContextDenoiser(action_dim * self.group, n_suffix, config.hidden, config.depth, config.heads,
                                      config.mlp_ratio, config.dropout, config.causal_actions)
         self.diffusion = ActionDiffusion(config.diffusion)
-
-    def encode(self, cond: Cond, repeat: int = 1) -> tuple[list[KV], Tensor, Tensor]:
-        """(per-layer prefix keys/values, real-token mask [B, L], extra tokens [B, K, C]), each row repeated
-        `repeat` times: the prefix pass runs once per observation, not per noise draw or denoising step."""
-        prefix, real = self.prefix(cond.backbone.tokens, cond.backbone.token_mask)
-        extra = prefix.new_zeros(prefix.shape[0], 0, prefix.shape[-1])
-        if self.state_proj is not None:
-            extra = self.state_proj(cond.proprio.to(prefix.dtype))[:, None]
-        memory = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0))
-                  for k, v in self.net.encode_prefix(prefix, real)]
-        return memory, real.repeat_interleave(repeat, 0), extra.repeat_interleave(repeat, 0)
 
     def denoise(self, noisy: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:

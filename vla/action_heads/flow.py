@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from vla.action_heads.bac import BlockCache, CachedSampling, run_block
-from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_loss, register_head
-from vla.action_heads.blocks import KV, DiTBlock, FinalLayer, PrefixProjector, TimestepEmbedder, memory_allowed
+from vla.action_heads.bac import BlockCache, run_block
+from vla.action_heads.base import TransformerHeadConfig, denoising_loss, register_head
+from vla.action_heads.blocks import KV, DiTBlock, FinalLayer, TimestepEmbedder
 from vla.action_heads.flow_matching import FlowMatching, FlowMatchingConfig
+from vla.action_heads.prefix import PrefixHead, memory_allowed
 from vla.types import Cond
 
 
@@ -36,8 +37,8 @@ class ActionExpert(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth))
         self.final = FinalLayer(hidden, action_dim)
 
-    def memory(self, prefix: Tensor) -> list[KV]:
-        """Every layer's keys/values of the prefix [B, L, C]; computed once per observation."""
+    def memory(self, prefix: Tensor, real: Tensor) -> list[KV]:
+        """Every layer's keys/values of the prefix [B, L, C] (padding is masked at attention, not here)."""
         return [block.memory_kv(prefix) for block in self.blocks]
 
     def forward(self, x_t: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
@@ -57,25 +58,13 @@ class FlowHeadConfig(TransformerHeadConfig):
     flow: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
 
 
-class FlowHead(CachedSampling, ActionHead):
+class FlowHead(PrefixHead):
     def __init__(self, config: FlowHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
-        super().__init__(config, action_dim)
+        super().__init__(config, cond_dim, action_dim, state_dim)
         self.config: FlowHeadConfig = config
-        self.prefix = PrefixProjector(cond_dim, config.hidden)
-        self.state_proj = nn.Linear(state_dim, config.hidden) if config.use_proprio else None
-        self.net = ActionExpert(action_dim, config.horizon, int(config.use_proprio), config.hidden, config.depth,
+        self.net = ActionExpert(action_dim, config.horizon, self.n_extra_tokens, config.hidden, config.depth,
                                 config.heads, config.mlp_ratio, config.dropout)
         self.flow = FlowMatching(config.flow)
-
-    def encode(self, cond: Cond, repeat: int = 1) -> tuple[list[KV], Tensor, Tensor]:
-        """(per-layer prefix keys/values, real-token mask [B, L], extra tokens [B, K, C]), each row repeated
-        `repeat` times (repeat_interleave); K = 1 with the state token."""
-        prefix, real = self.prefix(cond.backbone.tokens, cond.backbone.token_mask)
-        extra = prefix.new_zeros(prefix.shape[0], 0, prefix.shape[-1])
-        if self.state_proj is not None:
-            extra = self.state_proj(cond.proprio.to(prefix.dtype))[:, None]
-        memory = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0)) for k, v in self.net.memory(prefix)]
-        return memory, real.repeat_interleave(repeat, 0), extra.repeat_interleave(repeat, 0)
 
     def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
         k = self.config.noise_samples_per_cond
