@@ -23,11 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from vla.action_heads.bac import BlockCache, run_block
-from vla.action_heads.base import TransformerHeadConfig, denoising_loss, register_head
+from vla.action_heads.base import TransformerHeadConfig, register_head
 from vla.action_heads.blocks import KV, DiTBlock, TimestepEmbedder
 from vla.action_heads.diffusion import ActionDiffusion, DiffusionConfig
 from vla.action_heads.prefix import PrefixHead, memory_allowed
-from vla.types import Cond
 
 DENOISERS = ("separate", "shared")
 
@@ -110,7 +109,7 @@ class DitaHead(PrefixHead):
         n_suffix = self.n_extra_tokens + 1 + n_tokens  # [state] + timestep + action tokens
         self.net = InContextDenoiser(action_dim * self.group, n_suffix, config.hidden, config.depth, config.heads,
                                      config.mlp_ratio, config.dropout, config.causal_actions)
-        self.diffusion = ActionDiffusion(config.diffusion)
+        self.process = ActionDiffusion(config.diffusion)
 
     def denoise(self, noisy: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:
@@ -119,23 +118,8 @@ class DitaHead(PrefixHead):
         out = self.net(noisy.reshape(b, h // self.group, self.group * d), t, memory, real, extra, cache)
         return out.reshape(b, h, d)
 
-    def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
-        k = self.config.noise_samples_per_cond
-        memory, real, extra = self.encode(cond, repeat=k)
-        return denoising_loss(self.diffusion.noisy_batch, lambda x, t: self.denoise(x, t, memory, real, extra),
-                              actions, valid, k)
-
-    @torch.no_grad()
-    def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
-               bac: bool | BlockCache | None = None, **options) -> Tensor:
-        """[B, H, D] by DDIM with num_steps steps (default diffusion.num_inference_steps); the prefix is
-        encoded once and reused by every step. bac: see CachedSampling.block_cache."""
-        num_steps = num_steps or self.config.diffusion.num_inference_steps
-        cache = self.block_cache(num_steps, bac)
-        memory, real, extra = self.encode(cond)
-        shape = (real.shape[0], self.config.horizon, self.action_dim)
-        return self.diffusion.sample(lambda x, t: self.denoise(x, t, memory, real, extra, cache), shape,
-                                     extra.device, extra.dtype, generator, num_steps)
+    def default_steps(self) -> int:
+        return self.config.diffusion.num_inference_steps
 
 
 DitaHeadConfig.head_class = DitaHead

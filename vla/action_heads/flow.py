@@ -18,11 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from vla.action_heads.bac import BlockCache, run_block
-from vla.action_heads.base import TransformerHeadConfig, denoising_loss, register_head
+from vla.action_heads.base import TransformerHeadConfig, register_head
 from vla.action_heads.blocks import KV, DiTBlock, FinalLayer, TimestepEmbedder
 from vla.action_heads.flow_matching import FlowMatching, FlowMatchingConfig
 from vla.action_heads.prefix import PrefixHead, memory_allowed
-from vla.types import Cond
 
 
 class ActionExpert(nn.Module):
@@ -64,25 +63,10 @@ class FlowHead(PrefixHead):
         self.config: FlowHeadConfig = config
         self.net = ActionExpert(action_dim, config.horizon, self.n_extra_tokens, config.hidden, config.depth,
                                 config.heads, config.mlp_ratio, config.dropout)
-        self.flow = FlowMatching(config.flow)
+        self.process = FlowMatching(config.flow)
 
-    def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
-        k = self.config.noise_samples_per_cond
-        memory, real, extra = self.encode(cond, repeat=k)
-        return denoising_loss(self.flow.noisy_batch, lambda x, t: self.net(x, t, memory, real, extra),
-                              actions, valid, k)
-
-    @torch.no_grad()
-    def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
-               bac: bool | BlockCache | None = None, **options) -> Tensor:
-        """[B, H, D] by Euler integration with num_steps steps (default flow.num_steps); bac: see
-        CachedSampling.block_cache."""
-        num_steps = num_steps or self.config.flow.num_steps
-        cache = self.block_cache(num_steps, bac)
-        memory, real, extra = self.encode(cond)
-        shape = (extra.shape[0], self.config.horizon, self.action_dim)
-        return self.flow.sample(lambda x, t: self.net(x, t, memory, real, extra, cache), shape, extra.device,
-                                extra.dtype, generator, num_steps)
+    def default_steps(self) -> int:
+        return self.config.flow.num_steps
 
 
 FlowHeadConfig.head_class = FlowHead

@@ -10,9 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vla.action_heads.bac import CachedSampling
-from vla.action_heads.base import ActionHead, TransformerHeadConfig
+from vla.action_heads.bac import BlockCache, CachedSampling
+from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_loss
 from vla.action_heads.blocks import KV
+from vla.action_heads.diffusion import ActionDiffusion
+from vla.action_heads.flow_matching import FlowMatching
 from vla.types import Cond
 
 
@@ -46,8 +48,15 @@ def memory_allowed(real: Tensor, queries: int, causal_queries: bool = False) -> 
 
 
 class PrefixHead(CachedSampling, ActionHead):
-    """Base of heads with a `net` whose `memory(prefix [B, L, C], real [B, L]) -> list[KV]` gives each
-    layer's prefix keys/values; adds the prefix projection and the optional state token."""
+    """Base of heads that denoise with a `net` attending to the backbone prefix.
+
+    A subclass sets `self.net`, whose `memory(prefix [B, L, C], real [B, L]) -> list[KV]` gives each
+    layer's prefix keys/values and whose forward(x [B, H, D], t [B], memory, real, extra, cache)
+    predicts the training target, and `self.process`: the noise process (ActionDiffusion or
+    FlowMatching), whose `noisy_batch` makes training pairs and whose `sample` runs the sampler.
+    """
+
+    process: ActionDiffusion | FlowMatching
 
     def __init__(self, config: TransformerHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
         super().__init__(config, action_dim)
@@ -68,3 +77,30 @@ class PrefixHead(CachedSampling, ActionHead):
         memory = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0))
                   for k, v in self.net.memory(prefix, real)]
         return memory, real.repeat_interleave(repeat, 0), extra.repeat_interleave(repeat, 0)
+
+    def default_steps(self) -> int:
+        """Sampling steps when the caller gives none."""
+        raise NotImplementedError
+
+    def denoise(self, x: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
+                cache: BlockCache | None = None) -> Tensor:
+        """Network prediction for noisy actions x [B, H, D] at times t [B]."""
+        return self.net(x, t, memory, real, extra, cache)
+
+    def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
+        k = self.config.noise_samples_per_cond
+        memory, real, extra = self.encode(cond, repeat=k)
+        return denoising_loss(self.process.noisy_batch, lambda x, t: self.denoise(x, t, memory, real, extra),
+                              actions, valid, k)
+
+    @torch.no_grad()
+    def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
+               bac: bool | BlockCache | None = None, **options) -> Tensor:
+        """[B, H, D] with num_steps sampler steps (default: `default_steps()`); the prefix is encoded once
+        and reused by every step. bac: see CachedSampling.block_cache."""
+        num_steps = num_steps or self.default_steps()
+        cache = self.block_cache(num_steps, bac)
+        memory, real, extra = self.encode(cond)
+        shape = (real.shape[0], self.config.horizon, self.action_dim)
+        return self.process.sample(lambda x, t: self.denoise(x, t, memory, real, extra, cache), shape,
+                                   extra.device, extra.dtype, generator, num_steps)
