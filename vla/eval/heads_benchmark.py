@@ -102,15 +102,16 @@ def train_and_eval(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> dict:
 
     path = run_dir(cfg, head, seed) / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else run(quickstart_config(cfg, head, seed))
-    summary["train_s_per_step"] = mean_s_per_step(run_dir(cfg, head, seed) / "train" / "metrics.csv")
+    summary["train_s_per_step"] = median_s_per_step(run_dir(cfg, head, seed) / "train" / "metrics.csv")
     return summary
 
 
-def mean_s_per_step(metrics_csv: Path) -> float:
-    """Mean of the logged s_per_step windows, leaving out the first (start-up and warm-up costs)."""
+def median_s_per_step(metrics_csv: Path) -> float:
+    """Median over the logged s_per_step windows after the first (start-up costs): the machine is shared,
+    and the median ignores the windows in which another job took the cores."""
     with open(metrics_csv) as f:
         values = [float(row["s_per_step"]) for row in csv.DictReader(f)]
-    return float(np.mean(values[1:] or values))
+    return float(np.median(values[1:] or values))
 
 
 # ---- BAC -------------------------------------------------------------------------------------------

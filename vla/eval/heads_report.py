@@ -48,7 +48,8 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict]) -> str:
         f"{cfg.seeds}. Closed loop on Meta-World seeds never used for demos: {cfg.eval.episodes_per_task} episodes "
         f"per task, {cfg.eval.num_inference_steps} denoising steps, {cfg.eval.execute_steps} actions executed per "
         "chunk. Success is mean ± sample std over seeds; latency is one `policy.predict` per chunk (backbone + "
-        "sampling, batch 1, CPU), averaged over seeds. Measured on a shared 2-core CPU, so timings are noisy.",
+        "sampling, batch 1, CPU) in closed loop, averaged over seeds; train s/step is the median over 50-step "
+        "windows, averaged over seeds. Measured on a 2-core CPU shared with another job, so timings are noisy.",
         "",
         "| head | success | " + " | ".join(tasks) + " | per seed | train s/step | latency p50 / p99 (ms) | "
         "head params | total params |",
