@@ -22,14 +22,11 @@ from pathlib import Path
 
 import draccus
 import numpy as np
-import torch
 
 from vla.action_heads import head_config_class
-from vla.action_heads.bac import SCHEDULE_FILE, calibrate_head, save_schedules
 from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
 from vla.quickstart import QuickstartConfig, TinyBackboneConfig
 from vla.sim.demos import DemoConfig
-from vla.types import Observation
 
 TASKS = ["reach", "button-press-topdown"]
 DEFAULT_RECIPE = "configs/bench/heads.yaml"  # nested defaults live here: draccus rebuilds an overridden section
@@ -97,7 +94,7 @@ def quickstart_config(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> Quicks
 
 
 def train_and_eval(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> dict:
-    """One quickstart run (skipped when its summary exists), plus its mean training time per step."""
+    """One quickstart run (skipped when its summary exists), plus its median training time per step."""
     from vla.quickstart import run
 
     path = run_dir(cfg, head, seed) / "summary.json"
@@ -117,40 +114,18 @@ def median_s_per_step(metrics_csv: Path) -> float:
 # ---- BAC -------------------------------------------------------------------------------------------
 
 
-def calibration_observations(cfg: HeadsBenchmarkConfig, horizon: int) -> Observation:
-    """cfg.bac.calibration_frames demo frames spread evenly over the dataset, as one batch."""
-    from vla.data.dataset import load_chunked_demos
-    from vla.sim.demos import generate_demos
-
-    demos = load_chunked_demos(str(generate_demos(cfg.demos)), cfg.demos.repo_id, chunk_size=horizon)
-    index = torch.linspace(0, len(demos) - 1, cfg.bac.calibration_frames).long()
-    return Observation(images=demos.images[index], state=demos.state[index], instruction=demos.instructions(index),
-                       embodiment=[demos.embodiment] * len(index))
-
-
-def ensure_schedules(cfg: HeadsBenchmarkConfig, policy, checkpoint: Path) -> None:
-    """Calibrate (once) the schedules for every benchmarked step count and store them in the checkpoint."""
-    missing = [n for n in cfg.bac.steps if n not in policy.head.bac_schedules]
-    if not missing:
-        return
-    obs = calibration_observations(cfg, policy.config.head.horizon)
-    with torch.no_grad():
-        cond = policy.condition(obs.images, obs.state, obs.instruction, obs.embodiment)
-    for steps in missing:
-        schedule = calibrate_head(policy.head, cond, steps, cfg.bac.threshold)
-        print(f"BAC {policy.config.head.type} {steps} steps: computes {100 * schedule.computed_fraction():.0f}% "
-              f"of block evaluations")
-    save_schedules(policy.head.bac_schedules, checkpoint / SCHEDULE_FILE)
-
-
 def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
     """Closed-loop success and latency for each (steps, BAC off/on) on one checkpoint; finished evals are reused."""
+    from vla.eval.bac_calibration import calibrate_policy, calibration_observations
     from vla.eval.rollout import evaluate
+    from vla.sim.demos import generate_demos
     from vla.training.checkpoint import load_policy
 
     checkpoint = Path(summary["checkpoint"])
     policy = load_policy(checkpoint)
-    ensure_schedules(cfg, policy, checkpoint)
+    obs = calibration_observations(generate_demos(cfg.demos), cfg.demos.repo_id, cfg.bac.calibration_frames,
+                                   policy.config.head.horizon)
+    calibrate_policy(policy, checkpoint, obs, cfg.bac.steps, cfg.bac.threshold)
     rows = []
     for steps in cfg.bac.steps:
         for bac in (False, True):

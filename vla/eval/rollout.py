@@ -125,7 +125,8 @@ def write_video(episodes: list[Episode], path: Path, scale: int = 4, fps: int = 
 
 
 def main(args: list[str] | None = None) -> None:
-    """`vla-eval --checkpoint PATH ...`, or `vla-eval heads ...` for the head benchmark (vla.eval.heads_benchmark)."""
+    """`vla-eval --checkpoint PATH ...`; sub-commands: `vla-eval heads ...` (vla.eval.heads_benchmark) and
+    `vla-eval calibrate-bac ...` (vla.eval.bac_calibration)."""
     from vla.training.checkpoint import load_policy
 
     args = sys.argv[1:] if args is None else args
@@ -133,6 +134,10 @@ def main(args: list[str] | None = None) -> None:
         from vla.eval.heads_benchmark import main as benchmark_heads
 
         return benchmark_heads(args[1:])
+    if args[:1] == ["calibrate-bac"]:
+        from vla.eval.bac_calibration import main as calibrate_bac
+
+        return calibrate_bac(args[1:])
     cfg = draccus.parse(EvalConfig, args=args)
     if not cfg.checkpoint:
         raise SystemExit("vla-eval needs --checkpoint PATH (a checkpoint folder written by vla-train)")
