@@ -81,19 +81,25 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], bac_rows: list[dict], path: Path) -> None:
-    fig, axes = plt.subplots(1, 2 if bac_rows else 1, figsize=(12 if bac_rows else 5, 4), squeeze=False)
-    ax = axes[0, 0]
+    panels = 3 if bac_rows else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), gridspec_kw={"width_ratios": [1, 1, 2][:panels]})
     names = [r["head"] for r in rows]
-    means = [100 * r["success"][0] for r in rows]
-    stds = [100 * r["success"][1] for r in rows]
-    ax.bar(names, means, yerr=stds, capsize=6, color="#4878a8")
+    ax = axes[0]
+    ax.bar(names, [100 * r["success"][0] for r in rows], yerr=[100 * r["success"][1] for r in rows], capsize=6,
+           color="#4878a8")
     for i, r in enumerate(rows):
         ax.scatter([i] * len(r["per_seed"]), [100 * s for s in r["per_seed"]], color="k", s=12, zorder=3)
     ax.set_ylim(0, 105)
     ax.set_ylabel("closed-loop success (%)")
-    ax.set_title("success, mean ± std over seeds (dots: seeds)")
+    ax.set_title("success, mean ± std over seeds (dots: seeds)", fontsize=10)
+    ax = axes[1]
+    ax.bar(names, [r["p50"][0] for r in rows], color="#6a9f58", label="p50")
+    ax.scatter(names, [r["p99"][0] for r in rows], color="k", marker="_", s=300, zorder=3, label="p99")
+    ax.set_ylabel("latency per chunk (ms)")
+    ax.set_title("inference per chunk, batch 1, CPU", fontsize=10)
+    ax.legend()
     if bac_rows:
-        ax = axes[0, 1]
+        ax = axes[2]
         labels = [f"{b['head']}\n{b['steps']} {'BAC' if b['bac'] else 'full'}" for b in bac_rows]
         colours = ["#d08a3c" if b["bac"] else "#4878a8" for b in bac_rows]
         bars = ax.bar(range(len(bac_rows)), [b["p50_ms"] for b in bac_rows], color=colours)
@@ -101,8 +107,9 @@ def plot(rows: list[dict], bac_rows: list[dict], path: Path) -> None:
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{100 * b['success']:.0f}%",
                     ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(bac_rows)), labels, fontsize=7)
-        ax.set_ylabel("latency per chunk p50 (ms)")
-        ax.set_title("steps x BAC (blue: no cache, orange: BAC; label: success)")
+        ax.set_yscale("log")
+        ax.set_ylabel("latency per chunk p50 (ms, log)")
+        ax.set_title("steps x BAC (blue: no cache, orange: BAC; label: success)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
