@@ -72,12 +72,17 @@ class EvalConfig:
     episodes_per_task: int = 20
     seed_start: int = 100_000  # demos use seeds from 0; evaluation never reuses them
     max_steps: int = 200
-    num_inference_steps: int = 10  # DDIM steps
+    num_inference_steps: int = 10  # denoising steps (DDIM or flow Euler)
+    bac: bool = False  # block-wise adaptive caching with the checkpoint's schedule for num_inference_steps
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # chunk execution / ensembling
     videos_per_task: int = 2
     privileged_state: bool = False  # diagnostics: the simulator adds the object position (policy must expect it)
     output_dir: str = ""  # default: <checkpoint>/../../eval
     checkpoint: str = ""  # for vla-eval
+
+    def __post_init__(self) -> None:
+        if self.num_inference_steps < 1:
+            raise ValueError(f"eval.num_inference_steps must be >= 1; got {self.num_inference_steps}")
 
 
 def parse(config_class: type, args: list[str] | None = None):

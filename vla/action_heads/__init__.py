@@ -1,6 +1,16 @@
 """Action heads behind one interface; importing this package registers the built-in heads."""
 
-from vla.action_heads.base import ActionHead, HeadConfig, build_head, head_config_class, register_head
+from vla.action_heads.base import (
+    ActionHead,
+    HeadConfig,
+    TransformerHeadConfig,
+    build_head,
+    head_config_class,
+    register_head,
+)
 from vla.action_heads.dit import DiTHead, DiTHeadConfig
+from vla.action_heads.dita import DitaHead, DitaHeadConfig
+from vla.action_heads.flow import FlowHead, FlowHeadConfig
 
-__all__ = ["ActionHead", "HeadConfig", "build_head", "head_config_class", "register_head", "DiTHead", "DiTHeadConfig"]
+__all__ = ["ActionHead", "HeadConfig", "TransformerHeadConfig", "build_head", "head_config_class", "register_head",
+           "DiTHead", "DiTHeadConfig", "DitaHead", "DitaHeadConfig", "FlowHead", "FlowHeadConfig"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import draccus
@@ -32,6 +33,27 @@ class HeadConfig(draccus.ChoiceRegistry):
     @property
     def type(self) -> str:
         return self.get_choice_name(self.__class__)
+
+
+@dataclass
+class TransformerHeadConfig(HeadConfig):
+    """Settings every transformer-denoiser head (dit, dita, flow) shares; not registered itself."""
+
+    hidden: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    use_proprio: bool = True  # add a state token to the denoiser's input
+    noise_samples_per_cond: int = 4  # CogACT's "repeated diffusion steps": (noise, t) draws per backbone pass
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"head.hidden={self.hidden} must be divisible by head.heads={self.heads}")
+        if self.noise_samples_per_cond < 1:
+            raise ValueError(f"head.noise_samples_per_cond must be >= 1; got {self.noise_samples_per_cond}")
+        if self.horizon < 1:
+            raise ValueError(f"head.horizon must be >= 1; got {self.horizon}")
 
 
 def build_head(config: HeadConfig, cond_dim: int, action_dim: int, state_dim: int) -> ActionHead:
@@ -83,3 +105,18 @@ def masked_mse(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Mean squared error over the entries where valid is True. pred/target/valid: [B, H, D]."""
     weight = valid.to(pred.dtype)
     return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+NoisyBatch = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]  # actions -> (noisy, t, target)
+
+
+def denoising_loss(noisy_batch: NoisyBatch, predict: Callable[[Tensor, Tensor], Tensor], actions: Tensor,
+                   valid: Tensor, k: int) -> dict[str, Tensor]:
+    """Masked MSE of a denoiser over k (noise, t) draws per condition.
+
+    actions, valid: [B, H, D]. noisy_batch draws (noisy [B*k, H, D], t [B*k], target [B*k, H, D]);
+    predict(noisy, t) runs the network on conditions already repeated k times (repeat_interleave).
+    """
+    actions, valid = actions.repeat_interleave(k, dim=0), valid.repeat_interleave(k, dim=0)
+    noisy, t, target = noisy_batch(actions)
+    return {"loss": masked_mse(predict(noisy, t), target, valid)}

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from vla.action_heads.base import ActionHead, HeadConfig, masked_mse, register_head
+from vla.action_heads.bac import BlockCache, CachedSampling, run_block
+from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_loss, register_head
 from vla.action_heads.blocks import DiTBlock, FinalLayer, TimestepEmbedder
 from vla.action_heads.diffusion import ActionDiffusion, DiffusionConfig
 from vla.types import Cond
@@ -31,38 +32,28 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth))
         self.final = FinalLayer(hidden, action_dim)
 
-    def forward(self, noisy: Tensor, t: Tensor, cond_tokens: Tensor) -> Tensor:
+    def forward(self, noisy: Tensor, t: Tensor, cond_tokens: Tensor, cache: BlockCache | None = None) -> Tensor:
         h = noisy.shape[1]
         x = torch.cat([cond_tokens, self.action_in(noisy)], dim=1) + self.pos  # (B, K + H, C)
         c = self.t_embed(t) + cond_tokens[:, 0]  # (B, C): timestep + cognition, for adaLN
-        for block in self.blocks:
-            x = block(x, c)
+        for i, block in enumerate(self.blocks):
+            x = run_block(cache, i, block, x, c)
         return self.final(x[:, -h:], c)  # (B, H, D)
 
 
 @dataclass
-class DiTHeadConfig(HeadConfig):
-    hidden: int = 256
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    use_proprio: bool = True  # add a state token beside the cognition token
-    noise_samples_per_cond: int = 4  # CogACT's "repeated diffusion steps" per backbone pass
+class DiTHeadConfig(TransformerHeadConfig):
     cond_dropout: float = 0.0  # probability of replacing the cognition with a learned null (enables CFG)
     cfg_scale: float = 1.0  # classifier-free guidance scale at sampling; 1.0 = off
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def __post_init__(self) -> None:
-        if self.hidden % self.heads:
-            raise ValueError(f"head.hidden={self.hidden} must be divisible by head.heads={self.heads}")
-        if self.noise_samples_per_cond < 1:
-            raise ValueError(f"head.noise_samples_per_cond must be >= 1; got {self.noise_samples_per_cond}")
+        super().__post_init__()
         if self.cfg_scale != 1.0 and self.cond_dropout <= 0:
             raise ValueError(f"head.cfg_scale={self.cfg_scale} needs head.cond_dropout > 0 at training")
 
 
-class DiTHead(ActionHead):
+class DiTHead(CachedSampling, ActionHead):
     def __init__(self, config: DiTHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
         super().__init__(config, action_dim)
         self.config: DiTHeadConfig = config
@@ -88,31 +79,32 @@ class DiTHead(ActionHead):
 
     def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
         k = self.config.noise_samples_per_cond
-        b = actions.shape[0]
         drop = None
         if self.training and self.config.cond_dropout > 0:
-            drop = torch.rand(b, device=actions.device) < self.config.cond_dropout
+            drop = torch.rand(actions.shape[0], device=actions.device) < self.config.cond_dropout
         tokens = self.cond_tokens(cond, drop).repeat_interleave(k, dim=0)  # (B*k, K, C)
-        actions, valid = actions.repeat_interleave(k, dim=0), valid.repeat_interleave(k, dim=0)
-        noisy, t, target = self.diffusion.noisy_batch(actions)
-        pred = self.net(noisy, t, tokens)
-        return {"loss": masked_mse(pred, target, valid)}
+        return denoising_loss(self.diffusion.noisy_batch, lambda x, t: self.net(x, t, tokens), actions, valid, k)
 
     @torch.no_grad()
     def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
-               **options) -> Tensor:
+               bac: bool | BlockCache | None = None, **options) -> Tensor:
+        """[B, H, D] by DDIM with num_steps steps (default: diffusion.num_inference_steps); bac: see
+        CachedSampling.block_cache."""
+        num_steps = num_steps or self.config.diffusion.num_inference_steps
+        cache = self.block_cache(num_steps, bac)
         tokens = self.cond_tokens(cond)
-        scale = self.config.cfg_scale
-        if scale != 1.0:
-            null = self.cond_tokens(cond, torch.ones(tokens.shape[0], dtype=torch.bool, device=tokens.device))
+        b, scale = tokens.shape[0], self.config.cfg_scale
+        if scale != 1.0:  # conditional and null rows in one batch, so each step is one network call
+            null = self.cond_tokens(cond, torch.ones(b, dtype=torch.bool, device=tokens.device))
+            tokens = torch.cat([tokens, null])
 
         def denoise(x: Tensor, t: Tensor) -> Tensor:
-            pred = self.net(x, t, tokens)
-            if scale != 1.0:
-                pred = self.net(x, t, null) + scale * (pred - self.net(x, t, null))
-            return pred
+            if scale == 1.0:
+                return self.net(x, t, tokens, cache)
+            cond_pred, null_pred = self.net(torch.cat([x, x]), torch.cat([t, t]), tokens, cache).chunk(2)
+            return null_pred + scale * (cond_pred - null_pred)
 
-        shape = (tokens.shape[0], self.config.horizon, self.action_dim)
+        shape = (b, self.config.horizon, self.action_dim)
         return self.diffusion.sample(denoise, shape, tokens.device, tokens.dtype, generator, num_steps)
 
 

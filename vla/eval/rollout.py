@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def run_episode(policy, env: MetaWorldEnv, seed: int, cfg: EvalConfig, latencies
         if schedule.needs_chunk(steps):
             start = time.perf_counter()
             chunk = policy.predict(observation_batch(obs, EMBODIMENT), generator=generator,
-                                   num_steps=cfg.num_inference_steps)
+                                   num_steps=cfg.num_inference_steps, bac=cfg.bac)
             latencies.append(time.perf_counter() - start)
             schedule.add(chunk.actions[0, :, chunk.mask[0]].numpy(), start_step=steps)
         obs, success, done = env.step(schedule.action(steps))
@@ -105,8 +106,8 @@ def summarize(episodes: list[Episode], latencies: list[float], cfg: EvalConfig) 
         "tasks": tasks,
         "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
         "chunk_latency_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))},
-        "settings": {"num_inference_steps": cfg.num_inference_steps, "schedule": dataclasses.asdict(cfg.schedule),
-                     "max_steps": cfg.max_steps},
+        "settings": {"num_inference_steps": cfg.num_inference_steps, "bac": cfg.bac,
+                     "schedule": dataclasses.asdict(cfg.schedule), "max_steps": cfg.max_steps},
     }
 
 
@@ -124,8 +125,19 @@ def write_video(episodes: list[Episode], path: Path, scale: int = 4, fps: int = 
 
 
 def main(args: list[str] | None = None) -> None:
+    """`vla-eval --checkpoint PATH ...`; sub-commands: `vla-eval heads ...` (vla.eval.heads_benchmark) and
+    `vla-eval calibrate-bac ...` (vla.eval.bac_calibration)."""
     from vla.training.checkpoint import load_policy
 
+    args = sys.argv[1:] if args is None else args
+    if args[:1] == ["heads"]:
+        from vla.eval.heads_benchmark import main as benchmark_heads
+
+        return benchmark_heads(args[1:])
+    if args[:1] == ["calibrate-bac"]:
+        from vla.eval.bac_calibration import main as calibrate_bac
+
+        return calibrate_bac(args[1:])
     cfg = draccus.parse(EvalConfig, args=args)
     if not cfg.checkpoint:
         raise SystemExit("vla-eval needs --checkpoint PATH (a checkpoint folder written by vla-train)")

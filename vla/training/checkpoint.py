@@ -5,6 +5,7 @@
     <ckpt>/norm_stats.json     normalisation statistics per embodiment, and the mode
     <ckpt>/backbone/           the VLM's HF config and processor (no weights): rebuilds offline
     <ckpt>/meta.json           format version, head type, embodiments, parameter counts
+    <ckpt>/bac_schedule.json   optional: block-caching schedules per step count (vla.action_heads.bac)
     <ckpt>/training_state/     optimiser moments (safetensors) + step and RNG seeds (json); resume only
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file, save_model
 
+from vla.action_heads.bac import SCHEDULE_FILE, load_schedules, save_schedules
 from vla.config import ModelConfig, from_yaml, to_yaml
 
 FORMAT_VERSION = 1
@@ -40,6 +42,8 @@ def save_policy(policy, path: str | Path) -> Path:
                        "head": count_parameters(policy.head)},
     }
     (path / "meta.json").write_text(json.dumps(meta, indent=2))
+    if getattr(policy.head, "bac_schedules", None):
+        save_schedules(policy.head.bac_schedules, path / SCHEDULE_FILE)
     return path
 
 
@@ -73,6 +77,9 @@ def load_policy(path: str | Path, expected_head: str | None = None, device: str 
     if missing or unexpected:
         raise ValueError(f"checkpoint {path} does not match its config: missing weights {missing[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
+    if (path / SCHEDULE_FILE).exists():
+        for schedule in load_schedules(path / SCHEDULE_FILE):
+            policy.head.add_bac_schedule(schedule)
     return policy.to(device).eval()
 
 

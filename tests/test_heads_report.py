@@ -1,0 +1,35 @@
+"""The head benchmark's report, from made-up run summaries (the benchmark itself takes an hour)."""
+
+import pytest
+
+from vla.eval.heads_benchmark import HeadsBenchmarkConfig
+from vla.eval.heads_report import mean_std, write_report
+
+
+def fake_summary(success: float) -> dict:
+    return {"mean_success_rate": success, "tasks": {"reach": {"success_rate": 1.0},
+                                                   "button-press-topdown": {"success_rate": 2 * success - 1}},
+            "train_s_per_step": 0.2, "chunk_latency_ms": {"p50": 30.0, "p99": 40.0},
+            "parameters": {"head": 1_000_000, "total": 2_000_000}}
+
+
+def test_report_has_mean_std_table_bac_rows_and_plot(tmp_path):
+    cfg = HeadsBenchmarkConfig(heads=["dit", "flow"], seeds=[0, 1], report_dir=str(tmp_path))
+    cfg.eval.tasks = ["reach", "button-press-topdown"]
+    runs = {(h, s): fake_summary(0.5 + 0.1 * s + (0.2 if h == "flow" else 0)) for h in cfg.heads for s in cfg.seeds}
+    bac = [{"head": "dit", "steps": 10, "bac": b, "success": 0.8, "p50_ms": 20.0, "p99_ms": 25.0,
+            "computed_fraction": 0.5 if b else 1.0} for b in (False, True)]
+    report = write_report(cfg, runs, bac).read_text()
+    assert "| `flow` | **75 ± 7%** |" in report  # seeds at 70% and 80%
+    assert "| `dit` | 10 | on | 80% | 20.0 / 25.0 | 50% |" in report
+    assert (tmp_path / "heads.png").stat().st_size > 10_000
+
+
+def test_mean_std_uses_sample_std():
+    assert mean_std([1.0]) == (1.0, 0.0)
+    assert mean_std([0.0, 1.0]) == pytest.approx((0.5, 0.7071), abs=1e-4)
+
+
+def test_unknown_head_in_benchmark_config_is_named():
+    with pytest.raises(ValueError, match="Did you mean 'dita'"):
+        HeadsBenchmarkConfig(heads=["ditaa"])

@@ -1,0 +1,188 @@
+"""Block-wise adaptive caching (BAC; Ji et al., arXiv 2506.13456) for transformer denoisers.
+
+Within one sampling call the output of a transformer block changes little between neighbouring
+denoising steps, and by different amounts for different blocks. BAC recomputes block b only at
+its own set of "update steps" and, in between, reuses the block's cached residual contribution
+(output - input), so the fresh input stream still flows through the residual connection.
+
+The schedule is calibrated once per model and step count on a few observations: sample without
+caching, record each block's relative change ||d_k - d_{k-1}|| / ||d_{k-1}|| between consecutive
+steps, and let a block skip steps until its accumulated change exceeds `threshold`. (The paper
+picks update steps by dynamic programming over cosine similarities and adds a "bubbling union"
+between sub-blocks; this is the simpler accumulated-change rule, applied per whole block.)
+
+One implementation serves every head: a head routes each block call of its denoiser through
+`run_block(cache, i, block, x, ...)`, and its `sample` gets a cache from `CachedSampling.block_cache`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+SCHEDULE_FILE = "bac_schedule.json"
+FORMAT = "vla-bac-1"
+
+
+@dataclass
+class BACSchedule:
+    """When each block is recomputed during a `num_steps`-step sampling call.
+
+    recompute: one sorted list of step indices (0-based, step 0 always included) per block.
+    relative_change: the calibration measurement, [n_blocks][num_steps] (step 0 is 0).
+    """
+
+    num_steps: int
+    threshold: float
+    recompute: list[list[int]]
+    relative_change: list[list[float]]
+
+    def __post_init__(self) -> None:
+        for b, steps in enumerate(self.recompute):
+            if not steps or steps[0] != 0 or any(not 0 <= s < self.num_steps for s in steps):
+                raise ValueError(f"BAC schedule block {b}: update steps {steps} must start at 0 and lie in "
+                                 f"[0, {self.num_steps})")
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.recompute)
+
+    def computed_fraction(self) -> float:
+        """Share of block evaluations actually computed (1.0 = no caching)."""
+        return sum(len(s) for s in self.recompute) / (self.n_blocks * self.num_steps)
+
+
+class BlockCache:
+    """Per-sampling-call cache. A new denoising step begins each time block 0 runs.
+
+    With a schedule, blocks off their update steps return `x + cached delta`. With record=True,
+    every block is computed and its relative change per step is accumulated for calibration.
+    """
+
+    def __init__(self, schedule: BACSchedule | None = None, record: bool = False):
+        self.schedule = schedule
+        self.update_steps = [set(s) for s in schedule.recompute] if schedule else None
+        self.record = record
+        self.step = -1
+        self.deltas: dict[int, Tensor] = {}
+        self.changes: dict[int, list[float]] = {}  # record mode: block -> relative change per step
+
+    def __call__(self, index: int, block: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
+        if index == 0:
+            self.step += 1
+        if self.update_steps is not None:
+            if index >= len(self.update_steps):
+                raise ValueError(f"BAC schedule covers {len(self.update_steps)} blocks; the denoiser has more")
+            if self.step not in self.update_steps[index] and index in self.deltas:
+                return x + self.deltas[index]
+        out = block(x, *args, **kwargs)
+        delta = out - x
+        if self.record:
+            self._record(index, delta)
+        self.deltas[index] = delta
+        return out
+
+    def _record(self, index: int, delta: Tensor) -> None:
+        previous = self.deltas.get(index)
+        if previous is None:
+            change = 0.0
+        else:
+            dims = tuple(range(1, delta.ndim))
+            ratio = (delta - previous).norm(dim=dims) / previous.norm(dim=dims).clamp_min(1e-8)
+            change = float(ratio.mean())
+        self.changes.setdefault(index, []).append(change)
+
+
+def run_block(cache: BlockCache | None, index: int, block: nn.Module, x: Tensor, *args, **kwargs) -> Tensor:
+    """block(x, ...) directly, or through the cache when one is active."""
+    return block(x, *args, **kwargs) if cache is None else cache(index, block, x, *args, **kwargs)
+
+
+def schedule_from_changes(changes: Tensor, threshold: float) -> list[list[int]]:
+    """Update steps per block from relative changes [n_blocks, num_steps]: recompute when the change
+    accumulated since the last update exceeds threshold."""
+    schedule = []
+    for row in changes.tolist():
+        steps, accumulated = [0], 0.0
+        for k in range(1, len(row)):
+            accumulated += row[k]
+            if accumulated > threshold:
+                steps.append(k)
+                accumulated = 0.0
+        schedule.append(steps)
+    return schedule
+
+
+def calibrate(sample: Callable[[BlockCache], Tensor], n_calls: int, num_steps: int, threshold: float) -> BACSchedule:
+    """Build a schedule from `n_calls` uncached sampling calls; `sample(cache)` runs one call (one
+    calibration observation) through the given recording cache."""
+    if threshold < 0:
+        raise ValueError(f"BAC threshold must be >= 0; got {threshold}")
+    totals = None
+    for _ in range(n_calls):
+        recorder = BlockCache(record=True)
+        sample(recorder)
+        if recorder.step + 1 != num_steps:
+            raise ValueError(f"calibration ran {recorder.step + 1} denoising steps, expected {num_steps}")
+        changes = torch.tensor([recorder.changes[b] for b in sorted(recorder.changes)])  # [n_blocks, num_steps]
+        totals = changes if totals is None else totals + changes
+    mean = totals / n_calls
+    return BACSchedule(num_steps, threshold, schedule_from_changes(mean, threshold), mean.tolist())
+
+
+class CachedSampling:
+    """Mixin for heads whose denoiser blocks go through `run_block`: holds schedules per step count."""
+
+    @property
+    def bac_schedules(self) -> dict[int, BACSchedule]:
+        return self.__dict__.setdefault("_bac_schedules", {})
+
+    def add_bac_schedule(self, schedule: BACSchedule) -> None:
+        n_blocks = self.num_cached_blocks()
+        if schedule.n_blocks != n_blocks:
+            raise ValueError(f"BAC schedule has {schedule.n_blocks} blocks; this head's denoiser has {n_blocks}")
+        self.bac_schedules[schedule.num_steps] = schedule
+
+    def num_cached_blocks(self) -> int:
+        return len(self.net.blocks)
+
+    def block_cache(self, num_steps: int, bac: bool | BlockCache | None) -> BlockCache | None:
+        """The cache for one sampling call.
+
+        bac=None: use the schedule for num_steps if one was calibrated; True: require it; False: no
+        caching; a BlockCache instance (calibration) is used as is.
+        """
+        if isinstance(bac, BlockCache):
+            return bac
+        schedule = self.bac_schedules.get(num_steps)
+        if bac is True and schedule is None:
+            raise ValueError(f"bac=True but no BAC schedule is calibrated for {num_steps} steps; "
+                             f"calibrated step counts: {sorted(self.bac_schedules)}")
+        return BlockCache(schedule) if schedule is not None and bac is not False else None
+
+
+def save_schedules(schedules: dict[int, BACSchedule], path: str | Path) -> None:
+    records = [asdict(s) for _, s in sorted(schedules.items())]
+    Path(path).write_text(json.dumps({"format": FORMAT, "schedules": records}, indent=1))
+
+
+def load_schedules(path: str | Path) -> list[BACSchedule]:
+    data = json.loads(Path(path).read_text())
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a BAC schedule file (format {data.get('format')!r}, expected {FORMAT!r})")
+    return [BACSchedule(**record) for record in data["schedules"]]
+
+
+def calibrate_head(head: CachedSampling, cond, num_steps: int, threshold: float, seed: int = 0) -> BACSchedule:
+    """Calibrate and attach a schedule for `num_steps` from one batched sampling call over the
+    calibration observations in `cond` (a Cond of B observations; changes are averaged over them)."""
+    generator = torch.Generator().manual_seed(seed)
+    schedule = calibrate(lambda cache: head.sample(cond, generator=generator, num_steps=num_steps, bac=cache),
+                         1, num_steps, threshold)
+    head.add_bac_schedule(schedule)
+    return schedule

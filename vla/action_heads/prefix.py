@@ -1,0 +1,106 @@
+"""Conditioning on the raw backbone prefix (image + instruction tokens) instead of one pooled feature.
+
+Shared by the heads whose denoiser attends to the VLM tokens (dita, flow): the tokens are projected
+to the head's width once per observation, each denoiser layer turns them into keys/values once
+(`net.memory(prefix, real)`), and every denoising step and noise draw reuses those.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vla.action_heads.bac import BlockCache, CachedSampling
+from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_loss
+from vla.action_heads.blocks import KV
+from vla.action_heads.diffusion import ActionDiffusion
+from vla.action_heads.flow_matching import FlowMatching
+from vla.types import Cond
+
+
+class PrefixProjector(nn.Module):
+    """Backbone tokens [B, L, C_backbone] -> head width [B, L, C], plus the key-padding mask.
+
+    Shared by the heads that read the raw VLM prefix (dita, flow) instead of one pooled feature.
+    """
+
+    def __init__(self, cond_dim: int, hidden: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.LayerNorm(cond_dim), nn.Linear(cond_dim, hidden))
+
+    def forward(self, tokens: Tensor, token_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (prefix [B, L, C], real [B, L] with True where the token is not padding)."""
+        return self.proj(tokens), token_mask.bool()
+
+
+def memory_allowed(real: Tensor, queries: int, causal_queries: bool = False) -> Tensor:
+    """Attention mask [B, 1, T, M + T] (True = may attend) for T queries after a memory of M tokens.
+
+    real: bool [B, M], False where the memory token is padding. causal_queries: each query sees only
+    the queries up to itself (the memory stays fully visible).
+    """
+    b, m = real.shape
+    own = torch.ones(queries, queries, dtype=torch.bool, device=real.device)
+    if causal_queries:
+        own = own.tril()
+    keys = torch.cat([real[:, None, :].expand(b, queries, m), own.expand(b, -1, -1)], dim=-1)  # (B, T, M + T)
+    return keys[:, None]
+
+
+class PrefixHead(CachedSampling, ActionHead):
+    """Base of heads that denoise with a `net` attending to the backbone prefix.
+
+    A subclass sets `self.net`, whose `memory(prefix [B, L, C], real [B, L]) -> list[KV]` gives each
+    layer's prefix keys/values and whose forward(x [B, H, D], t [B], memory, real, extra, cache)
+    predicts the training target, and `self.process`: the noise process (ActionDiffusion or
+    FlowMatching), whose `noisy_batch` makes training pairs and whose `sample` runs the sampler.
+    """
+
+    process: ActionDiffusion | FlowMatching
+
+    def __init__(self, config: TransformerHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
+        super().__init__(config, action_dim)
+        self.prefix = PrefixProjector(cond_dim, config.hidden)
+        self.state_proj = nn.Linear(state_dim, config.hidden) if config.use_proprio else None
+
+    @property
+    def n_extra_tokens(self) -> int:
+        return int(self.state_proj is not None)
+
+    def encode(self, cond: Cond, repeat: int = 1) -> tuple[list[KV], Tensor, Tensor]:
+        """(per-layer prefix keys/values, real-token mask [B, L], extra tokens [B, K, C]), each row repeated
+        `repeat` times (repeat_interleave, one per noise draw); K = 1 with the state token, else 0."""
+        prefix, real = self.prefix(cond.backbone.tokens, cond.backbone.token_mask)
+        extra = prefix.new_zeros(prefix.shape[0], 0, prefix.shape[-1])
+        if self.state_proj is not None:
+            extra = self.state_proj(cond.proprio.to(prefix.dtype))[:, None]
+        memory = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0))
+                  for k, v in self.net.memory(prefix, real)]
+        return memory, real.repeat_interleave(repeat, 0), extra.repeat_interleave(repeat, 0)
+
+    def default_steps(self) -> int:
+        """Sampling steps when the caller gives none."""
+        raise NotImplementedError
+
+    def denoise(self, x: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
+                cache: BlockCache | None = None) -> Tensor:
+        """Network prediction for noisy actions x [B, H, D] at times t [B]."""
+        return self.net(x, t, memory, real, extra, cache)
+
+    def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:
+        k = self.config.noise_samples_per_cond
+        memory, real, extra = self.encode(cond, repeat=k)
+        return denoising_loss(self.process.noisy_batch, lambda x, t: self.denoise(x, t, memory, real, extra),
+                              actions, valid, k)
+
+    @torch.no_grad()
+    def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
+               bac: bool | BlockCache | None = None, **options) -> Tensor:
+        """[B, H, D] with num_steps sampler steps (default: `default_steps()`); the prefix is encoded once
+        and reused by every step. bac: see CachedSampling.block_cache."""
+        num_steps = num_steps or self.default_steps()
+        cache = self.block_cache(num_steps, bac)
+        memory, real, extra = self.encode(cond)
+        shape = (real.shape[0], self.config.horizon, self.action_dim)
+        return self.process.sample(lambda x, t: self.denoise(x, t, memory, real, extra, cache), shape,
+                                   extra.device, extra.dtype, generator, num_steps)

@@ -1,0 +1,68 @@
+"""Calibrate block-wise adaptive caching (BAC) schedules for a checkpoint on frames of a dataset.
+
+    vla-eval calibrate-bac --checkpoint outputs/train/quickstart/checkpoints/last \
+        --dataset outputs/datasets/local/metaworld-XXXXXXXX --steps='[10, 5]' --threshold 0.25
+    vla-eval --checkpoint ... --num_inference_steps 10 --bac true
+
+Writes <checkpoint>/bac_schedule.json; `policy.predict(..., num_steps=n)` then caches with the
+schedule for n steps (unless called with bac=False).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import draccus
+import torch
+
+from vla.action_heads.bac import SCHEDULE_FILE, calibrate_head, save_schedules
+from vla.types import Observation
+
+
+@dataclass
+class CalibrateConfig:
+    checkpoint: str = ""  # checkpoint folder; the schedule is written into it
+    dataset: str = ""  # LeRobot dataset folder the calibration frames come from
+    repo_id: str = "local/metaworld"
+    steps: list[int] = field(default_factory=lambda: [10])  # one schedule per sampling step count
+    threshold: float = 0.25  # recompute a block once its accumulated relative change exceeds this
+    frames: int = 16  # calibration observations, spread evenly over the dataset
+    recalibrate: bool = False  # replace schedules the checkpoint already has
+
+
+def calibration_observations(dataset: str | Path, repo_id: str, frames: int, horizon: int) -> Observation:
+    """`frames` dataset frames spread evenly over the dataset, as one batch."""
+    from vla.data.dataset import load_chunked_demos
+
+    demos = load_chunked_demos(str(dataset), repo_id, chunk_size=horizon)
+    index = torch.linspace(0, len(demos) - 1, frames).long()
+    return Observation(images=demos.images[index], state=demos.state[index], instruction=demos.instructions(index),
+                       embodiment=[demos.embodiment] * len(index))
+
+
+def calibrate_policy(policy, checkpoint: str | Path, obs: Observation, steps: list[int], threshold: float,
+                     recalibrate: bool = False) -> None:
+    """Calibrate the step counts without a schedule (all with recalibrate) and save them with the checkpoint."""
+    todo = [n for n in steps if recalibrate or n not in policy.head.bac_schedules]
+    if not todo:
+        return
+    with torch.no_grad():
+        cond = policy.condition(obs.images, obs.state, obs.instruction, obs.embodiment)
+    for n in todo:
+        schedule = calibrate_head(policy.head, cond, n, threshold)
+        print(f"BAC {policy.config.head.type}, {n} steps, threshold {threshold}: computes "
+              f"{100 * schedule.computed_fraction():.0f}% of block evaluations")
+    save_schedules(policy.head.bac_schedules, Path(checkpoint) / SCHEDULE_FILE)
+
+
+def main(args: list[str] | None = None) -> None:
+    from vla.training.checkpoint import load_policy
+
+    cfg = draccus.parse(CalibrateConfig, args=args)
+    if not cfg.checkpoint or not cfg.dataset:
+        raise SystemExit("vla-eval calibrate-bac needs --checkpoint PATH and --dataset PATH (a LeRobot dataset folder)")
+    policy = load_policy(cfg.checkpoint)
+    obs = calibration_observations(cfg.dataset, cfg.repo_id, cfg.frames, policy.config.head.horizon)
+    calibrate_policy(policy, cfg.checkpoint, obs, cfg.steps, cfg.threshold, cfg.recalibrate)
+    print(f"schedules: {Path(cfg.checkpoint) / SCHEDULE_FILE}")

@@ -1,0 +1,170 @@
+"""Head benchmark: dit vs dita vs flow on the same Meta-World demos, step budget and seeds; then BAC.
+
+    vla-eval heads                          # the committed report, ~50 min on 2 CPU cores
+    python benchmarks/heads.py --seeds='[0]' --train.steps=200
+
+Each (head, seed) is one quickstart run (`vla.quickstart.run`: demos and the tiny VLM are cached,
+training resumes from its last checkpoint) in <output_dir>/<head>_s<seed>; a run whose
+summary.json exists is skipped, so a crash costs at most the run in progress. Then, on the first
+seed's checkpoint of each head in `bac.heads`, BAC schedules are calibrated on demo frames
+(`bac_schedule.json` in the checkpoint) and every (steps, BAC off/on) pair is evaluated closed loop
+on the same episode seeds. The report is report_dir/heads.md + heads.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import draccus
+import numpy as np
+
+from vla.action_heads import head_config_class
+from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
+from vla.quickstart import QuickstartConfig, TinyBackboneConfig
+from vla.sim.demos import DemoConfig
+
+TASKS = ["reach", "button-press-topdown"]
+DEFAULT_RECIPE = "configs/bench/heads.yaml"  # nested defaults live here: draccus rebuilds an overridden section
+
+
+@dataclass
+class HeadSizeConfig:
+    """The settings every benchmarked head gets, so they differ only in how they condition and denoise."""
+
+    horizon: int = 8
+    hidden: int = 128
+    depth: int = 4
+    heads: int = 4
+    noise_samples_per_cond: int = 2
+
+
+@dataclass
+class BACBenchConfig:
+    heads: list[str] = field(default_factory=lambda: ["dit", "flow"])
+    steps: list[int] = field(default_factory=lambda: [100, 10, 5])
+    threshold: float = 0.3  # recompute a block once its accumulated relative change exceeds this
+    calibration_frames: int = 16  # demo frames (spread over the dataset) the schedule is measured on
+
+
+@dataclass
+class HeadsBenchmarkConfig:
+    heads: list[str] = field(default_factory=lambda: ["dit", "dita", "flow"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    demos: DemoConfig = field(default_factory=lambda: DemoConfig(
+        tasks=list(TASKS), episodes_per_task=30, image_size=64, root="outputs/bench/datasets"))
+    tiny_backbone: TinyBackboneConfig = field(default_factory=lambda: TinyBackboneConfig(
+        root="outputs/bench/tiny_vlm", patch_size=8))
+    head: HeadSizeConfig = field(default_factory=HeadSizeConfig)
+    image_shift: int = 4
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        steps=1200, batch_size=32, save_every=400, log_every=50, optim=OptimConfig(lr=5e-4, warmup_steps=100)))
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(
+        tasks=list(TASKS), episodes_per_task=10, videos_per_task=1, num_inference_steps=10))
+    bac: BACBenchConfig = field(default_factory=BACBenchConfig)
+    output_dir: str = "outputs/bench/heads"
+    report_dir: str = "docs/results"
+
+    def __post_init__(self) -> None:
+        for name in self.heads + self.bac.heads:
+            head_config_class(name)  # unknown names fail here, with a suggestion
+        if not self.seeds:
+            raise ValueError("benchmark needs at least one seed")
+
+
+# ---- runs ------------------------------------------------------------------------------------------
+
+
+def run_dir(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> Path:
+    return Path(cfg.output_dir) / f"{head}_s{seed}"
+
+
+def quickstart_config(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> QuickstartConfig:
+    out = run_dir(cfg, head, seed)
+    head_config = head_config_class(head)(**dataclasses.asdict(cfg.head))
+    return QuickstartConfig(
+        demos=cfg.demos, tiny_backbone=cfg.tiny_backbone, model=ModelConfig(head=head_config),
+        data=DataConfig(image_shift=cfg.image_shift),
+        train=dataclasses.replace(cfg.train, seed=seed, output_dir=str(out / "train")),
+        eval=dataclasses.replace(cfg.eval, output_dir=str(out / "eval")), results_dir=str(out))
+
+
+def train_and_eval(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> dict:
+    """One quickstart run (skipped when its summary exists), plus its median training time per step."""
+    from vla.quickstart import run
+
+    path = run_dir(cfg, head, seed) / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else run(quickstart_config(cfg, head, seed))
+    summary["train_s_per_step"] = median_s_per_step(run_dir(cfg, head, seed) / "train" / "metrics.csv")
+    return summary
+
+
+def median_s_per_step(metrics_csv: Path) -> float:
+    """Median over the logged s_per_step windows after the first (start-up costs): the machine is shared,
+    and the median ignores the windows in which another job took the cores."""
+    with open(metrics_csv) as f:
+        values = [float(row["s_per_step"]) for row in csv.DictReader(f)]
+    return float(np.median(values[1:] or values))
+
+
+# ---- BAC -------------------------------------------------------------------------------------------
+
+
+def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
+    """Closed-loop success and latency for each (steps, BAC off/on) on one checkpoint; finished evals are reused."""
+    from vla.eval.bac_calibration import calibrate_policy, calibration_observations
+    from vla.eval.rollout import evaluate
+    from vla.sim.demos import generate_demos
+    from vla.training.checkpoint import load_policy
+
+    checkpoint = Path(summary["checkpoint"])
+    policy = load_policy(checkpoint)
+    obs = calibration_observations(generate_demos(cfg.demos), cfg.demos.repo_id, cfg.bac.calibration_frames,
+                                   policy.config.head.horizon)
+    calibrate_policy(policy, checkpoint, obs, cfg.bac.steps, cfg.bac.threshold)
+    rows = []
+    for steps in cfg.bac.steps:
+        for bac in (False, True):
+            out = run_dir(cfg, head, cfg.seeds[0]) / "bac" / f"steps{steps:03d}_{'on' if bac else 'off'}"
+            if (out / "summary.json").exists():
+                result = json.loads((out / "summary.json").read_text())
+            else:
+                eval_cfg = dataclasses.replace(cfg.eval, num_inference_steps=steps, bac=bac, output_dir=str(out),
+                                               videos_per_task=0)
+                result = evaluate(policy, eval_cfg, policy.config.image_size, policy.config.cameras[0])
+            computed = policy.head.bac_schedules[steps].computed_fraction() if bac else 1.0
+            rows.append({"head": head, "steps": steps, "bac": bac, "success": result["mean_success_rate"],
+                         "p50_ms": result["chunk_latency_ms"]["p50"], "p99_ms": result["chunk_latency_ms"]["p99"],
+                         "computed_fraction": computed})
+    return rows
+
+
+# ---- entry point -----------------------------------------------------------------------------------
+
+
+def run_benchmark(cfg: HeadsBenchmarkConfig) -> Path:
+    from vla.eval.heads_report import write_report
+
+    # seed-major, so that an interrupted benchmark has every head at its first seeds
+    runs = {(head, seed): train_and_eval(cfg, head, seed) for seed in cfg.seeds for head in cfg.heads}
+    bac_rows = [row for head in cfg.bac.heads for row in bac_runs(cfg, head, runs[(head, cfg.seeds[0])])]
+    (Path(cfg.output_dir) / "results.json").write_text(json.dumps(
+        {"runs": {f"{h}_s{s}": r for (h, s), r in runs.items()}, "bac": bac_rows}, indent=1))
+    return write_report(cfg, runs, bac_rows)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Parse flags on top of configs/bench/heads.yaml (or another --config_path) and run."""
+    args = list(sys.argv[1:] if args is None else args)
+    if not any(a.startswith("--config_path") for a in args) and Path(DEFAULT_RECIPE).exists():
+        args = [f"--config_path={DEFAULT_RECIPE}", *args]
+    cfg = draccus.parse(HeadsBenchmarkConfig, args=args)
+    print(f"report: {run_benchmark(cfg)}")
+
+
+if __name__ == "__main__":
+    main()

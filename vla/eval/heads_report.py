@@ -1,0 +1,124 @@
+"""The head benchmark's report: one markdown page and one PNG (success, latency, BAC)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def head_rows(cfg, runs: dict) -> list[dict]:
+    """Per head: success mean/std over seeds (overall and per task), s/step, latency, parameters."""
+    rows = []
+    for head in cfg.heads:
+        mine = [runs[(head, s)] for s in cfg.seeds]
+        row = {"head": head, "success": mean_std([r["mean_success_rate"] for r in mine]),
+               "tasks": {t: mean_std([r["tasks"][t]["success_rate"] for r in mine]) for t in cfg.eval.tasks},
+               "s_per_step": mean_std([r["train_s_per_step"] for r in mine]),
+               "p50": mean_std([r["chunk_latency_ms"]["p50"] for r in mine]),
+               "p99": mean_std([r["chunk_latency_ms"]["p99"] for r in mine]),
+               "params": mine[0]["parameters"], "per_seed": [r["mean_success_rate"] for r in mine]}
+        rows.append(row)
+    return rows
+
+
+def pct(ms: tuple[float, float]) -> str:
+    return f"{100 * ms[0]:.0f} ± {100 * ms[1]:.0f}%"
+
+
+def markdown(cfg, rows: list[dict], bac_rows: list[dict]) -> str:
+    tasks = cfg.eval.tasks
+    lines = [
+        "# Continuous action heads: dit vs dita vs flow, and block-wise adaptive caching",
+        "",
+        f"Same demos ({cfg.demos.episodes_per_task} scripted episodes per task, {cfg.demos.image_size} px corner "
+        f"camera), same tiny PaliGemma backbone (trained from scratch), same head size (hidden {cfg.head.hidden}, "
+        f"depth {cfg.head.depth}, horizon {cfg.head.horizon}, {cfg.head.noise_samples_per_cond} noise draws per "
+        f"backbone pass), same budget ({cfg.train.steps} steps of batch {cfg.train.batch_size}) and seeds "
+        f"{cfg.seeds}. Closed loop on Meta-World seeds never used for demos: {cfg.eval.episodes_per_task} episodes "
+        f"per task, {cfg.eval.num_inference_steps} denoising steps, {cfg.eval.schedule.execute_steps} actions executed "
+        "per chunk. Success is mean ± sample std over seeds; latency is one `policy.predict` per chunk (backbone + "
+        "sampling, batch 1, CPU) in closed loop, averaged over seeds; train s/step is the median over 50-step "
+        "windows, averaged over seeds. Measured on a 2-core CPU shared with another job, so timings are noisy.",
+        "",
+        "| head | success | " + " | ".join(tasks) + " | per seed | train s/step | latency p50 / p99 (ms) | "
+        "head params | total params |",
+        "|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|",
+    ]
+    for r in rows:
+        per_task = " | ".join(pct(r["tasks"][t]) for t in tasks)
+        seeds = ", ".join(f"{100 * s:.0f}" for s in r["per_seed"])
+        lines.append(f"| `{r['head']}` | **{pct(r['success'])}** | {per_task} | {seeds} | "
+                     f"{r['s_per_step'][0]:.3f} | {r['p50'][0]:.1f} / {r['p99'][0]:.1f} | "
+                     f"{r['params']['head'] / 1e6:.2f} M | {r['params']['total'] / 1e6:.2f} M |")
+    if bac_rows:
+        lines += [
+            "",
+            f"## BAC: steps x caching (seed {cfg.seeds[0]} checkpoints, threshold {cfg.bac.threshold}, "
+            f"calibrated on {cfg.bac.calibration_frames} demo frames)",
+            "",
+            "Same checkpoint, same episode seeds and sampling noise with and without caching; \"blocks computed\" "
+            "is the share of block evaluations the schedule keeps.",
+            "",
+            "| head | steps | BAC | success | latency p50 / p99 (ms) | blocks computed |",
+            "|---|---|---|---|---|---|",
+        ]
+        for b in bac_rows:
+            lines.append(f"| `{b['head']}` | {b['steps']} | {'on' if b['bac'] else 'off'} | {100 * b['success']:.0f}% "
+                         f"| {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {100 * b['computed_fraction']:.0f}% |")
+    lines += ["", "![success and latency](heads.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], bac_rows: list[dict], path: Path) -> None:
+    panels = 3 if bac_rows else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), gridspec_kw={"width_ratios": [1, 1, 2][:panels]})
+    names = [r["head"] for r in rows]
+    ax = axes[0]
+    ax.bar(names, [100 * r["success"][0] for r in rows], yerr=[100 * r["success"][1] for r in rows], capsize=6,
+           color="#4878a8")
+    for i, r in enumerate(rows):
+        ax.scatter([i] * len(r["per_seed"]), [100 * s for s in r["per_seed"]], color="k", s=12, zorder=3)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("closed-loop success (%)")
+    ax.set_title("success, mean ± std over seeds (dots: seeds)", fontsize=10)
+    ax = axes[1]
+    ax.bar(names, [r["p50"][0] for r in rows], color="#6a9f58", label="p50")
+    ax.scatter(names, [r["p99"][0] for r in rows], color="k", marker="_", s=300, zorder=3, label="p99")
+    ax.set_ylabel("latency per chunk (ms)")
+    ax.set_title("inference per chunk, batch 1, CPU", fontsize=10)
+    ax.legend()
+    if bac_rows:
+        ax = axes[2]
+        labels = [f"{b['head']}\n{b['steps']} {'BAC' if b['bac'] else 'full'}" for b in bac_rows]
+        colours = ["#d08a3c" if b["bac"] else "#4878a8" for b in bac_rows]
+        bars = ax.bar(range(len(bac_rows)), [b["p50_ms"] for b in bac_rows], color=colours)
+        for bar, b in zip(bars, bac_rows, strict=True):
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{100 * b['success']:.0f}%",
+                    ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(bac_rows)), labels, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency per chunk p50 (ms, log)")
+        ax.set_title("steps x BAC (blue: no cache, orange: BAC; label: success)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(cfg, runs: dict, bac_rows: list[dict]) -> Path:
+    out = Path(cfg.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = head_rows(cfg, runs)
+    (out / "heads.md").write_text(markdown(cfg, rows, bac_rows))
+    plot(rows, bac_rows, out / "heads.png")
+    return out / "heads.md"
