@@ -13,6 +13,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import Tensor
 
+from vla.action_heads.inpaint import Inpainting
+
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
@@ -60,14 +62,23 @@ class ActionDiffusion:
         return noisy, t, target
 
     def sample(self, denoise: Denoiser, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
-               generator: torch.Generator | None = None, num_steps: int | None = None) -> Tensor:
-        """Run DDIM from pure noise to clean actions of `shape` [B, H, D]."""
+               generator: torch.Generator | None = None, num_steps: int | None = None,
+               inpaint: Inpainting | None = None) -> Tensor:
+        """Run DDIM from pure noise to clean actions of `shape` [B, H, D]; `inpaint` pins the first actions."""
         # A fresh scheduler per call: DDIM's set_timesteps mutates it, and deployment may sample from two threads.
         scheduler = DDIMScheduler.from_config(self.train_scheduler.config)
         scheduler.set_timesteps(num_steps or self.config.num_inference_steps, device=device)
         x = torch.randn(shape, generator=generator, device=generator.device if generator else device, dtype=dtype)
         x = x.to(device)
-        for t in scheduler.timesteps:
+        timesteps = scheduler.timesteps
+        for i, t in enumerate(timesteps):
             pred = denoise(x, t.expand(shape[0]).to(device))
             x = scheduler.step(pred, t, x).prev_sample
+            if inpaint is not None:
+                x = inpaint.apply(x, self._noiser(scheduler, timesteps[i + 1]) if i + 1 < len(timesteps) else None)
         return x
+
+    @staticmethod
+    def _noiser(scheduler: DDIMScheduler, t: Tensor):
+        """Clean actions + noise -> the noise level of timestep t (for inpainting)."""
+        return lambda clean, noise: scheduler.add_noise(clean, noise, t.expand(clean.shape[0]).to(clean.device))

@@ -17,6 +17,7 @@ from vla.action_heads.bac import BlockCache, CachedSampling, run_block
 from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_loss, register_head
 from vla.action_heads.blocks import DiTBlock, FinalLayer, TimestepEmbedder
 from vla.action_heads.diffusion import ActionDiffusion, DiffusionConfig
+from vla.action_heads.inpaint import make_inpainting
 from vla.types import Cond
 
 
@@ -89,7 +90,7 @@ class DiTHead(CachedSampling, ActionHead):
     def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
                bac: bool | BlockCache | None = None, **options) -> Tensor:
         """[B, H, D] by DDIM with num_steps steps (default: diffusion.num_inference_steps); bac: see
-        CachedSampling.block_cache."""
+        CachedSampling.block_cache; options prefix / prefix_weights: real-time chunking (inpaint.py)."""
         num_steps = num_steps or self.config.diffusion.num_inference_steps
         cache = self.block_cache(num_steps, bac)
         tokens = self.cond_tokens(cond)
@@ -105,7 +106,8 @@ class DiTHead(CachedSampling, ActionHead):
             return null_pred + scale * (cond_pred - null_pred)
 
         shape = (b, self.config.horizon, self.action_dim)
-        return self.diffusion.sample(denoise, shape, tokens.device, tokens.dtype, generator, num_steps)
+        return self.diffusion.sample(denoise, shape, tokens.device, tokens.dtype, generator, num_steps,
+                                     inpaint=make_inpainting(options, generator))
 
 
 DiTHeadConfig.head_class = DiTHead

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from vla.action_heads.inpaint import Inpainting
+
 
 @dataclass
 class FlowMatchingConfig:
@@ -57,8 +59,9 @@ class FlowMatching:
         return x_t, t, noise - actions
 
     def sample(self, velocity: Velocity, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
-               generator: torch.Generator | None = None, num_steps: int | None = None) -> Tensor:
-        """Euler-integrate from noise at t = 1 to actions at t = 0: [B, H, D]."""
+               generator: torch.Generator | None = None, num_steps: int | None = None,
+               inpaint: Inpainting | None = None) -> Tensor:
+        """Euler-integrate from noise at t = 1 to actions at t = 0: [B, H, D]; `inpaint` pins the first actions."""
         steps = num_steps or self.config.num_steps
         x = torch.randn(shape, generator=generator, device=generator.device if generator else device, dtype=dtype)
         x = x.to(device)
@@ -66,4 +69,7 @@ class FlowMatching:
         for k in range(steps):
             t = torch.full((shape[0],), 1.0 - k * dt, device=device, dtype=dtype)
             x = x - dt * velocity(x, t)
+            if inpaint is not None:
+                level = 1.0 - (k + 1) * dt  # x now sits at this time: x_t = t * noise + (1 - t) * actions
+                x = inpaint.apply(x, (lambda a, n, s=level: s * n + (1 - s) * a) if k + 1 < steps else None)
         return x.clamp(-1.0, 1.0)

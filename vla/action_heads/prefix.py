@@ -15,6 +15,7 @@ from vla.action_heads.base import ActionHead, TransformerHeadConfig, denoising_l
 from vla.action_heads.blocks import KV
 from vla.action_heads.diffusion import ActionDiffusion
 from vla.action_heads.flow_matching import FlowMatching
+from vla.action_heads.inpaint import make_inpainting
 from vla.types import Cond
 
 
@@ -97,10 +98,12 @@ class PrefixHead(CachedSampling, ActionHead):
     def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
                bac: bool | BlockCache | None = None, **options) -> Tensor:
         """[B, H, D] with num_steps sampler steps (default: `default_steps()`); the prefix is encoded once
-        and reused by every step. bac: see CachedSampling.block_cache."""
+        and reused by every step. bac: see CachedSampling.block_cache; options prefix / prefix_weights:
+        real-time chunking (inpaint.py)."""
         num_steps = num_steps or self.default_steps()
         cache = self.block_cache(num_steps, bac)
         memory, real, extra = self.encode(cond)
         shape = (real.shape[0], self.config.horizon, self.action_dim)
         return self.process.sample(lambda x, t: self.denoise(x, t, memory, real, extra, cache), shape,
-                                   extra.device, extra.dtype, generator, num_steps)
+                                   extra.device, extra.dtype, generator, num_steps,
+                                   inpaint=make_inpainting(options, generator))
