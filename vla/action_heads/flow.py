@@ -15,26 +15,28 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vla.action_heads.bac import BlockCache, run_block
 from vla.action_heads.base import TransformerHeadConfig, register_head
-from vla.action_heads.blocks import KV, DiTBlock, FinalLayer, TimestepEmbedder
+from vla.action_heads.blocks import KV
+from vla.action_heads.dit import DiT
 from vla.action_heads.flow_matching import FlowMatching, FlowMatchingConfig
 from vla.action_heads.prefix import PrefixHead, memory_allowed
 
 
-class ActionExpert(nn.Module):
-    """Velocity field: x_t [B, H, D] + time [B] + prefix [B, L, C] (+ extra tokens [B, K, C]) -> [B, H, D]."""
+class ActionExpert(DiT):
+    """Velocity field: x_t [B, H, D] + time [B] + prefix [B, L, C] (+ extra tokens [B, K, C]) -> [B, H, D].
+
+    The same layers as `dit`'s DiT (action embedding, positions, timestep MLP, adaLN-Zero blocks,
+    final layer); it differs in what it conditions on: the prefix in every layer's attention, not a
+    cognition token.
+    """
 
     def __init__(self, action_dim: int, horizon: int, n_extra: int, hidden: int, depth: int, heads: int,
                  mlp_ratio: float, dropout: float):
-        super().__init__()
-        self.action_in = nn.Linear(action_dim, hidden)
-        self.pos = nn.Parameter(torch.randn(1, n_extra + horizon, hidden) * 0.02)
-        self.t_embed = TimestepEmbedder(hidden, scale=1000.0)  # t in [0, 1] -> DiT's timestep range
-        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth))
-        self.final = FinalLayer(hidden, action_dim)
+        super().__init__(action_dim, horizon, n_extra, hidden, depth, heads, mlp_ratio, dropout)
+        self.t_embed.scale = 1000.0  # flow time t in [0, 1] -> DiT's timestep range
 
     def memory(self, prefix: Tensor, real: Tensor) -> list[KV]:
         """Every layer's keys/values of the prefix [B, L, C] (padding is masked at attention, not here)."""
