@@ -25,6 +25,7 @@ from vla.deploy.loop import ControlLoop, LoopConfig, fit_image
 from vla.deploy.protocol import ObservationMessage, PolicySpec
 from vla.deploy.realtime import EStop
 from vla.deploy.safety import SafetyConfig
+from vla.deploy.session import device_session
 from vla.robot_io.base import Robot, RobotSpec
 from vla.robot_io.config import CameraConfig, RobotConfig
 
@@ -154,24 +155,17 @@ class RecordConfig:
 
 def record(cfg: RecordConfig, estop: EStop | None = None) -> Path:
     """Record cfg.episodes episodes; returns the dataset folder (load it with vla.data / LeRobotDataset)."""
-    from vla.deploy.run import make_cameras
-
-    robot = cfg.robot.make()
-    robot.connect()
-    cameras = make_cameras(cfg.cameras, robot)
     estop = estop or EStop()
-    names = sorted(cameras)
-    recorder = EpisodeRecorder(cfg.root, cfg.repo_id, robot.spec, names, cfg.image_size, robot.spec.control_hz)
-    loop = None
-    try:
-        for camera in cameras.values():
-            camera.connect()
+    with device_session(cfg.robot, cfg.cameras, estop) as session:
+        robot, names = session.robot, sorted(session.cameras)
+        recorder = EpisodeRecorder(cfg.root, cfg.repo_id, robot.spec, names, cfg.image_size, robot.spec.control_hz)
+        session.on_exit.append(recorder.finalize)
         policy = TeleopPolicy(cfg.teleop.make(robot), robot.spec, names, cfg.image_size)
         loop_cfg = LoopConfig(max_steps=cfg.max_steps, async_inference=False, safety=cfg.safety,
                               schedule=ScheduleConfig("receding", execute_steps=1))
         instruction = cfg.instruction or getattr(robot, "instruction", "")
-        loop = ControlLoop(robot, cameras, policy, loop_cfg, instruction, estop, recorder=recorder)
-        estop.install_signal_handlers()
+        loop = ControlLoop(robot, session.cameras, policy, loop_cfg, instruction, estop, recorder=recorder)
+        session.on_exit.insert(0, loop.close)
         loop.start()
         while recorder.episodes < cfg.episodes and not estop.triggered:
             report = loop.run_episode()
@@ -181,15 +175,6 @@ def record(cfg: RecordConfig, estop: EStop | None = None) -> Path:
                      "kept" if keep else "dropped", recorder.episodes, cfg.episodes)
             if report.stopped:
                 break
-    finally:
-        robot.stop()
-        if loop is not None:
-            loop.close()
-        for camera in cameras.values():
-            camera.disconnect()
-        robot.disconnect()
-        estop.restore_signal_handlers()
-        recorder.finalize()
     return Path(cfg.root)
 
 

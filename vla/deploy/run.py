@@ -22,6 +22,7 @@ import draccus
 from vla.deploy.loop import ControlLoop, LoopConfig, write_step_log
 from vla.deploy.realtime import EStop
 from vla.deploy.report import plot_timing
+from vla.deploy.session import device_session
 from vla.robot_io.config import CameraConfig, RobotConfig
 
 log = logging.getLogger("vla.deploy")
@@ -61,40 +62,28 @@ def make_policy(cfg: DeployConfig):
     return LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, seed=cfg.seed)
 
 
-def make_cameras(configs: list[CameraConfig], robot) -> dict:
-    cameras = {c.name: c.make() for c in configs}
-    if hasattr(robot, "latest_frame"):  # the simulator renders its own camera
-        from vla.robot_io.sim import SimCamera
-
-        cameras.setdefault(robot.config.camera, SimCamera(robot, robot.config.camera))
-    return cameras
-
-
 def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
     """Connect, run the episodes, stop the arm on every way out; returns the summary."""
     out = Path(cfg.output_dir)
     policy = policy or make_policy(cfg)
-    robot = cfg.robot.make()
     estop = estop or EStop()
-    robot.connect()
-    cameras = make_cameras(cfg.cameras, robot)
-    episodes = []
-    loop = recorder = None
-    try:
-        for camera in cameras.values():
-            camera.connect()
+    episodes, hz = [], None
+    with device_session(cfg.robot, cfg.cameras, estop) as session:
+        robot = session.robot
         instruction = cfg.instruction or getattr(robot, "instruction", "")
         if not instruction:
             raise ValueError("give --instruction (what the robot should do)")
+        recorder = None
         if cfg.record_root:
             from vla.deploy.record import EpisodeRecorder
 
             recorder = EpisodeRecorder(cfg.record_root, cfg.record_repo_id, robot.spec, policy.spec.cameras,
                                        policy.spec.image_size, cfg.loop.control_hz or robot.spec.control_hz)
-        loop = ControlLoop(robot, cameras, policy, cfg.loop, instruction, estop, recorder=recorder)
-        estop.install_signal_handlers()
-        estop.watch_keyboard()
+            session.on_exit.append(recorder.finalize)
+        loop = ControlLoop(robot, session.cameras, policy, cfg.loop, instruction, estop, recorder=recorder)
+        session.on_exit.insert(0, loop.close)
         loop.start()
+        hz = loop.hz
         for i in range(cfg.episodes):
             report = loop.run_episode()
             if recorder is not None:
@@ -106,18 +95,7 @@ def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
             log.info("episode %d: %s", i, json.dumps(episodes[-1]))
             if report.stopped:
                 break
-    finally:
-        robot.stop()
-        if loop is not None:
-            loop.close()
-        for camera in cameras.values():
-            camera.disconnect()
-        robot.disconnect()
-        estop.restore_signal_handlers()
-        if recorder is not None:
-            recorder.finalize()
-    summary = {"control_hz": loop.hz if loop else None, "async_inference": cfg.loop.async_inference,
-               "episodes": episodes}
+    summary = {"control_hz": hz, "async_inference": cfg.loop.async_inference, "episodes": episodes}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -1,0 +1,51 @@
+"""Connecting a robot and its cameras for a run, and leaving the arm stopped however the run ends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from vla.deploy.realtime import EStop
+from vla.robot_io.base import Camera, Robot
+from vla.robot_io.config import CameraConfig, RobotConfig
+
+
+@dataclass
+class Session:
+    robot: Robot
+    cameras: dict[str, Camera]
+    on_exit: list[Callable[[], None]] = field(default_factory=list)  # run after the arm is stopped
+
+
+def make_cameras(configs: list[CameraConfig], robot: Robot) -> dict[str, Camera]:
+    """The configured cameras by name, plus the simulator's own camera when the robot is simulated."""
+    cameras = {c.name: c.make() for c in configs}
+    if hasattr(robot, "latest_frame"):
+        from vla.robot_io.sim import SimCamera
+
+        cameras.setdefault(robot.config.camera, SimCamera(robot, robot.config.camera))
+    return cameras
+
+
+@contextmanager
+def device_session(robot_config: RobotConfig, camera_configs: list[CameraConfig], estop: EStop) -> Iterator[Session]:
+    """Connect the arm and cameras and arm the e-stop; on every way out stop the arm first, then run
+    `session.on_exit` (loop threads, dataset writers), disconnect everything and restore signal handlers."""
+    robot = robot_config.make()
+    robot.connect()
+    session = Session(robot, make_cameras(camera_configs, robot))
+    try:
+        for camera in session.cameras.values():
+            camera.connect()
+        estop.install_signal_handlers()
+        estop.watch_keyboard()
+        yield session
+    finally:
+        robot.stop()
+        for close in session.on_exit:
+            close()
+        for camera in session.cameras.values():
+            camera.disconnect()
+        robot.disconnect()
+        estop.restore_signal_handlers()
