@@ -95,6 +95,7 @@ def test_rtc_sends_queued_actions_with_a_fading_mask():
 
     weights = rtc_weights(6, delay=2)
     assert np.allclose(weights[:2], 1.0) and np.all(np.diff(weights[1:]) < 0) and 0 < weights[-1] < 0.2
+    assert np.allclose(rtc_weights(3, delay=5), 1.0)  # the policy is slower than the queue: keep all of it
     policy = ScriptedPolicy(latency_s=0.02)
     loop, arm = make_loop(policy, rtc=True)
     run(loop)

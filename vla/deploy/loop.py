@@ -102,7 +102,7 @@ def rtc_weights(length: int, delay: int) -> np.ndarray:
     """RTC's soft mask [length]: 1 for the `delay` steps that execute while the chunk is computed, then an
     exponential fade c * (e^c - 1) / (e - 1), c = (length - i) / (length - delay + 1), to the end of the overlap."""
     i = np.arange(length)
-    c = np.clip((length - i) / (length - delay + 1), 0.0, 1.0)
+    c = np.clip((length - i) / max(length - delay + 1, 1), 0.0, 1.0)
     fade = c * np.expm1(c) / np.expm1(1.0)
     return np.where(i < delay, 1.0, fade).astype(np.float32)
 
