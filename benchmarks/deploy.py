@@ -171,7 +171,7 @@ def plot(results: dict, path: Path) -> None:
     ax2.scatter([h["head"] for h in heads], [h["p99"] for h in heads], color="k", marker="_", s=400, label="p99")
     ax2.set_ylabel("latency per chunk (ms)")
     ax2.set_title("inference latency by head")
-    ax2.legend()
+    ax2.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
