@@ -308,6 +308,9 @@ def rtde(monkeypatch) -> FakeRTDE:
 
 
 def make_ur(**options) -> URRobot:
+    """A connected URRobot over the fake RTDE; the controller watchdog is off unless asked (its own test covers it),
+    so the other tests see only the commands they are about."""
+    options.setdefault("watchdog_hz", 0.0)
     robot = URArmConfig(host="10.0.0.2", **options).make()
     robot.connect()
     return robot
@@ -631,3 +634,12 @@ def test_missing_motor_sdk_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "scservo_sdk", None)
     with pytest.raises(ImportError, match=r"lerobot\[feetech\]"):
         LeRobotArm(LeRobotArmConfig(robot="so101_follower", port="/dev/null", calibration_dir=str(tmp_path)))
+
+
+def test_ur_controller_watchdog_is_armed_and_kicked_every_tick(rtde):
+    """If this PC freezes, the UR controller stops the arm on its own: the watchdog is set and kicked."""
+    robot = make_ur(watchdog_hz=20.0)
+    assert ("setWatchdog", (20.0,)) in rtde.calls
+    robot.send_action(np.array(HOME + [0.0]))
+    robot.hold()
+    assert rtde.names().count("kickWatchdog") == 2

@@ -60,6 +60,9 @@ class URConfig:
     home_acceleration: float = 0.5
     servo_lookahead_s: float = 0.1  # servoJ smoothing, [0.03, 0.2]
     servo_gain: float = 300.0  # servoJ proportional gain, [100, 2000]
+    # the controller itself stops the arm when this PC sends nothing for 1 / watchdog_hz s (a crashed or frozen
+    # process, a pulled cable); every command and hold kicks it. 0 disables (not recommended)
+    watchdog_hz: float = 10.0
     ee_delta_scale: float = 0.005  # metres of tool motion per unit of a Cartesian action
     tool_acceleration: float = 0.5  # speedL / moveL
     tool_speed: float = 0.1  # moveL
@@ -132,6 +135,8 @@ class URRobot:
         except RuntimeError as error:
             raise RuntimeError(f"could not open RTDE to the UR controller at {host} ({error}); is the arm on, "
                                f"in remote control, and reachable?") from error
+        if self.config.watchdog_hz > 0:
+            self._check(self.control.setWatchdog(self.config.watchdog_hz), "setWatchdog")
         if self.config.gripper:
             log.warning("UR: the gripper dimension of the action is recorded but no gripper is driven")
         log.info("UR at %s connected; commanding with %s at %.0f Hz", host, self.config.command, self.config.control_hz)
@@ -170,10 +175,17 @@ class URRobot:
             self.gripper = float(action[-1])
         getattr(self, f"_{self.config.command}")(action)
         self._moving = True
+        self._kick()
 
     def hold(self) -> None:
         if self._moving and not self.stopped:
             self._decelerate()
+        if not self.stopped:
+            self._kick()
+
+    def _kick(self) -> None:
+        if self.config.watchdog_hz > 0:
+            self.control.kickWatchdog()
 
     def stop(self) -> None:
         if self.stopped or self.control is None:
