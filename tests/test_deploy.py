@@ -180,7 +180,9 @@ def test_nan_actions_are_rejected(caplog):
 @pytest.mark.parametrize("mode", ["clip", "reject"])
 def test_actions_beyond_joint_speed_are_clipped_or_rejected(mode, caplog):
     safety = SafetyConfig(on_violation=mode, max_frame_age_s=0.1, policy_timeout_s=0.4)
-    loop, arm = make_loop(ScriptedPolicy(fault="far", fault_after=1), safety=safety)
+    arm = FakeArm(control_hz=100.0)
+    arm.spec.limits.joint_acceleration = [1000.0] * 6  # this test is about the speed limit alone
+    loop, arm = make_loop(ScriptedPolicy(fault="far", fault_after=1), arm=arm, safety=safety)
     with caplog.at_level(logging.WARNING):
         report = run(loop)
     steps = np.diff(np.stack([np.zeros(7)] + arm.commands)[:, 0])
@@ -262,6 +264,10 @@ def test_server_rejects_bad_requests_and_stays_up(server):
     with pytest.raises(PermissionError, match="HTTP 401"):
         RemotePolicy(f"ws://127.0.0.1:{server.port}", "wrong-token-123")
     url, header = f"ws://127.0.0.1:{server.port}", {"Authorization": f"Bearer {TOKEN}"}
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus, match="401"):  # a second Authorization header is refused, not a crash
+        connect(url, additional_headers=[("Authorization", f"Bearer {TOKEN}"), ("Authorization", "Bearer x")])
     with connect(url, additional_headers=header) as ws:
         bad = {"type": "infer", "observation": {"images": np.zeros((1, 8, 8, 3), np.uint8),
                                                 "state": np.ones(7, np.float32), "instruction": "go",
@@ -274,6 +280,10 @@ def test_server_rejects_bad_requests_and_stays_up(server):
         assert "binary msgpack" in unpack(ws.recv())["message"]
         ws.send(pack({"type": "infer", "observation": dict(bad["observation"], embodiment="ur5e")}))
         assert "unknown embodiment 'ur5e'" in unpack(ws.recv())["message"]
+        ws.send(pack({"type": "infer", "observation": dict(bad["observation"], embodiment=["fake_arm"])}))
+        assert "unknown embodiment" in unpack(ws.recv())["message"]
+        ws.send(pack({"type": "health", "junk": [{}] * 5000}))  # container limits: no memory blow-up
+        assert "not a valid msgpack" in unpack(ws.recv())["message"]
         good = dict(bad["observation"], images=np.zeros((1, 32, 32, 3), np.uint8))
         ws.send(pack({"type": "infer", "observation": good | {"prefix": np.zeros((3, 7), np.float32),
                                                               "prefix_weights": np.full(3, 2.0, np.float32)}}))
@@ -446,3 +456,31 @@ def test_keypress_triggers_estop(monkeypatch):
     keys.join(2.0)  # it restores the terminal's mode before the test closes it
     os.close(master)
     os.close(slave)
+
+
+def test_safety_rejects_when_the_state_is_not_finite_and_never_passes_a_limit():
+    arm = FakeArm(control_hz=100.0)
+    layer = SafetyLayer(arm.spec, SafetyConfig())
+    bad = RobotState(state=np.zeros(7, np.float32), timestamp=0.0, joint_positions=np.array([0, 0, 0, 0, 0, np.nan]))
+    verdict = layer.check(np.zeros(7), bad)
+    assert verdict.action is None and "NaN" in verdict.events[0]
+    # from rest, the first command may only change velocity by acceleration * dt = 20 * 0.01 = 0.2 rad/s
+    rest = RobotState(state=np.zeros(7, np.float32), timestamp=0.0, joint_positions=np.zeros(6))
+    first = layer.check(np.array([1.0] * 6 + [0.5]), rest).action
+    assert np.allclose(first[:6], 0.2 * 0.01)
+    # approaching the position limit at speed: the acceleration clip must not carry a joint past it
+    joints = np.full(6, 2.99)
+    layer._last_velocity = np.full(6, 2.0)
+    near = RobotState(state=np.zeros(7, np.float32), timestamp=0.0, joint_positions=joints)
+    assert layer.check(np.array([3.2] * 6 + [0.5]), near).action[:6].max() <= 3.0 + 1e-6
+
+
+def test_episode_end_leaves_the_arm_held():
+    loop, arm = make_loop(max_steps=20)
+    report = run(loop)
+    assert report.stopped is None and arm.holds == sum(report.holds.values()) + 1
+
+
+def test_rtc_needs_the_receding_schedule():
+    with pytest.raises(ValueError, match="schedule.mode=receding"):
+        LoopConfig(rtc=True, schedule=ScheduleConfig("temporal"))

@@ -643,3 +643,15 @@ def test_ur_controller_watchdog_is_armed_and_kicked_every_tick(rtde):
     robot.send_action(np.array(HOME + [0.0]))
     robot.hold()
     assert rtde.names().count("kickWatchdog") == 2
+
+
+def test_ur_script_killed_by_the_controller_is_a_fault_and_reset_restarts_it(rtde):
+    robot = make_ur()
+    rtde.refuse.add("isProgramRunning")  # the controller's watchdog ended the control script
+    assert "control script is not running" in robot.get_state().fault
+    rtde.refuse.discard("isProgramRunning")
+    robot.reset()
+    assert "reuploadScript" not in rtde.names()  # running again: nothing to restart
+    rtde.refuse.add("isProgramRunning")
+    robot.reset()
+    assert "reuploadScript" in rtde.names()

@@ -42,6 +42,11 @@ class LoopConfig:
     # real-time chunking (Black et al., arXiv 2506.07339): a diffusion / flow head generates the next chunk
     # inpainted onto the actions still queued, so consecutive chunks join without a jump (async only)
     rtc: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rtc and self.schedule.mode != "receding":
+            raise ValueError(f"loop.rtc needs schedule.mode=receding (an ensemble blends chunks, so there is no one "
+                             f"queued plan to continue); got {self.schedule.mode!r}")
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
@@ -159,17 +164,24 @@ class ControlLoop:
         self.safety.reset()
         self._wait_for_cameras()
         report, timer = EpisodeReport(), RateTimer(self.hz)
-        self._last_action = time.perf_counter()
-        for step in range(self.config.max_steps):
-            late = timer.wait()
-            tick = time.perf_counter()
-            report.tick_starts.append(tick)
-            event = self._tick(step, report)
-            report.steps = step + 1
-            report.rows.append({"step": step, "t_s": tick - report.tick_starts[0], "late_ms": late * 1000,
-                                "work_ms": (time.perf_counter() - tick) * 1000, "event": event or ""})
-            if report.stopped or getattr(self.robot, "episode_done", False):
-                break
+        self._last_action = self._last_fresh_frame = time.perf_counter()
+        self._first_valid_step = 0  # chunks from observations before this step are stale (see _hold_stale)
+        try:
+            for step in range(self.config.max_steps):
+                late = timer.wait()
+                tick = time.perf_counter()
+                report.tick_starts.append(tick)
+                event = self._tick(step, report)
+                report.steps = step + 1
+                report.rows.append({"step": step, "t_s": tick - report.tick_starts[0], "late_ms": late * 1000,
+                                    "work_ms": (time.perf_counter() - tick) * 1000, "event": event or ""})
+                if report.stopped or getattr(self.robot, "episode_done", False):
+                    break
+        except BaseException:
+            self.robot.stop()  # an error inside a tick: the arm must not keep its last command
+            raise
+        if not report.stopped:
+            self.robot.hold()  # between episodes (or before disconnect) nothing moves
         report.success = getattr(self.robot, "success", None)
         return report
 
@@ -189,23 +201,22 @@ class ControlLoop:
         self._collect(report)
         stale = self._stale_camera()
         if stale:
-            return self._hold(report, "camera frame stale or missing", stale)
+            return self._hold_stale(report, step, stale)
+        self._last_fresh_frame = time.perf_counter()
         if self.schedule.needs_chunk(step, lead=self._lead_steps()) and not self.worker.busy:
             self.worker.submit(self.episode, step, self._observation(state, step))
             if not self.config.async_inference:
-                self.worker.wait_idle(self.config.safety.policy_timeout_s)
-                self._collect(report)
+                state = self._wait_holding(report)
+                if state is None or state.fault:
+                    return self._stop(report, f"e-stop ({self.estop.reason})" if state is None
+                                      else f"robot fault: {state.fault}")
         action = self.schedule.action(step)
         if action is None:
-            waited = time.perf_counter() - self._last_action
-            if waited > self.config.safety.policy_timeout_s:
-                return self._stop(report, f"no action from the policy for {waited:.1f} s "
-                                          f"(limit safety.policy_timeout_s={self.config.safety.policy_timeout_s})")
-            return self._hold(report, "waiting for the policy")
+            return self._hold_or_timeout(report, "waiting for the policy")
         verdict = self.safety.check(action, state)
         report.safety_events += len(verdict.events)
         if verdict.action is None:
-            return self._hold(report, "safety rejected the action")
+            return self._hold_or_timeout(report, "safety rejected the action")
         self.robot.send_action(verdict.action)
         self._last_action = time.perf_counter()
         report.sent.append((step, self.schedule.chunks[-1][0], verdict.action))
@@ -214,10 +225,40 @@ class ControlLoop:
             self.recorder.add(images, state.state, verdict.action, self.instruction)
         return "; ".join(verdict.events) or None
 
+    def _wait_holding(self, report: EpisodeReport):
+        """Synchronous inference: hold the arm and watch the e-stop while the chunk is computed, in slices of one
+        tick; returns the robot state read afterwards (the one the action will be checked against), None on e-stop."""
+        deadline = time.perf_counter() + self.config.safety.policy_timeout_s
+        while self.worker.busy and time.perf_counter() < deadline and not self.estop.triggered:
+            self.robot.hold()
+            self.worker.wait_idle(self.period)
+        self._collect(report)
+        return None if self.estop.triggered else self.robot.get_state()
+
+    def _hold_or_timeout(self, report: EpisodeReport, reason: str) -> str:
+        """Hold the arm, or stop it once no usable action has come for safety.policy_timeout_s."""
+        waited = time.perf_counter() - self._last_action
+        if waited > self.config.safety.policy_timeout_s:
+            return self._stop(report, f"no action from the policy for {waited:.1f} s ({reason}; limit "
+                                      f"safety.policy_timeout_s={self.config.safety.policy_timeout_s})")
+        return self._hold(report, reason)
+
+    def _hold_stale(self, report: EpisodeReport, step: int, detail: str) -> str:
+        """A stale camera holds the arm and voids the queued plan: it assumed the held ticks would be executed.
+        Chunks computed from observations before this step are dropped; the policy is not blamed for the wait,
+        but a camera that stays stale for safety.policy_timeout_s stops the arm."""
+        self.schedule.reset()
+        self._first_valid_step = step + 1
+        self._last_action = time.perf_counter()
+        stale_for = time.perf_counter() - self._last_fresh_frame
+        if stale_for > self.config.safety.policy_timeout_s:
+            return self._stop(report, f"camera stale for {stale_for:.1f} s: {detail}")
+        return self._hold(report, "camera frame stale or missing", detail)
+
     def _collect(self, report: EpisodeReport) -> None:
         result = self.worker.poll()
-        if result is None or result.episode != self.episode:  # none yet, or left over from the last episode
-            return
+        if result is None or result.episode != self.episode or result.step < self._first_valid_step:
+            return  # none yet, left over from the last episode, or planned before a camera outage
         if result.error:
             log.error("policy failed on the observation of step %d: %s", result.step, result.error)
             return
@@ -229,7 +270,9 @@ class ControlLoop:
             log.error("policy returned an unusable chunk: %s", error)
 
     def _lead_steps(self) -> int:
-        return math.ceil(self.latency_s / self.period) if self.config.async_inference else 0
+        """Ticks between asking for a chunk and using it: the latency in ticks, plus the tick at which it is
+        collected (an answer is only picked up at the start of a tick)."""
+        return math.ceil(self.latency_s / self.period) + 1 if self.config.async_inference else 0
 
     def _stale_camera(self) -> str | None:
         now = time.monotonic()

@@ -103,8 +103,12 @@ def _decode_ext(code: int, data: bytes):
     dtype, shape = unpacker.unpack()
     if dtype not in ALLOWED_DTYPES:
         raise ProtocolError(f"array dtype {dtype!r} is not allowed; allowed: {sorted(ALLOWED_DTYPES)}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(isinstance(n, int) and 0 <= n < 2**31 for n in shape):
+        raise ProtocolError(f"array shape must be at most 8 non-negative dimensions; got {shape!r}")
     body = data[unpacker.tell():]
-    count = int(np.prod(shape)) if shape else 1
+    count = 1
+    for n in shape:  # Python ints: no int64 wrap-around
+        count *= n
     if count * np.dtype(dtype).itemsize != len(body):
         raise ProtocolError(f"array of shape {shape} and dtype {dtype} does not match its {len(body)} bytes")
     return np.frombuffer(body, dtype=dtype).reshape(shape)
@@ -118,7 +122,10 @@ def unpack(payload: bytes) -> dict:
     if not isinstance(payload, bytes | bytearray):
         raise ProtocolError("messages must be binary msgpack frames, not text")
     try:
-        message = msgpack.unpackb(payload, ext_hook=_decode_ext, raw=False, strict_map_key=True)
+        # small container limits: a request holds a handful of fields, and an 8 MiB message of empty maps
+        # would otherwise unpack into hundreds of MiB of Python objects
+        message = msgpack.unpackb(payload, ext_hook=_decode_ext, raw=False, strict_map_key=True,
+                                  max_array_len=1024, max_map_len=64)
     except ProtocolError:
         raise
     except Exception as error:  # msgpack raises several unrelated types for corrupt input
@@ -136,7 +143,7 @@ def validate_observation(data: object, spec: PolicySpec) -> ObservationMessage:
     if missing:
         raise ProtocolError(f"observation is missing {sorted(missing)}")
     embodiment = data["embodiment"]
-    if embodiment not in spec.state_dims:
+    if not isinstance(embodiment, str) or embodiment not in spec.state_dims:
         raise ProtocolError(f"unknown embodiment {embodiment!r}; this policy knows {sorted(spec.state_dims)}")
     instruction = data["instruction"]
     if not isinstance(instruction, str) or not instruction.strip() or len(instruction) > 1000:

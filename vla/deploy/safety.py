@@ -49,13 +49,13 @@ class SafetyLayer:
         self.reset()
 
     def reset(self) -> None:
-        self._last_velocity: np.ndarray | None = None  # joint velocity of the previous command
+        """A new episode: the arm starts at rest."""
+        self._last_velocity: np.ndarray | None = None  # joint velocity of the previous command; None = at rest
         self._velocity: np.ndarray | None = None  # joint velocity of the command being checked
 
     def held(self) -> None:
         """The arm was held (zero velocity): the next command accelerates from rest."""
-        if self._last_velocity is not None:
-            self._last_velocity = np.zeros_like(self._last_velocity)
+        self._last_velocity = None
 
     def check(self, action: np.ndarray, state: RobotState) -> Verdict:
         action = np.asarray(action, dtype=np.float64)
@@ -64,6 +64,9 @@ class SafetyLayer:
                                 f"[{self.spec.action_dim}] ({', '.join(self.spec.action_names)})")
         if not np.isfinite(action).all():
             return self._reject(f"action contains NaN or inf: {np.round(action, 4).tolist()}")
+        for name, value in (("joint_positions", state.joint_positions), ("tcp_position", state.tcp_position)):
+            if value is not None and not np.isfinite(value).all():
+                return self._reject(f"robot state {name} contains NaN or inf: the limits cannot be checked")
         events: list[str] = []
         limits = self.spec.limits
         action = self._bound(action, limits.action_low, limits.action_high, "action", self.spec.action_names, events)
@@ -76,6 +79,9 @@ class SafetyLayer:
             return self._reject("; ".join(events))
         for event in events:
             self._log_clip(event)
+        if not np.isfinite(action).all():  # belt and braces: nothing non-finite ever reaches the arm
+            self._velocity = None
+            return self._reject("the limited action is not finite")
         if self._velocity is not None:
             self._last_velocity, self._velocity = self._velocity, None
         return Verdict(action.astype(np.float32), events)
@@ -92,12 +98,15 @@ class SafetyLayer:
             velocity = (target - current[:n]) / self.dt  # (J,)
             vmax = np.asarray(limits.joint_velocity)
             velocity = self._bound(velocity, -vmax, vmax, "joint velocity", names, events)
-            if limits.joint_acceleration is not None and self._last_velocity is not None:
+            if limits.joint_acceleration is not None:
+                last = self._last_velocity if self._last_velocity is not None else np.zeros(n)
                 step = np.asarray(limits.joint_acceleration) * self.dt
-                velocity = self._bound(velocity, self._last_velocity - step, self._last_velocity + step,
-                                       "joint acceleration (velocity change)", names, events)
-            target = current[:n] + velocity * self.dt
-            self._velocity = velocity
+                velocity = self._bound(velocity, last - step, last + step, "joint acceleration (velocity change)",
+                                       names, events)
+            # the acceleration clip may carry the target past a position limit: clip it back (no event: the
+            # position limit was already reported if the policy asked for it)
+            target = np.clip(current[:n] + velocity * self.dt, limits.joint_position_low, limits.joint_position_high)
+            self._velocity = (target - current[:n]) / self.dt
         action = action.copy()
         action[:n] = target
         return action

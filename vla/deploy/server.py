@@ -80,8 +80,8 @@ class PolicyServer:
             self._loop.call_soon_threadsafe(self._server.close)
 
     def _authorise(self, connection: ServerConnection, request):
-        given = request.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+        given = request.headers.get_all("Authorization")
+        if len(given) == 1 and hmac.compare_digest(given[0].encode(), f"Bearer {self.token}".encode()):
             return None
         log.warning("refused a connection from %s: missing or wrong token", connection.remote_address)
         return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
@@ -109,6 +109,9 @@ class PolicyServer:
         except ProtocolError as error:
             log.warning("bad request: %s", error)
             return {"type": "error", "message": str(error)}
+        except Exception as error:  # anything else a request can trigger: answer it, keep the connection and server
+            log.exception("request failed")
+            return {"type": "error", "message": f"bad request: {type(error).__name__}: {error}"}
 
     async def _infer(self, message: dict) -> dict:
         observation = validate_observation(message.get("observation"), self.policy.spec)

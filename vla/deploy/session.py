@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 from vla.deploy.realtime import EStop
 from vla.robot_io.base import Camera, Robot
 from vla.robot_io.config import CameraConfig, RobotConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,18 +37,20 @@ def device_session(robot_config: RobotConfig, camera_configs: list[CameraConfig]
     `session.on_exit` (loop threads, dataset writers), disconnect everything and restore signal handlers."""
     robot = robot_config.make()
     robot.connect()
-    session = Session(robot, make_cameras(camera_configs, robot))
+    session = Session(robot, {})
     try:
+        session.cameras = make_cameras(camera_configs, robot)
         for camera in session.cameras.values():
             camera.connect()
         estop.install_signal_handlers()
         estop.watch_keyboard()
         yield session
     finally:
-        robot.stop()
-        for close in session.on_exit:
-            close()
-        for camera in session.cameras.values():
-            camera.disconnect()
-        robot.disconnect()
-        estop.restore_signal_handlers()
+        # each step on its own: a failing stop (lost connection) must not skip closing the rest
+        steps = [robot.stop, *session.on_exit, *(c.disconnect for c in session.cameras.values()), robot.disconnect,
+                 estop.restore_signal_handlers]
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("cleanup step %s failed", getattr(step, "__qualname__", step))

@@ -146,7 +146,7 @@ class URRobot:
         control = self._control()
         if self._moving and not self.stopped:
             self._decelerate()  # moveJ must not start while servoing
-        if self.stopped:
+        if self.stopped or not control.isProgramRunning():  # stopped by us, or by the controller's watchdog
             control.reuploadScript()
             self.stopped = False
         self._command_fault = None
@@ -251,6 +251,8 @@ class URRobot:
         mode = receive.getSafetyMode()
         if mode not in HEALTHY_SAFETY_MODES:
             return f"safety mode {mode} ({SAFETY_MODES.get(mode, 'unknown')})"
+        if not self.stopped and self.control is not None and not self.control.isProgramRunning():
+            return "the RTDE control script is not running (controller watchdog expired?); reset() restarts it"
         return self._command_fault
 
     def _control(self):
