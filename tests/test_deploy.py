@@ -30,16 +30,19 @@ TOKEN = "test-token-0123456789"
 class ScriptedPolicy:
     """A fake policy with a fixed answer and a chosen failure: "hang", "raise", "nan", "far" (out of limits)."""
 
-    def __init__(self, fault: str | None = None, fault_after: int = 0, horizon: int = 8, latency_s: float = 0.005):
+    def __init__(self, fault: str | None = None, fault_after: int = 0, horizon: int = 8, latency_s: float = 0.005,
+                 n_obs_steps: int = 1):
         self.spec = PolicySpec(cameras=["main"], image_size=32, horizon=horizon, state_dims={"fake_arm": 7},
-                               action_dims={"fake_arm": 7})
+                               action_dims={"fake_arm": 7}, n_obs_steps=n_obs_steps)
+        self.images: list[np.ndarray] = []
         self.fault, self.fault_after, self.latency_s = fault, fault_after, latency_s
         self.calls = 0
         self.prefixes: list = []
         self.release = threading.Event()
 
     def infer(self, obs: ObservationMessage) -> np.ndarray:
-        assert obs.images.shape == (1, 32, 32, 3) and obs.images.dtype == np.uint8
+        assert obs.images.shape == (self.spec.n_obs_steps, 32, 32, 3) and obs.images.dtype == np.uint8
+        self.images.append(obs.images)
         self.calls += 1
         self.prefixes.append(obs.prefix)
         time.sleep(self.latency_s)

@@ -26,9 +26,14 @@ class ModelConfig:
     max_state_dim: int = 7
     image_size: int = 64  # camera frames the policy expects: [N, image_size, image_size, 3]
     cameras: list[str] = field(default_factory=lambda: ["corner"])
+    # observation history: frames per camera, oldest first, each an image slot of the backbone (Dita uses 2);
+    # images are then [B, n_obs_steps * len(cameras), S, S, 3], time-major
+    n_obs_steps: int = 1
     normalization: str = "quantile"  # quantile: q01..q99 -> [-1, 1]; zscore: mean/std
 
     def __post_init__(self) -> None:
+        if self.n_obs_steps < 1:
+            raise ValueError(f"model.n_obs_steps must be >= 1; got {self.n_obs_steps}")
         if self.normalization not in NORMALIZATION_MODES:
             raise ValueError(f"model.normalization must be one of {NORMALIZATION_MODES}; got {self.normalization!r}")
 

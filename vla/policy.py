@@ -34,10 +34,11 @@ class VLAPolicy(nn.Module):
     def condition(self, images: Tensor, state: Tensor, instruction: list[str], embodiment: list[str]) -> Cond:
         """Backbone features plus normalised state. images: uint8 [B, N, H, W, 3]; state: [B, S]."""
         validate_images(images)
-        expected = (len(self.config.cameras), self.config.image_size, self.config.image_size, 3)
+        slots = len(self.config.cameras) * self.config.n_obs_steps
+        expected = (slots, self.config.image_size, self.config.image_size, 3)
         if tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] (cameras {self.config.cameras}); "
-                             f"got {list(images.shape)}")
+            raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] (cameras {self.config.cameras} x "
+                             f"{self.config.n_obs_steps} history frames, oldest first); got {list(images.shape)}")
         proprio = self.normalizer.normalize_state(state, embodiment).to(images.device)
         return Cond(backbone=self.backbone(images, instruction), proprio=proprio)
 

@@ -53,15 +53,30 @@ class ChunkedDemos:
         """The instruction of each frame in `indices` (int64 [B])."""
         return [self.tasks[i] for i in self.task_index[indices].tolist()]
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
+    def history(self, indices: Tensor, n_obs_steps: int) -> Tensor:
+        """Frame indices [B, n_obs_steps] of the frames ending at `indices`, oldest first; frames before the start
+        of the episode repeat its first frame (as a robot's history does at the start of an episode)."""
+        past = (indices[:, None] + torch.arange(-n_obs_steps + 1, 1)).clamp(min=0)  # (B, n); episodes are contiguous
+        same_episode = self.episode_index[past] == self.episode_index[indices][:, None]
+        # the earliest frame of the window still in the episode (its first frame) fills the slots before it
+        earliest = torch.where(same_episode, past, torch.full_like(past, torch.iinfo(past.dtype).max)).amin(1)
+        return torch.where(same_episode, past, earliest[:, None])
+
+    def observation_images(self, indices: Tensor, n_obs_steps: int = 1) -> Tensor:
+        """uint8 [B, n_obs_steps * C, H_img, W_img, 3]: each frame's history, time-major (cameras of t-1, then t)."""
+        frames = self.history(indices, n_obs_steps)  # (B, n)
+        images = self.images[frames]  # (B, n, C, H, W, 3)
+        return images.flatten(1, 2)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None, n_obs_steps: int = 1) -> dict:
         """A uniformly random batch of frames (with replacement).
 
-        Returns images uint8 [B, C, H_img, W_img, 3], state [B, S], actions [B, H, D],
+        Returns images uint8 [B, n_obs_steps * C, H_img, W_img, 3], state [B, S], actions [B, H, D],
         action_is_pad [B, H], episode_index [B], instruction and embodiment (lists of B str).
         """
         indices = torch.randint(len(self), (batch_size,), generator=generator)
         return {
-            "images": self.images[indices],
+            "images": self.observation_images(indices, n_obs_steps),
             "state": self.state[indices],
             "actions": self.actions[indices],
             "action_is_pad": self.action_is_pad[indices],

@@ -18,7 +18,7 @@ import csv
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,6 +144,7 @@ class ControlLoop:
         self.grabbers = {name: FrameGrabber(cameras[name]) for name in sorted(watched)}
         self.worker = InferenceWorker(policy.infer)
         self.latency_s = 0.0  # running estimate, sets how early an asynchronous request goes out
+        self.history: deque[np.ndarray] = deque(maxlen=policy.spec.n_obs_steps)  # [N, S, S, 3] per past tick
         self.episode = -1
 
     def start(self) -> None:
@@ -162,6 +163,7 @@ class ControlLoop:
         self.robot.reset()
         self.schedule.reset()
         self.safety.reset()
+        self.history.clear()
         self._wait_for_cameras()
         report, timer = EpisodeReport(), RateTimer(self.hz)
         self._last_action = self._last_fresh_frame = time.perf_counter()
@@ -203,6 +205,7 @@ class ControlLoop:
         if stale:
             return self._hold_stale(report, step, stale)
         self._last_fresh_frame = time.perf_counter()
+        self._remember_frames()
         if self.schedule.needs_chunk(step, lead=self._lead_steps()) and not self.worker.busy:
             self.worker.submit(self.episode, step, self._observation(state, step))
             if not self.config.async_inference:
@@ -287,11 +290,19 @@ class ControlLoop:
                 return f"camera {name!r} frame is {age:.2f} s old (limit {limit} s){detail}"
         return None
 
-    def _observation(self, state, step: int) -> ObservationMessage:
+    def _remember_frames(self) -> None:
+        """This tick's camera images [N, S, S, 3] into the observation history (the first fills every slot,
+        as the training data repeats an episode's first frame)."""
         spec = self.policy.spec
         images = np.stack([fit_image(self.grabbers[c].latest.image, spec.image_size) for c in spec.cameras])
-        obs = ObservationMessage(images=images, state=np.asarray(state.state, dtype=np.float32),
-                                 instruction=self.instruction, embodiment=self.robot.spec.embodiment)
+        while len(self.history) < self.history.maxlen - 1:
+            self.history.append(images)
+        self.history.append(images)
+
+    def _observation(self, state, step: int) -> ObservationMessage:
+        obs = ObservationMessage(images=np.concatenate(list(self.history)),  # [T * N, S, S, 3], oldest first
+                                 state=np.asarray(state.state, dtype=np.float32), instruction=self.instruction,
+                                 embodiment=self.robot.spec.embodiment)
         queued = self.schedule.remaining(step)
         if self.config.rtc and self.config.async_inference and len(queued):
             obs.prefix, obs.prefix_weights = queued, rtc_weights(len(queued), self._lead_steps())

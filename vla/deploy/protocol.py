@@ -32,7 +32,8 @@ class ProtocolError(ValueError):
 class PolicySpec:
     """What a policy expects per control step, per embodiment.
 
-    cameras: camera names in the order the policy stacks them; images are uint8 [N, S, S, 3] with S = image_size.
+    cameras: camera names in the order the policy stacks them; images are uint8 [T * N, S, S, 3] with
+    S = image_size and T = n_obs_steps frames per camera, oldest first (all cameras of t-1, then of t).
     state_dims / action_dims: embodiment -> state width S / action width D in the robot's own units.
     horizon: actions per chunk H.
     """
@@ -42,6 +43,11 @@ class PolicySpec:
     horizon: int
     state_dims: dict[str, int]
     action_dims: dict[str, int]
+    n_obs_steps: int = 1
+
+    @property
+    def image_slots(self) -> int:
+        return self.n_obs_steps * len(self.cameras)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +84,7 @@ class ObservationMessage:
 def blank_observation(spec: PolicySpec) -> ObservationMessage:
     """An all-zero observation of the right shapes, for warming a policy up before the first episode."""
     embodiment = sorted(spec.state_dims)[0]
-    return ObservationMessage(images=np.zeros((len(spec.cameras), spec.image_size, spec.image_size, 3), np.uint8),
+    return ObservationMessage(images=np.zeros((spec.image_slots, spec.image_size, spec.image_size, 3), np.uint8),
                               state=np.zeros(spec.state_dims[embodiment], np.float32), instruction="warm up",
                               embodiment=embodiment)
 
@@ -149,10 +155,11 @@ def validate_observation(data: object, spec: PolicySpec) -> ObservationMessage:
     if not isinstance(instruction, str) or not instruction.strip() or len(instruction) > 1000:
         raise ProtocolError("instruction must be a non-empty string of at most 1000 characters")
     images = data["images"]
-    expected = (len(spec.cameras), spec.image_size, spec.image_size, 3)
+    expected = (spec.image_slots, spec.image_size, spec.image_size, 3)
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape != expected:
         got = f"{images.dtype} {list(images.shape)}" if isinstance(images, np.ndarray) else type(images).__name__
-        raise ProtocolError(f"images must be uint8 {list(expected)} (cameras {spec.cameras}); got {got}")
+        raise ProtocolError(f"images must be uint8 {list(expected)} (cameras {spec.cameras} x {spec.n_obs_steps} "
+                            f"frames); got {got}")
     state = data["state"]
     width = spec.state_dims[embodiment]
     if not isinstance(state, np.ndarray) or state.dtype.kind != "f" or state.shape != (width,):

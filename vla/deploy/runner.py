@@ -22,6 +22,7 @@ def policy_spec(policy) -> PolicySpec:
         cameras=list(policy.config.cameras), image_size=policy.config.image_size, horizon=policy.config.head.horizon,
         state_dims={e: normalizer.state_dim(e) for e in normalizer.embodiments},
         action_dims={e: normalizer.action_dim(e) for e in normalizer.embodiments},
+        n_obs_steps=policy.config.n_obs_steps,
     )
 
 

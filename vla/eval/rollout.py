@@ -12,6 +12,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import draccus
@@ -36,9 +37,11 @@ class Episode:
     frames: list[np.ndarray]
 
 
-def observation_batch(obs: dict, embodiment: str) -> Observation:
-    """One simulator observation as a batch of one: images [1, 1, H, W, 3], state [1, S]."""
-    image = torch.from_numpy(obs["image"])[None, None]
+def observation_batch(obs: dict, embodiment: str, history: deque | None = None) -> Observation:
+    """One simulator observation as a batch of one: images [1, n, H, W, 3] (the last n frames, oldest first;
+    just this one without a history), state [1, S]."""
+    frames = list(history) if history else [obs["image"]]
+    image = torch.from_numpy(np.stack(frames))[None]
     state = torch.from_numpy(np.asarray(obs["state"], dtype=np.float32))[None]
     return Observation(images=image, state=state, instruction=[obs["instruction"]], embodiment=[embodiment])
 
@@ -48,17 +51,19 @@ def run_episode(policy, env: MetaWorldEnv, seed: int, cfg: EvalConfig, latencies
     schedule = ActionSchedule(cfg.schedule, policy.config.head.horizon)
     generator = torch.Generator().manual_seed(seed)
     obs = env.reset(seed=seed)
+    history = deque([obs["image"]] * policy.config.n_obs_steps, maxlen=policy.config.n_obs_steps)
     frames = [obs["image"]] if record else []
     success, steps = False, 0
     done = False
     while not done:
         if schedule.needs_chunk(steps):
             start = time.perf_counter()
-            chunk = policy.predict(observation_batch(obs, EMBODIMENT), generator=generator,
+            chunk = policy.predict(observation_batch(obs, EMBODIMENT, history), generator=generator,
                                    num_steps=cfg.num_inference_steps, bac=cfg.bac)
             latencies.append(time.perf_counter() - start)
             schedule.add(chunk.actions[0, :, chunk.mask[0]].numpy(), start_step=steps)
         obs, success, done = env.step(schedule.action(steps))
+        history.append(obs["image"])
         steps += 1
         if record:
             frames.append(obs["image"])

@@ -93,8 +93,9 @@ def make_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, done_st
         optimizer, cfg.optim.warmup_steps, cfg.steps, min_lr_rate=cfg.optim.min_lr_ratio, last_epoch=done_steps - 1)
 
 
-def make_batch(demos: ChunkedDemos, batch_size: int, image_shift: int, generator: torch.Generator) -> dict:
-    batch = demos.sample(batch_size, generator)
+def make_batch(demos: ChunkedDemos, batch_size: int, image_shift: int, generator: torch.Generator,
+               n_obs_steps: int = 1) -> dict:
+    batch = demos.sample(batch_size, generator, n_obs_steps)
     batch["images"] = random_shift(batch["images"], image_shift, generator)
     return batch
 
@@ -148,7 +149,7 @@ def train(cfg: TrainRunConfig) -> Path:
     progress = tqdm(total=cfg.train.steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     policy.train()
     while step < cfg.train.steps:
-        batch = make_batch(demos, cfg.train.batch_size, cfg.data.image_shift, generator)
+        batch = make_batch(demos, cfg.train.batch_size, cfg.data.image_shift, generator, cfg.model.n_obs_steps)
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with accelerator.autocast():
             loss = policy(batch)["loss"]
