@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from vla.action_heads.base import HeadConfig  # noqa: E402
 from vla.deploy.chunking import ScheduleConfig  # noqa: E402
-from vla.deploy.loop import ControlLoop, EpisodeReport, LoopConfig  # noqa: E402
+from vla.deploy.loop import ControlLoop, EpisodeReport, LoopConfig, percentiles_ms  # noqa: E402
 from vla.deploy.protocol import blank_observation  # noqa: E402
 from vla.deploy.runner import LocalPolicy  # noqa: E402
 from vla.policy import VLAPolicy  # noqa: E402
@@ -36,11 +36,6 @@ from vla.robot_io.sim import SimCamera, SimRobot, SimRobotConfig  # noqa: E402
 from vla.training.checkpoint import count_parameters, load_policy  # noqa: E402
 
 TOKEN = "benchmark-token-0123"
-
-
-def percentiles(values_s: list[float]) -> dict[str, float]:
-    ms = np.asarray(values_s) * 1000
-    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
 
 
 def loop_run(policy: LocalPolicy, hz: float, async_inference: bool, ticks: int, task: str, rtc: bool = False) -> dict:
@@ -67,9 +62,9 @@ def loop_run(policy: LocalPolicy, hz: float, async_inference: bool, ticks: int, 
         elapsed += report.tick_starts[-1] - report.tick_starts[0] + loop.period
     loop.close()
     robot.disconnect()
-    return {"hz": hz, "async": async_inference, "rtc": rtc, "ticks": steps, "jitter_ms": percentiles(jitter),
+    return {"hz": hz, "async": async_inference, "rtc": rtc, "ticks": steps, "jitter_ms": percentiles_ms(jitter),
             "achieved_hz": steps / elapsed, "policy_action_share": 1 - held / steps,
-            "inference_ms": percentiles(latency), "episodes": len(successes), "successes": sum(successes),
+            "inference_ms": percentiles_ms(latency), "episodes": len(successes), "successes": sum(successes),
             "jump_boundary": float(np.mean([j["boundary"] for j in jumps])),
             "jump_within": float(np.mean([j["within"] for j in jumps]))}
 
@@ -92,7 +87,7 @@ def head_latency(base, calls: int) -> list[dict]:
             start = time.perf_counter()
             runner.infer(obs)
             times.append(time.perf_counter() - start)
-        rows.append({"head": name, "params_head": count_parameters(runner.policy.head), **percentiles(times)})
+        rows.append({"head": name, "params_head": count_parameters(runner.policy.head), **percentiles_ms(times)})
     return rows
 
 
@@ -125,7 +120,7 @@ def server_overhead(policy: LocalPolicy, calls: int) -> dict:
                 times[name].append(time.perf_counter() - start)
         remote.close()
         server.shutdown()
-        result[label] = {name: percentiles(t) for name, t in times.items()}
+        result[label] = {name: percentiles_ms(t) for name, t in times.items()}
     return result
 
 

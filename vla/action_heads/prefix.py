@@ -7,6 +7,8 @@ to the head's width once per observation, each denoiser layer turns them into ke
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import torch
 from torch import Tensor, nn
 
@@ -79,9 +81,9 @@ class PrefixHead(CachedSampling, ActionHead):
                   for k, v in self.net.memory(prefix, real)]
         return memory, real.repeat_interleave(repeat, 0), extra.repeat_interleave(repeat, 0)
 
+    @abstractmethod
     def default_steps(self) -> int:
         """Sampling steps when the caller gives none."""
-        raise NotImplementedError
 
     def denoise(self, x: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:

@@ -51,6 +51,12 @@ class LoopConfig:
     safety: SafetyConfig = field(default_factory=SafetyConfig)
 
 
+def percentiles_ms(seconds) -> dict[str, float]:
+    """p50 / p99 in milliseconds of durations given in seconds (0.0 for none)."""
+    ms = np.asarray(list(seconds) or [0.0], dtype=np.float64) * 1000
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+
+
 @dataclass
 class EpisodeReport:
     steps: int = 0
@@ -77,19 +83,14 @@ class EpisodeReport:
 
     def period_jitter_ms(self, period_s: float) -> dict[str, float]:
         """|actual tick period - nominal| p50 / p99 / max in milliseconds."""
-        periods = np.diff(self.tick_starts)
-        if not len(periods):
-            return {"p50": 0.0, "p99": 0.0, "max": 0.0}
-        jitter = np.abs(periods - period_s) * 1000
-        return {"p50": float(np.percentile(jitter, 50)), "p99": float(np.percentile(jitter, 99)),
-                "max": float(jitter.max())}
+        jitter_s = np.abs(np.diff(self.tick_starts) - period_s)
+        return percentiles_ms(jitter_s) | {"max": float(jitter_s.max() * 1000) if len(jitter_s) else 0.0}
 
     def summary(self, period_s: float) -> dict:
-        latency = np.array(self.inference_s or [0.0]) * 1000
         return {"steps": self.steps, "success": self.success, "stopped": self.stopped,
                 "held_ticks": dict(self.holds), "safety_events": self.safety_events,
                 "period_jitter_ms": self.period_jitter_ms(period_s),
-                "inference_ms": {"p50": float(np.percentile(latency, 50)), "p99": float(np.percentile(latency, 99))},
+                "inference_ms": percentiles_ms(self.inference_s),
                 "chunks": len(self.inference_s)}
 
 
@@ -144,7 +145,8 @@ class ControlLoop:
         self.grabbers = {name: FrameGrabber(cameras[name]) for name in sorted(watched)}
         self.worker = InferenceWorker(policy.infer)
         self.latency_s = 0.0  # running estimate, sets how early an asynchronous request goes out
-        self.history: deque[np.ndarray] = deque(maxlen=policy.spec.n_obs_steps)  # [N, S, S, 3] per past tick
+        # camera pictures of the last n_obs_steps ticks (as grabbed; resized only when an observation is built)
+        self.history: deque[list[np.ndarray]] = deque(maxlen=policy.spec.n_obs_steps)
         self.episode = -1
 
     def start(self) -> None:
@@ -291,16 +293,17 @@ class ControlLoop:
         return None
 
     def _remember_frames(self) -> None:
-        """This tick's camera images [N, S, S, 3] into the observation history (the first fills every slot,
-        as the training data repeats an episode's first frame)."""
-        spec = self.policy.spec
-        images = np.stack([fit_image(self.grabbers[c].latest.image, spec.image_size) for c in spec.cameras])
+        """This tick's camera pictures into the observation history (the first fills every slot, as the
+        training data repeats an episode's first frame). References only: no copy or resize per tick."""
+        pictures = [self.grabbers[c].latest.image for c in self.policy.spec.cameras]
         while len(self.history) < self.history.maxlen - 1:
-            self.history.append(images)
-        self.history.append(images)
+            self.history.append(pictures)
+        self.history.append(pictures)
 
     def _observation(self, state, step: int) -> ObservationMessage:
-        obs = ObservationMessage(images=np.concatenate(list(self.history)),  # [T * N, S, S, 3], oldest first
+        size = self.policy.spec.image_size
+        images = np.stack([fit_image(picture, size) for pictures in self.history for picture in pictures])
+        obs = ObservationMessage(images=images,  # [T * N, S, S, 3], oldest first
                                  state=np.asarray(state.state, dtype=np.float32), instruction=self.instruction,
                                  embodiment=self.robot.spec.embodiment)
         queued = self.schedule.remaining(step)

@@ -111,6 +111,8 @@ class InferenceWorker:
         self._result: Result | None = None
         self._started_at: float | None = None
         self._closed = False
+        self._idle = threading.Event()  # set while no request is running
+        self._idle.set()
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._thread.start()
@@ -129,6 +131,7 @@ class InferenceWorker:
             if self.busy:
                 return False
             self._started_at = time.perf_counter()
+            self._idle.clear()
             self._request = (episode, step, request)
             self._wake.notify()
             return True
@@ -147,9 +150,7 @@ class InferenceWorker:
 
     def wait_idle(self, timeout: float) -> None:
         """Block until the running request answers (collect it with poll) or `timeout` seconds pass."""
-        deadline = time.perf_counter() + timeout
-        while self.busy and time.perf_counter() < deadline:
-            time.sleep(0.0005)
+        self._idle.wait(timeout)
 
     def _run(self) -> None:
         while True:
@@ -168,6 +169,7 @@ class InferenceWorker:
             with self._wake:
                 self._result = Result(episode, step, actions, error, time.perf_counter() - start)
                 self._started_at = None
+                self._idle.set()
 
 
 class EStop:

@@ -14,6 +14,7 @@ record their rollouts too (`vla-deploy --record_repo_id ...`).
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,21 +33,14 @@ from vla.robot_io.config import CameraConfig, RobotConfig
 log = logging.getLogger(__name__)
 
 
-def lerobot_features(cameras: list[str], image_size: int, state_names: list[str], action_names: list[str]) -> dict:
-    """LeRobot feature spec: one square image per camera, the state vector, the action vector."""
-    features = {f"observation.images.{c}": {"dtype": "image", "shape": (image_size, image_size, 3),
-                                             "names": ["height", "width", "channels"]} for c in cameras}
-    features["observation.state"] = {"dtype": "float32", "shape": (len(state_names),), "names": list(state_names)}
-    features["action"] = {"dtype": "float32", "shape": (len(action_names),), "names": list(action_names)}
-    return features
-
-
 class EpisodeRecorder:
     """Frames of the control loop -> a LeRobot dataset (images resized to image_size, as the policy sees them)."""
 
     def __init__(self, root: str | Path, repo_id: str, spec: RobotSpec, cameras: list[str], image_size: int,
                  fps: float):
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        from vla.data.features import lerobot_features  # vla.data pulls in torch: only when recording
 
         if Path(root).exists():
             raise FileExistsError(f"{root} exists; record into a new folder (nothing is overwritten)")
@@ -77,13 +71,14 @@ class EpisodeRecorder:
 
 
 @dataclass
-class TeleopConfig(draccus.ChoiceRegistry):
+class TeleopConfig(draccus.ChoiceRegistry, ABC):
     @classmethod
     def default_choice_name(cls) -> str:
         return "sim_expert"
 
+    @abstractmethod
     def make(self, robot: Robot):
-        raise NotImplementedError(f"{type(self).__name__} must define make()")
+        """A callable returning the teleoperator's current action [D] in the robot's action order."""
 
 
 @TeleopConfig.register_subclass("sim_expert")

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from vla.config import EvalConfig
 from vla.deploy.chunking import ActionSchedule
+from vla.deploy.loop import percentiles_ms
 from vla.eval.report import plot_success
 from vla.sim.metaworld_env import EMBODIMENT, MetaWorldEnv
 from vla.types import Observation
@@ -106,11 +107,10 @@ def summarize(episodes: list[Episode], latencies: list[float], cfg: EvalConfig) 
             "mean_episode_length": float(np.mean([e.length for e in mine])),
             "seeds": [e.seed for e in mine],
         }
-    ms = np.array(latencies) * 1000
     return {
         "tasks": tasks,
         "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
-        "chunk_latency_ms": {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))},
+        "chunk_latency_ms": percentiles_ms(latencies),
         "settings": {"num_inference_steps": cfg.num_inference_steps, "bac": cfg.bac,
                      "schedule": dataclasses.asdict(cfg.schedule), "max_steps": cfg.max_steps},
     }

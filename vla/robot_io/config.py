@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import draccus
@@ -18,21 +19,23 @@ from vla.robot_io.ur import URConfig
 
 
 @dataclass
-class RobotConfig(draccus.ChoiceRegistry):
+class RobotConfig(draccus.ChoiceRegistry, ABC):
     @classmethod
     def default_choice_name(cls) -> str:
         return "sim"
 
+    @abstractmethod
     def make(self) -> Robot:
-        raise NotImplementedError(f"{type(self).__name__} must define make()")
+        """Build the (unconnected) robot this config describes."""
 
 
 @dataclass
-class CameraConfig(draccus.ChoiceRegistry):
+class CameraConfig(draccus.ChoiceRegistry, ABC):
     name: str = "main"  # the camera name the policy was trained with
 
+    @abstractmethod
     def make(self) -> Camera:
-        raise NotImplementedError(f"{type(self).__name__} must define make()")
+        """Build the (unconnected) camera this config describes."""
 
 
 @RobotConfig.register_subclass("sim")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 
 from vla.robot_io.base import Frame
 
 log = logging.getLogger(__name__)
 
 
-class ReconnectingCamera:
+class ReconnectingCamera(ABC):
     """Base class: subclasses implement `_open()`, `_grab() -> Frame` and `_close()`.
 
     backoff_s: wait before the second reopen attempt; it doubles per failed attempt up to max_backoff_s
@@ -84,11 +85,14 @@ class ReconnectingCamera:
         except Exception as error:  # a device that vanished often fails to close too
             log.debug("camera %r: close failed: %s", self.name, error)
 
+    @abstractmethod
     def _open(self) -> None:
-        raise NotImplementedError
+        """Open the device (raise if it is not there)."""
 
+    @abstractmethod
     def _grab(self) -> Frame:
-        raise NotImplementedError
+        """The next frame from the open device (raise on a device error)."""
 
+    @abstractmethod
     def _close(self) -> None:
-        raise NotImplementedError
+        """Release the device."""

@@ -22,6 +22,7 @@ from typing import Any
 import draccus
 from tqdm import tqdm
 
+from vla.data.features import lerobot_features
 from vla.sim.metaworld_env import (
     ACTION_NAMES,
     CONTROL_FPS,
@@ -85,12 +86,7 @@ class DemoConfig:
 def dataset_features(image_size: int, camera: str, privileged_state: bool = False) -> dict[str, dict]:
     """LeRobot feature spec: one camera image, the 7-D robot state, the 4-D action."""
     names = PRIVILEGED_STATE_NAMES if privileged_state else STATE_NAMES
-    return {
-        f"observation.images.{camera}": {"dtype": "image", "shape": (image_size, image_size, 3),
-                                         "names": ["height", "width", "channels"]},
-        "observation.state": {"dtype": "float32", "shape": (len(names),), "names": names},
-        "action": {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES},
-    }
+    return lerobot_features([camera], image_size, names, ACTION_NAMES)
 
 
 def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int = 0) -> tuple[list[dict[str, Any]], bool]:
