@@ -91,8 +91,6 @@ def test_dita_groups_actions_into_tokens(tokens):
 def test_dita_config_errors_name_the_problem():
     with pytest.raises(ValueError, match="num_action_tokens=3 must divide head.horizon=8"):
         DitaHeadConfig(horizon=8, num_action_tokens=3)
-    with pytest.raises(ValueError, match="denoiser='shared'.*use head.denoiser='separate'"):
-        DitaHeadConfig(denoiser="shared")
     with pytest.raises(ValueError, match="head.denoiser must be one of"):
         DitaHeadConfig(denoiser="joint")
     with pytest.raises(ValueError, match="divisible"):

@@ -26,6 +26,10 @@ class VLAPolicy(nn.Module):
         self.backbone = backbone if backbone is not None else VLMBackbone(config.backbone)
         self.head = build_head(config.head, cond_dim=self.backbone.hidden_size,
                                action_dim=config.max_action_dim, state_dim=config.max_state_dim)
+        if self.head.reads_language_cache and config.backbone.freeze_language:
+            raise ValueError(f"the {config.head.type} head denoises inside the backbone's language model "
+                             f"(head.denoiser=shared), so the language model must train: set "
+                             f"backbone.freeze_language=false, or use head.denoiser=separate")
 
     @property
     def embodiments(self) -> list[str]:
@@ -40,7 +44,8 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] (cameras {self.config.cameras} x "
                              f"{self.config.n_obs_steps} history frames, oldest first); got {list(images.shape)}")
         proprio = self.normalizer.normalize_state(state, embodiment).to(images.device)
-        return Cond(backbone=self.backbone(images, instruction), proprio=proprio)
+        backbone = self.backbone(images, instruction, keep_cache=self.head.reads_language_cache)
+        return Cond(backbone=backbone, proprio=proprio)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """Training losses for a batch of chunks.

@@ -7,9 +7,13 @@ L = backbone tokens, C = backbone width.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from vla.backbones.continuation import LanguagePrefix
 
 
 @dataclass
@@ -81,13 +85,14 @@ class BackboneOutput:
     tokens: [B, L, C] last-layer hidden states of the whole prefix (image + text + cognition).
     token_mask: bool [B, L]; True where tokens are real (not padding).
     cognition: [B, C] hidden state at the learnable cognition token (CogACT's f_c).
-    past_key_values: optional cache of the prefix, for heads that attend inside the LLM.
+    past_key_values: the LLM's keys/values of the prefix (`vla.backbones.continuation.LanguagePrefix`),
+        present when the backbone ran with keep_cache=True, for heads that denoise inside the LLM.
     """
 
     tokens: Tensor
     token_mask: Tensor
     cognition: Tensor
-    past_key_values: object | None = None
+    past_key_values: LanguagePrefix | None = None
 
 
 @dataclass

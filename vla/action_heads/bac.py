@@ -151,12 +151,19 @@ class CachedSampling:
     def num_cached_blocks(self) -> int:
         return len(self.net.blocks)
 
+    def require_cached_blocks(self) -> None:
+        if self.num_cached_blocks() == 0:
+            raise ValueError(f"BAC caches the blocks of a head's own denoiser; this {self.config.type} head has none "
+                             f"(its denoising runs inside the backbone): sample with bac=False")
+
     def block_cache(self, num_steps: int, bac: bool | BlockCache | None) -> BlockCache | None:
         """The cache for one sampling call.
 
         bac=None: use the schedule for num_steps if one was calibrated; True: require it; False: no
         caching; a BlockCache instance (calibration) is used as is.
         """
+        if bac is True or isinstance(bac, BlockCache):
+            self.require_cached_blocks()
         if isinstance(bac, BlockCache):
             return bac
         schedule = self.bac_schedules.get(num_steps)
@@ -181,6 +188,7 @@ def load_schedules(path: str | Path) -> list[BACSchedule]:
 def calibrate_head(head: CachedSampling, cond, num_steps: int, threshold: float, seed: int = 0) -> BACSchedule:
     """Calibrate and attach a schedule for `num_steps` from one batched sampling call over the
     calibration observations in `cond` (a Cond of B observations; changes are averaged over them)."""
+    head.require_cached_blocks()
     generator = torch.Generator().manual_seed(seed)
     schedule = calibrate(lambda cache: head.sample(cond, generator=generator, num_steps=num_steps, bac=cache),
                          1, num_steps, threshold)

@@ -80,7 +80,13 @@ def head_config_class(name: str) -> type[HeadConfig]:
 
 
 class ActionHead(nn.Module, ABC):
-    """Maps backbone conditioning to a chunk of normalised actions [B, H, D]."""
+    """Maps backbone conditioning to a chunk of normalised actions [B, H, D].
+
+    reads_language_cache: the head runs its own tokens through the backbone's LLM after the
+    observation prefix, so it needs `cond.backbone.past_key_values` (the policy asks the backbone for it).
+    """
+
+    reads_language_cache: bool = False
 
     def __init__(self, config: HeadConfig, action_dim: int):
         super().__init__()

@@ -11,8 +11,16 @@ the tokens after it, so its hidden state at every layer is the same at every den
 layer's key/value memory (the prefix KV-cache trick of Dita / HybridVLA). Each action token can
 carry several consecutive actions (`num_action_tokens` < horizon).
 
-Not here: the denoiser shares no weights with the backbone (`denoiser: separate`), and the
-observation history is one frame (Dita uses two).
+Where the denoiser lives (`denoiser`):
+- `separate`: its own causal stack of `depth` blocks at width `hidden`, attending to the backbone's
+  last-layer tokens projected to that width (each layer's prefix keys/values computed once).
+- `shared`: the backbone's own LLM is the denoiser. State, timestep and action tokens are embedded
+  to the LLM's width and run through all its layers after the observation, attending to the
+  prefix keys/values the backbone cached while encoding it (`LanguagePrefix`); `hidden`, `depth` and
+  `heads` are unused, and the language model trains with the head. This is Dita's single
+  transformer over [observation, timestep, actions], with the VLM's weights as that transformer.
+The observation history (Dita uses two frames) is `model.n_obs_steps`: past frames are extra image
+slots of the prefix.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from vla.action_heads.base import TransformerHeadConfig, register_head
 from vla.action_heads.blocks import KV, DiTBlock, TimestepEmbedder
 from vla.action_heads.diffusion import ActionDiffusion, DiffusionConfig
 from vla.action_heads.prefix import PrefixHead, memory_allowed
+from vla.backbones.continuation import LanguagePrefix
 
 DENOISERS = ("separate", "shared")
 
@@ -73,23 +82,49 @@ class InContextDenoiser(nn.Module):
         return self.out(self.norm_out(x[:, -n:]))
 
 
+class LLMDenoiser(nn.Module):
+    """Dita's denoiser inside the backbone LLM: [extra, timestep, action tokens] run after the cached prefix.
+
+    noisy tokens [B, N, D * G] -> noise [B, N, D * G]; `width` is the LLM's hidden size. The LLM's
+    final norm is applied by the LLM itself, so only the output projection is added.
+    """
+
+    blocks = ()  # no blocks of its own for BAC to cache: the LLM's layers run inside `LanguagePrefix.extend`
+
+    def __init__(self, token_dim: int, width: int, causal_actions: bool):
+        super().__init__()
+        self.causal_actions = causal_actions
+        self.action_in = nn.Linear(token_dim, width)
+        self.t_embed = TimestepEmbedder(width)
+        self.out = nn.Linear(width, token_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, noisy_tokens: Tensor, t: Tensor, memory: LanguagePrefix, real: Tensor, extra: Tensor,
+                cache: BlockCache | None = None) -> Tensor:
+        """noisy_tokens [B, N, D*G], t [B], memory: the backbone's prefix cache, real bool [B, L], extra [B, K, C]."""
+        if cache is not None:
+            raise ValueError("BAC caches the head's own transformer blocks; dita with denoiser=shared has none")
+        n = noisy_tokens.shape[1]
+        x = torch.cat([extra, self.t_embed(t)[:, None], self.action_in(noisy_tokens)], dim=1)
+        x = x.to(memory.keys_values[0][0].dtype)
+        allowed = memory_allowed(real, x.shape[1], causal_queries=self.causal_actions)  # (B, 1, T, L + T)
+        hidden = memory.extend(x, allowed)
+        return self.out(hidden[:, -n:].to(self.out.weight.dtype))
+
+
 @dataclass
 class DitaHeadConfig(TransformerHeadConfig):
     num_action_tokens: int = 0  # action tokens in the sequence; 0 = one per action (horizon); must divide horizon
     causal_actions: bool = True  # Dita's causal transformer; False: state, timestep and action tokens see each other
-    denoiser: str = "separate"  # separate: own transformer stack; shared (in the backbone LLM): not available yet
+    # separate: own causal stack (hidden, depth, heads); shared: the backbone's LLM layers denoise (see module doc)
+    denoiser: str = "separate"
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.denoiser not in DENOISERS:
             raise ValueError(f"head.denoiser must be one of {DENOISERS}; got {self.denoiser!r}")
-        if self.denoiser == "shared":
-            raise ValueError(
-                "head.denoiser='shared' (denoising inside the backbone's own LLM layers, reusing its prefix "
-                "past_key_values) needs a backbone API to run extra tokens through the LLM with a cached prefix "
-                "(encode_prefix / denoise_step), which VLMBackbone does not offer yet; use head.denoiser='separate', "
-                "whose own causal stack attends to the backbone tokens and caches the prefix per layer")
         tokens = self.num_action_tokens or self.horizon
         if tokens < 1 or self.horizon % tokens:
             raise ValueError(f"head.num_action_tokens={self.num_action_tokens} must divide head.horizon={self.horizon} "
@@ -102,16 +137,20 @@ class DitaHeadConfig(TransformerHeadConfig):
 
 class DitaHead(PrefixHead):
     def __init__(self, config: DitaHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
-        super().__init__(config, cond_dim, action_dim, state_dim)
+        shared = config.denoiser == "shared"
+        super().__init__(config, cond_dim, action_dim, state_dim, in_backbone=shared)
         self.config: DitaHeadConfig = config
         self.group = config.actions_per_token
-        n_tokens = config.horizon // self.group
-        n_suffix = self.n_extra_tokens + 1 + n_tokens  # [state] + timestep + action tokens
-        self.net = InContextDenoiser(action_dim * self.group, n_suffix, config.hidden, config.depth, config.heads,
-                                     config.mlp_ratio, config.dropout, config.causal_actions)
+        token_dim = action_dim * self.group
+        if shared:
+            self.net = LLMDenoiser(token_dim, cond_dim, config.causal_actions)
+        else:
+            n_suffix = self.n_extra_tokens + 1 + config.horizon // self.group  # [state] + timestep + action tokens
+            self.net = InContextDenoiser(token_dim, n_suffix, config.hidden, config.depth, config.heads,
+                                         config.mlp_ratio, config.dropout, config.causal_actions)
         self.process = ActionDiffusion(config.diffusion)
 
-    def denoise(self, noisy: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
+    def denoise(self, noisy: Tensor, t: Tensor, memory: list[KV] | LanguagePrefix, real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:
         """Noisy actions [B, H, D] -> predicted noise [B, H, D], grouping G actions per token."""
         b, h, d = noisy.shape

@@ -18,6 +18,7 @@ from vla.action_heads.blocks import KV
 from vla.action_heads.diffusion import ActionDiffusion
 from vla.action_heads.flow_matching import FlowMatching
 from vla.action_heads.inpaint import make_inpainting
+from vla.backbones.continuation import LanguagePrefix
 from vla.types import Cond
 
 
@@ -61,24 +62,44 @@ class PrefixHead(CachedSampling, ActionHead):
 
     process: ActionDiffusion | FlowMatching
 
-    def __init__(self, config: TransformerHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
+    def __init__(self, config: TransformerHeadConfig, cond_dim: int, action_dim: int, state_dim: int,
+                 in_backbone: bool = False):
+        """in_backbone: the denoiser is the backbone's own LLM (`reads_language_cache`): its tokens have the
+        backbone's width and its memory is the backbone's cache, so there is no prefix projection."""
         super().__init__(config, action_dim)
-        self.prefix = PrefixProjector(cond_dim, config.hidden)
-        self.state_proj = nn.Linear(state_dim, config.hidden) if config.use_proprio else None
+        self.reads_language_cache = in_backbone
+        self.prefix = None if in_backbone else PrefixProjector(cond_dim, config.hidden)
+        self.width = cond_dim if in_backbone else config.hidden  # the denoiser's token width
+        self.state_proj = nn.Linear(state_dim, self.width) if config.use_proprio else None
 
     @property
     def n_extra_tokens(self) -> int:
         return int(self.state_proj is not None)
 
-    def encode(self, cond: Cond, repeat: int = 1) -> tuple[list[KV], Tensor, Tensor]:
-        """(per-layer prefix keys/values, real-token mask [B, L], extra tokens [B, K, C]), each row repeated
-        `repeat` times (repeat_interleave, one per noise draw); K = 1 with the state token, else 0."""
+    def prefix_memory(self, cond: Cond) -> tuple[list[KV] | LanguagePrefix, Tensor]:
+        """(what the denoiser attends to, real-token mask bool [B, L]): each layer's keys/values of the
+        projected prefix, or, for a denoiser inside the backbone, the backbone LLM's own prefix cache."""
+        if self.prefix is None:
+            cached = cond.backbone.past_key_values
+            if cached is None:
+                raise ValueError(f"the {self.config.type} head denoises inside the backbone's LLM and needs its prefix "
+                                 f"cache: call the backbone with keep_cache=True (VLAPolicy does this)")
+            return cached, cached.token_mask
         prefix, real = self.prefix(cond.backbone.tokens, cond.backbone.token_mask)
-        extra = prefix.new_zeros(prefix.shape[0], 0, prefix.shape[-1])
-        if self.state_proj is not None:
-            extra = self.state_proj(cond.proprio.to(prefix.dtype))[:, None]
-        memory = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0))
-                  for k, v in self.net.memory(prefix, real)]
+        return self.net.memory(prefix, real), real
+
+    def encode(self, cond: Cond, repeat: int = 1) -> tuple[list[KV] | LanguagePrefix, Tensor, Tensor]:
+        """(prefix memory, real-token mask [B, L], extra tokens [B, K, C]), each row repeated `repeat`
+        times (repeat_interleave, one per noise draw); K = 1 with the state token, else 0."""
+        memory, real = self.prefix_memory(cond)
+        if self.state_proj is None:
+            extra = cond.proprio.new_zeros(real.shape[0], 0, self.width)
+        else:
+            extra = self.state_proj(cond.proprio.to(self.state_proj.weight.dtype))[:, None]
+        if isinstance(memory, LanguagePrefix):
+            memory = memory.repeat_interleave(repeat)
+        else:
+            memory = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0)) for k, v in memory]
         return memory, real.repeat_interleave(repeat, 0), extra.repeat_interleave(repeat, 0)
 
     @abstractmethod

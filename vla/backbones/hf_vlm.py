@@ -11,6 +11,7 @@ cognition token sits right after each sample's instruction. Its last-layer hidde
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from transformers import (
 )
 
 from vla.backbones.config import BackboneConfig
+from vla.backbones.continuation import LanguagePrefix
 from vla.types import BackboneOutput, validate_images
 
 
@@ -66,6 +68,20 @@ _FAMILIES = {
         text_template="{}<end_of_utterance>\nAssistant:",
     ),
 }
+
+
+class LLMInputs(NamedTuple):
+    """The language model's inputs for one batch of observations.
+
+    embeds [B, L, C]; attention_mask additive [B, 1, L, L]; position_ids [B, L]; token_mask bool [B, L]
+    (True at real tokens); cog_index [B] (position of each sample's cognition token).
+    """
+
+    embeds: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    token_mask: Tensor
+    cog_index: Tensor
 
 
 class VLMBackbone(nn.Module):
@@ -158,8 +174,8 @@ class VLMBackbone(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------------
 
-    def forward(self, images: Tensor, instructions: list[str]) -> BackboneOutput:
-        """images uint8 [B, N, H, W, 3], instructions B strings -> BackboneOutput (see class docstring)."""
+    def llm_inputs(self, images: Tensor, instructions: list[str]) -> LLMInputs:
+        """What the language model is called with for a batch (see `LLMInputs`)."""
         validate_images(images)
         batch = images.shape[0]
         if len(instructions) != batch:
@@ -170,15 +186,31 @@ class VLMBackbone(nn.Module):
         cog_index = prefix.shape[1] + text_len  # [B]
         positions = torch.arange(embeds.shape[1], device=embeds.device)
         token_mask = positions[None, :] <= cog_index[:, None]  # [B, L]
-        attention = self._attention_mask(token_mask, cog_index, embeds.dtype)
-        hidden = getattr(self.vlm, self.family.language_module)(
-            inputs_embeds=embeds,
-            attention_mask=attention,
-            use_cache=False,
-            position_ids=(positions + self.family.position_offset).expand(batch, -1),
-        ).last_hidden_state
-        cognition = hidden[torch.arange(batch, device=hidden.device), cog_index]
-        return BackboneOutput(tokens=hidden, token_mask=token_mask, cognition=cognition)
+        return LLMInputs(embeds, self._attention_mask(token_mask, cog_index, embeds.dtype),
+                         (positions + self.family.position_offset).expand(batch, -1), token_mask, cog_index)
+
+    def forward(self, images: Tensor, instructions: list[str], keep_cache: bool = False) -> BackboneOutput:
+        """images uint8 [B, N, H, W, 3], instructions B strings -> BackboneOutput (see class docstring).
+
+        keep_cache: also return the LLM's keys/values of the prefix as `past_key_values` (a
+        `LanguagePrefix`), for heads that run their own tokens through the LLM after it.
+        """
+        inputs = self.llm_inputs(images, instructions)
+        language_model = self.language_model
+        out = language_model(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
+                             position_ids=inputs.position_ids, use_cache=keep_cache)
+        hidden = out.last_hidden_state
+        cognition = hidden[torch.arange(hidden.shape[0], device=hidden.device), inputs.cog_index]
+        prefix = None
+        if keep_cache:
+            next_position = inputs.position_ids[:, 0] + inputs.cog_index + 1
+            prefix = LanguagePrefix.from_cache(out.past_key_values, inputs.token_mask, next_position, language_model)
+        return BackboneOutput(tokens=hidden, token_mask=inputs.token_mask, cognition=cognition, past_key_values=prefix)
+
+    @property
+    def language_model(self) -> nn.Module:
+        """The VLM's decoder stack (an HF base model: embeddings, layers, final norm)."""
+        return getattr(self.vlm, self.family.language_module)
 
     def _embed_ids(self, ids: list[int], batch: int) -> Tensor:
         """Embeddings of a fixed id list, [B, len(ids), C]."""

@@ -1,0 +1,136 @@
+"""Dita with `denoiser: shared`: the backbone's own LLM denoises, continuing after its cached prefix."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vla.action_heads import DitaHeadConfig
+from vla.action_heads.bac import calibrate_head
+from vla.action_heads.prefix import memory_allowed
+from vla.backbones import BackboneConfig, VLMBackbone
+from vla.backbones.tiny import build_tiny_vlm
+from vla.data.normalize import Normalizer
+from vla.policy import VLAPolicy
+from vla.training.checkpoint import load_policy
+from vla.training.train import load_demos, train
+from vla.types import Observation
+
+FAMILIES = ["paligemma", "smolvlm"]
+INSTRUCTIONS = ["push the puck", "open the drawer", "pick up the red block and put it in the bowl"]
+TINY = dict(image_size=32, patch_size=8, hidden_size=64, vision_layers=1, text_layers=2, heads=2, vocab_size=400)
+SUFFIX = 5
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_vlms_shared")
+    return {family: build_tiny_vlm(family, root / family, INSTRUCTIONS, **TINY) for family in FAMILIES}
+
+
+def backbone_and_images(tiny_dirs, family):
+    torch.manual_seed(0)
+    backbone = VLMBackbone(BackboneConfig(family, pretrained=str(tiny_dirs[family]))).eval()
+    images = torch.randint(0, 256, (3, 1, 32, 32, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    return backbone, images
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_suffix_after_cached_prefix_equals_one_full_pass(tiny_dirs, family):
+    """extend() over the cached prefix == one LLM pass over [prefix | suffix] with the same attention rules,
+    for right-padded instructions of different lengths."""
+    backbone, images = backbone_and_images(tiny_dirs, family)
+    with torch.no_grad():
+        inputs = backbone.llm_inputs(images, INSTRUCTIONS)
+        prefix = backbone(images, INSTRUCTIONS, keep_cache=True).past_key_values
+        suffix = torch.randn(3, SUFFIX, backbone.hidden_size, generator=torch.Generator().manual_seed(1)) * 0.1
+        allowed = memory_allowed(prefix.token_mask, SUFFIX, causal_queries=True)
+        got = prefix.extend(suffix, allowed)
+        assert torch.equal(got, prefix.extend(suffix, allowed))  # the cached prefix is left intact
+
+        lowest = torch.finfo(suffix.dtype).min
+        top = F.pad(inputs.attention_mask, (0, SUFFIX), value=lowest)  # prefix rows never see the suffix
+        bottom = torch.zeros(allowed.shape).masked_fill(~allowed, lowest)
+        positions = torch.cat([inputs.position_ids, prefix.next_position[:, None] + torch.arange(SUFFIX)], dim=1)
+        full = backbone.language_model(inputs_embeds=torch.cat([inputs.embeds, suffix], dim=1),
+                                       attention_mask=torch.cat([top, bottom], dim=2),
+                                       position_ids=positions).last_hidden_state
+    torch.testing.assert_close(got, full[:, -SUFFIX:], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_suffix_does_not_depend_on_batch_padding(tiny_dirs, family):
+    """Suffix positions continue each sample's own prefix, so a sample gives the same hidden states alone."""
+    backbone, images = backbone_and_images(tiny_dirs, family)
+    suffix = torch.randn(3, SUFFIX, backbone.hidden_size, generator=torch.Generator().manual_seed(1)) * 0.1
+    with torch.no_grad():
+        batched = backbone(images, INSTRUCTIONS, keep_cache=True).past_key_values
+        together = batched.extend(suffix, memory_allowed(batched.token_mask, SUFFIX, causal_queries=True))
+        alone = backbone(images[:1], INSTRUCTIONS[:1], keep_cache=True).past_key_values
+        single = alone.extend(suffix[:1], memory_allowed(alone.token_mask, SUFFIX, causal_queries=True))
+    assert batched.token_mask[0].sum() < batched.token_mask.shape[1]  # the first instruction is the shortest
+    torch.testing.assert_close(together[:1], single, atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def shared_model(tiny_run_config):
+    head = DitaHeadConfig(horizon=4, num_action_tokens=2, denoiser="shared", noise_samples_per_cond=2)
+    return dataclasses.replace(tiny_run_config.model, head=head)
+
+
+def test_shared_denoiser_trains_the_llm_and_loss_falls(tiny_run_config, shared_model):
+    demos = load_demos(shared_model, tiny_run_config.data)
+    torch.manual_seed(0)
+    policy = VLAPolicy(shared_model, Normalizer.from_demos(demos, shared_model.normalization,
+                                                           shared_model.max_action_dim, shared_model.max_state_dim))
+    head_params = {n for n, _ in policy.head.named_parameters()}
+    assert not any(n.startswith(("prefix.", "net.blocks")) for n in head_params)  # no stack of its own
+    assert policy.head.net.action_in.out_features == policy.backbone.hidden_size
+    batch = demos.sample(16, torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    losses = []
+    for step in range(60):
+        torch.manual_seed(step)
+        loss = policy(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        if step == 1:  # (at step 0 the zero-initialised output layer passes no gradient back)
+            layer = policy.backbone.language_model.layers[-1]
+            assert layer.mlp.down_proj.weight.grad.abs().sum() > 0  # the LLM is the denoiser: it gets gradients
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
+
+
+def test_shared_denoiser_checkpoint_round_trip(tiny_run_config, shared_model, tmp_path):
+    cfg = dataclasses.replace(tiny_run_config, model=shared_model,
+                              train=dataclasses.replace(tiny_run_config.train, steps=4, save_every=4,
+                                                        output_dir=str(tmp_path / "train")))
+    policy = load_policy(train(cfg))
+    demos = load_demos(shared_model, tiny_run_config.data)
+    idx = torch.tensor([0, 5])
+    obs = Observation(images=demos.images[idx], state=demos.state[idx], instruction=demos.instructions(idx),
+                      embodiment=[demos.embodiment] * 2)
+    first = policy.predict(obs, generator=torch.Generator().manual_seed(0), num_steps=3)
+    policy.save_pretrained(tmp_path / "copy")
+    again = VLAPolicy.from_pretrained(tmp_path / "copy").predict(obs, generator=torch.Generator().manual_seed(0),
+                                                                 num_steps=3)
+    other = policy.predict(obs, generator=torch.Generator().manual_seed(1), num_steps=3)
+    assert first.actions.shape == (2, 4, 4)
+    assert torch.equal(first.actions, again.actions)
+    assert not torch.equal(first.actions, other.actions)
+
+    cond = policy.condition(obs.images, obs.state, obs.instruction, obs.embodiment)
+    with pytest.raises(ValueError, match="has none .*bac=False"):
+        calibrate_head(policy.head, cond, num_steps=3, threshold=0.2)
+
+
+def test_shared_denoiser_needs_a_trainable_language_model(tiny_run_config, shared_model):
+    frozen = dataclasses.replace(shared_model, backbone=dataclasses.replace(shared_model.backbone,
+                                                                            freeze_language=True))
+    with pytest.raises(ValueError, match="freeze_language=false"):
+        VLAPolicy(frozen, Normalizer({}, "quantile", frozen.max_action_dim, frozen.max_state_dim))
