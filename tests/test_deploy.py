@@ -107,13 +107,46 @@ def test_rtc_sends_queued_actions_with_a_fading_mask():
     assert all(p.shape[1] == 7 and 0 < p.shape[0] <= 8 for p in sent)
 
 
-def test_rate_timer_does_not_drift():
+class FakeClock:
+    """perf_counter / sleep for RateTimer: every sleep overshoots by 0.7 ms (like an OS sleep), every
+    clock read costs 10 us (so the timer's spin ends), and `work` advances time like a tick's work."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        self.now += 1e-5
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds + 7e-4
+
+    def work(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_rate_timer_does_not_drift(monkeypatch):
+    """Ticks stay on the absolute grid t0 + k * period despite sleep overshoot (a deterministic clock, so
+    machine load cannot make this flaky), and a long overrun restarts the grid instead of bursting."""
+    import vla.deploy.realtime as realtime
+
+    clock = FakeClock()
+    monkeypatch.setattr(realtime, "time", clock)
     timer = RateTimer(200.0)
-    start = time.perf_counter()
+    starts, first_tick = [], None
     for _ in range(60):
         timer.wait()
-        time.sleep(0.001)  # work shorter than the period
-    assert 59 * timer.period <= time.perf_counter() - start < 59 * timer.period + 0.05
+        first_tick = timer.next_tick if first_tick is None else first_tick
+        starts.append(clock.now)
+        clock.work(0.001)  # work shorter than the period
+    lateness = np.array(starts) - (first_tick + timer.period * np.arange(60))
+    assert lateness.min() >= 0 and lateness.max() < 5e-5  # on the grid to within two clock reads
+    clock.work(3 * timer.period)  # a tick that overran by more than a period
+    timer.wait()
+    restarted = clock.now
+    timer.wait()
+    assert timer.overruns == 1
+    assert clock.now - restarted == pytest.approx(timer.period, abs=5e-5)  # the next tick is one period later
 
 
 def test_policy_must_fit_the_robot():

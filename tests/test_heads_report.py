@@ -33,3 +33,22 @@ def test_mean_std_uses_sample_std():
 def test_unknown_head_in_benchmark_config_is_named():
     with pytest.raises(ValueError, match="Did you mean 'dita'"):
         HeadsBenchmarkConfig(heads=["ditaa"])
+
+
+def test_variants_build_their_own_configs_and_are_listed(tmp_path):
+    from vla.eval.heads_benchmark import HeadVariant, quickstart_config
+
+    shared = HeadVariant(head="dita", options={"denoiser": "shared"})
+    history = HeadVariant(head="dita", n_obs_steps=2)
+    cfg = HeadsBenchmarkConfig(heads=["dita", "dita_shared", "dita_h2"], seeds=[0], report_dir=str(tmp_path),
+                               variants={"dita_shared": shared, "dita_h2": history})
+    model = quickstart_config(cfg, "dita_shared", 0).model
+    assert (model.head.type, model.head.denoiser, model.head.hidden, model.n_obs_steps) == ("dita", "shared", 128, 1)
+    assert quickstart_config(cfg, "dita_h2", 0).model.n_obs_steps == 2
+    assert quickstart_config(cfg, "dita", 0).model.head.denoiser == "separate"
+    cfg.eval.tasks = ["reach", "button-press-topdown"]
+    report = write_report(cfg, {(h, 0): fake_summary(0.5) for h in cfg.heads}, []).read_text()
+    assert "- `dita_shared`: `dita` with denoiser=shared" in report
+    assert "- `dita_h2`: `dita` with model.n_obs_steps=2" in report
+    with pytest.raises(ValueError, match=r"\['depht'\] are not fields of the dita head config"):
+        HeadsBenchmarkConfig(heads=["bad"], variants={"bad": HeadVariant(head="dita", options={"depht": 2})})

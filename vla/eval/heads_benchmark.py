@@ -19,6 +19,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import draccus
 import numpy as np
@@ -52,8 +53,30 @@ class BACBenchConfig:
 
 
 @dataclass
+class HeadVariant:
+    """A benchmarked head under its own name: a registered head type with settings of its own.
+
+    options: head-config fields on top of the shared `head` sizes (e.g. {denoiser: shared});
+    n_obs_steps: frames of observation history (model.n_obs_steps).
+    """
+
+    head: str = "dita"
+    n_obs_steps: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build_head_config(self, sizes: HeadSizeConfig):
+        fields = {f.name for f in dataclasses.fields(head_config_class(self.head))}
+        unknown = sorted(set(self.options) - fields)
+        if unknown:
+            raise ValueError(f"variant options {unknown} are not fields of the {self.head} head config")
+        return head_config_class(self.head)(**(dataclasses.asdict(sizes) | self.options))
+
+
+@dataclass
 class HeadsBenchmarkConfig:
+    # registered head names, or names from `variants`
     heads: list[str] = field(default_factory=lambda: ["dit", "dita", "flow"])
+    variants: dict[str, HeadVariant] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     demos: DemoConfig = field(default_factory=lambda: DemoConfig(
         tasks=list(TASKS), episodes_per_task=30, image_size=64, root="outputs/bench/datasets"))
@@ -71,9 +94,13 @@ class HeadsBenchmarkConfig:
 
     def __post_init__(self) -> None:
         for name in self.heads + self.bac.heads:
-            head_config_class(name)  # unknown names fail here, with a suggestion
+            self.variant(name).build_head_config(self.head)  # unknown names and fields fail here, with the reason
         if not self.seeds:
             raise ValueError("benchmark needs at least one seed")
+
+    def variant(self, name: str) -> HeadVariant:
+        """The variant called `name`, or a registered head by that name with default settings."""
+        return self.variants.get(name) or HeadVariant(head=name)
 
 
 # ---- runs ------------------------------------------------------------------------------------------
@@ -85,9 +112,10 @@ def run_dir(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> Path:
 
 def quickstart_config(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> QuickstartConfig:
     out = run_dir(cfg, head, seed)
-    head_config = head_config_class(head)(**dataclasses.asdict(cfg.head))
+    variant = cfg.variant(head)
+    model = ModelConfig(head=variant.build_head_config(cfg.head), n_obs_steps=variant.n_obs_steps)
     return QuickstartConfig(
-        demos=cfg.demos, tiny_backbone=cfg.tiny_backbone, model=ModelConfig(head=head_config),
+        demos=cfg.demos, tiny_backbone=cfg.tiny_backbone, model=model,
         data=DataConfig(image_shift=cfg.image_shift),
         train=dataclasses.replace(cfg.train, seed=seed, output_dir=str(out / "train")),
         eval=dataclasses.replace(cfg.eval, output_dir=str(out / "eval")), results_dir=str(out))

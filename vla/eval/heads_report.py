@@ -39,7 +39,7 @@ def pct(ms: tuple[float, float]) -> str:
 def markdown(cfg, rows: list[dict], bac_rows: list[dict]) -> str:
     tasks = cfg.eval.tasks
     lines = [
-        "# Continuous action heads: dit vs dita vs flow, and block-wise adaptive caching",
+        "# Continuous action heads: " + " vs ".join(cfg.heads) + ", and block-wise adaptive caching",
         "",
         f"Same demos ({cfg.demos.episodes_per_task} scripted episodes per task, {cfg.demos.image_size} px corner "
         f"camera), same tiny PaliGemma backbone (trained from scratch), same head size (hidden {cfg.head.hidden}, "
@@ -61,6 +61,15 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict]) -> str:
         lines.append(f"| `{r['head']}` | **{pct(r['success'])}** | {per_task} | {seeds} | "
                      f"{r['s_per_step'][0]:.3f} | {r['p50'][0]:.1f} / {r['p99'][0]:.1f} | "
                      f"{r['params']['head'] / 1e6:.2f} M | {r['params']['total'] / 1e6:.2f} M |")
+    variants = [name for name in cfg.heads if name in cfg.variants]
+    if variants:
+        lines += ["", "Variants (same sizes, on top of a registered head):"]
+        for name in variants:
+            v = cfg.variants[name]
+            settings = [f"{k}={val}" for k, val in v.options.items()]
+            if v.n_obs_steps != 1:
+                settings.append(f"model.n_obs_steps={v.n_obs_steps}")
+            lines.append(f"- `{name}`: `{v.head}` with {', '.join(settings) or 'default settings'}")
     if bac_rows:
         lines += [
             "",
