@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vla.action_heads import DitaHeadConfig, FlowHeadConfig, build_head, head_config_class
-from vla.action_heads.bac import BACSchedule, calibrate_head
+from vla.action_heads.bac import THRESHOLD_GRID, BACSchedule, calibrate_head
 from vla.action_heads.flow_matching import FlowMatching, FlowMatchingConfig
 from vla.action_heads.prefix import memory_allowed
 from vla.types import BackboneOutput, Cond
@@ -155,8 +155,27 @@ def test_bac_threshold_zero_is_exact_and_caching_stays_close(name):
     assert torch.equal(sample(head, cond, 30, bac=False), full)  # bac=False ignores the schedule
 
 
+@pytest.mark.parametrize("name", ["dit", "dita"])
+def test_bac_tolerance_picks_the_largest_threshold_within_it(name):
+    """Calibrating to a tolerance keeps the measured deviation within it, and the next larger threshold of the
+    grid would have broken it; the deviation it reports is what sampling with the schedule gives."""
+    head = random_head(name)
+    cond = padded_cond()
+    full = sample(head, cond, 30, bac=False)
+    tolerance = 0.01
+    schedule = calibrate_head(head, cond, 30, tolerance=tolerance, seed=3)
+    assert schedule.error <= tolerance and schedule.tolerance == tolerance
+    assert schedule.computed_fraction() < 1.0  # the random heads tolerate some caching at this bound
+    assert float((sample(head, cond, 30) - full).abs().mean()) == pytest.approx(schedule.error, abs=1e-6)
+    larger = THRESHOLD_GRID[THRESHOLD_GRID.index(schedule.threshold) - 1]
+    assert calibrate_head(head, cond, 30, threshold=larger, seed=3).error > tolerance
+    assert calibrate_head(head, cond, 30, tolerance=0.0).error == 0.0  # zero tolerance: exact
+
+
 def test_bac_errors_name_the_problem():
     head = random_head("flow")
+    with pytest.raises(ValueError, match="either a threshold or a tolerance"):
+        calibrate_head(head, padded_cond(), 10, threshold=0.1, tolerance=0.01)
     with pytest.raises(ValueError, match="no BAC schedule is calibrated for 10 steps"):
         sample(head, padded_cond(), 10, bac=True)
     with pytest.raises(ValueError, match="schedule has 2 blocks; this head's denoiser has 3"):
@@ -199,3 +218,24 @@ def test_checkpoint_round_trip_keeps_actions_and_bac_schedule(name, tiny_run_con
     assert loaded.head.bac_schedules[6].recompute == policy.head.bac_schedules[6].recompute
     assert before[0].shape == (2, 4, 4)
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+
+
+def test_calibrate_bac_cli_with_tolerance_then_threshold(tiny_checkpoint, tiny_demos_path, tiny_demo_config, tmp_path):
+    """`vla-eval calibrate-bac` writes schedules into the checkpoint and redoes them when the settings change."""
+    import json
+    import shutil
+
+    from vla.eval.rollout import main
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    common = ["calibrate-bac", f"--checkpoint={checkpoint}", f"--dataset={tiny_demos_path}",
+              f"--repo_id={tiny_demo_config.repo_id}", "--frames=4"]
+    main(common + ["--steps=[8, 4]", "--tolerance=0.02"])
+    schedules = json.loads((checkpoint / "bac_schedule.json").read_text())["schedules"]
+    assert [s["num_steps"] for s in schedules] == [4, 8]
+    assert all(s["tolerance"] == 0.02 and s["error"] <= 0.02 for s in schedules)
+    main(common + ["--steps=[8]", "--threshold=0.5"])
+    by_steps = {s["num_steps"]: s for s in json.loads((checkpoint / "bac_schedule.json").read_text())["schedules"]}
+    assert by_steps[8]["tolerance"] is None and by_steps[8]["threshold"] == 0.5  # redone with the new setting
+    assert by_steps[4]["tolerance"] == 0.02  # not asked for: kept

@@ -17,11 +17,15 @@ def test_report_has_mean_std_table_bac_rows_and_plot(tmp_path):
     cfg = HeadsBenchmarkConfig(heads=["dit", "flow"], seeds=[0, 1], report_dir=str(tmp_path))
     cfg.eval.tasks = ["reach", "button-press-topdown"]
     runs = {(h, s): fake_summary(0.5 + 0.1 * s + (0.2 if h == "flow" else 0)) for h in cfg.heads for s in cfg.seeds}
-    bac = [{"head": "dit", "steps": 10, "bac": b, "success": 0.8, "p50_ms": 20.0, "p99_ms": 25.0,
-            "computed_fraction": 0.5 if b else 1.0} for b in (False, True)]
+    bac = [{"head": "dit", "steps": 10, "mode": mode, "setting": setting, "threshold": threshold, "success": 0.8,
+            "p50_ms": 20.0, "p99_ms": 25.0, "computed_fraction": fraction, "deviation": deviation}
+           for mode, setting, threshold, fraction, deviation in [("off", None, None, 1.0, 0.0),
+                                                                 ("threshold", 0.25, 0.25, 0.5, 0.03),
+                                                                 ("tolerance", 0.01, 0.08, 0.7, 0.008)]]
     report = write_report(cfg, runs, bac).read_text()
     assert "| `flow` | **75 ± 7%** |" in report  # seeds at 70% and 80%
-    assert "| `dit` | 10 | on | 80% | 20.0 / 25.0 | 50% |" in report
+    assert "| `dit` | 10 | off | - | 80% | 20.0 / 25.0 | 100% | 0.0000 |" in report
+    assert "| `dit` | 10 | tolerance 0.01 | 0.08 | 80% | 20.0 / 25.0 | 70% | 0.0080 |" in report
     assert (tmp_path / "heads.png").stat().st_size > 10_000
 
 

@@ -7,7 +7,9 @@ its own set of "update steps" and, in between, reuses the block's cached residua
 
 The schedule is calibrated once per model and step count on a few observations: sample without
 caching, record each block's relative change ||d_k - d_{k-1}|| / ||d_{k-1}|| between consecutive
-steps, and let a block skip steps until its accumulated change exceeds `threshold`. (The paper
+steps, and let a block skip steps until its accumulated change exceeds `threshold`; or give an
+error `tolerance` and the largest threshold whose cached samples stay that close to the uncached
+ones on the calibration observations is chosen, per step count. (The paper
 picks update steps by dynamic programming over cosine similarities and adds a "bubbling union"
 between sub-blocks; this is the simpler accumulated-change rule, applied per whole block.)
 
@@ -41,6 +43,8 @@ class BACSchedule:
     threshold: float
     recompute: list[list[int]]
     relative_change: list[list[float]]
+    error: float | None = None  # mean |cached - uncached| sample on the calibration observations (normalised units)
+    tolerance: float | None = None  # the error bound the threshold was chosen for, if any
 
     def __post_init__(self) -> None:
         for b, steps in enumerate(self.recompute):
@@ -118,21 +122,61 @@ def schedule_from_changes(changes: Tensor, threshold: float) -> list[list[int]]:
     return schedule
 
 
-def calibrate(sample: Callable[[BlockCache], Tensor], n_calls: int, num_steps: int, threshold: float) -> BACSchedule:
-    """Build a schedule from `n_calls` uncached sampling calls; `sample(cache)` runs one call (one
-    calibration observation) through the given recording cache."""
-    if threshold < 0:
-        raise ValueError(f"BAC threshold must be >= 0; got {threshold}")
-    totals = None
-    for _ in range(n_calls):
-        recorder = BlockCache(record=True)
-        sample(recorder)
-        if recorder.step + 1 != num_steps:
-            raise ValueError(f"calibration ran {recorder.step + 1} denoising steps, expected {num_steps}")
-        changes = torch.tensor([recorder.changes[b] for b in sorted(recorder.changes)])  # [n_blocks, num_steps]
-        totals = changes if totals is None else totals + changes
-    mean = totals / n_calls
-    return BACSchedule(num_steps, threshold, schedule_from_changes(mean, threshold), mean.tolist())
+def measure_changes(sample: Callable[[BlockCache], Tensor], num_steps: int) -> tuple[Tensor, Tensor]:
+    """Run one uncached sampling call `sample(cache)` through a recording cache.
+
+    Returns (its output, each block's relative change per step [n_blocks, num_steps])."""
+    recorder = BlockCache(record=True)
+    output = sample(recorder)
+    if recorder.step + 1 != num_steps:
+        raise ValueError(f"calibration ran {recorder.step + 1} denoising steps, expected {num_steps}")
+    return output, torch.tensor([recorder.changes[b] for b in sorted(recorder.changes)])
+
+
+# Thresholds tried, largest (fastest) first, when calibrating to an error tolerance; 0 recomputes every block.
+THRESHOLD_GRID = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05, 0.03, 0.015, 0.0)
+
+
+def calibrate_head(head: CachedSampling, cond, num_steps: int, threshold: float | None = None,
+                   tolerance: float | None = None, seed: int = 0) -> BACSchedule:
+    """Calibrate and attach a schedule for `num_steps` on the calibration observations in `cond` (a Cond of
+    B observations, sampled as one batch; block changes are averaged over them).
+
+    threshold: use this accumulated-change threshold. tolerance: instead pick the largest threshold of
+    THRESHOLD_GRID whose cached samples differ from the uncached ones (same noise) by at most `tolerance`
+    (mean absolute difference, normalised action units), so one setting suits every step count; found by
+    bisection, about four cached sampling calls.
+    """
+    if (threshold is None) == (tolerance is None):
+        raise ValueError("BAC calibration needs either a threshold or a tolerance (not both)")
+    if (threshold if threshold is not None else tolerance) < 0:
+        raise ValueError(f"BAC threshold / tolerance must be >= 0; got {threshold if tolerance is None else tolerance}")
+    head.require_cached_blocks()
+
+    def sample(cache: BlockCache) -> Tensor:
+        return head.sample(cond, generator=torch.Generator().manual_seed(seed), num_steps=num_steps, bac=cache)
+
+    reference, changes = measure_changes(sample, num_steps)
+
+    def measured(candidate: float) -> BACSchedule:
+        schedule = BACSchedule(num_steps, candidate, schedule_from_changes(changes, candidate), changes.tolist(),
+                               tolerance=tolerance)
+        schedule.error = float((sample(BlockCache(schedule)) - reference).abs().mean())
+        return schedule
+
+    if tolerance is None:
+        schedule = measured(threshold)
+    else:
+        # Bisection over the grid (the deviation grows with the threshold): `fits` is the smallest index known to
+        # fit, `fails` the largest known not to; the grid's last entry, 0, recomputes every block and always fits.
+        fails, fits, tried = -1, len(THRESHOLD_GRID) - 1, {}
+        while fits - fails > 1:
+            mid = (fails + fits) // 2
+            tried[mid] = measured(THRESHOLD_GRID[mid])
+            fails, fits = (fails, mid) if tried[mid].error <= tolerance else (mid, fits)
+        schedule = tried.get(fits) or measured(THRESHOLD_GRID[fits])
+    head.add_bac_schedule(schedule)
+    return schedule
 
 
 class CachedSampling:
@@ -183,14 +227,3 @@ def load_schedules(path: str | Path) -> list[BACSchedule]:
     if data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a BAC schedule file (format {data.get('format')!r}, expected {FORMAT!r})")
     return [BACSchedule(**record) for record in data["schedules"]]
-
-
-def calibrate_head(head: CachedSampling, cond, num_steps: int, threshold: float, seed: int = 0) -> BACSchedule:
-    """Calibrate and attach a schedule for `num_steps` from one batched sampling call over the
-    calibration observations in `cond` (a Cond of B observations; changes are averaged over them)."""
-    head.require_cached_blocks()
-    generator = torch.Generator().manual_seed(seed)
-    schedule = calibrate(lambda cache: head.sample(cond, generator=generator, num_steps=num_steps, bac=cache),
-                         1, num_steps, threshold)
-    head.add_bac_schedule(schedule)
-    return schedule

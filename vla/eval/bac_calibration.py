@@ -2,6 +2,7 @@
 
     vla-eval calibrate-bac --checkpoint outputs/train/quickstart/checkpoints/last \
         --dataset outputs/datasets/local/metaworld-XXXXXXXX --steps='[10, 5]' --threshold 0.25
+    vla-eval calibrate-bac ... --steps='[100, 10]' --tolerance 0.01   # threshold searched per step count
     vla-eval --checkpoint ... --num_inference_steps 10 --bac true
 
 Writes <checkpoint>/bac_schedule.json; `policy.predict(..., num_steps=n)` then caches with the
@@ -27,6 +28,9 @@ class CalibrateConfig:
     repo_id: str = "local/metaworld"
     steps: list[int] = field(default_factory=lambda: [10])  # one schedule per sampling step count
     threshold: float = 0.25  # recompute a block once its accumulated relative change exceeds this
+    # instead of a fixed threshold: the largest one whose cached samples stay within this mean absolute
+    # error (normalised action units, range [-1, 1]) of uncached sampling on the calibration frames
+    tolerance: float | None = None
     frames: int = 16  # calibration observations, spread evenly over the dataset
     recalibrate: bool = False  # replace schedules the checkpoint already has
 
@@ -42,18 +46,26 @@ def calibration_observations(dataset: str | Path, repo_id: str, frames: int, hor
 
 
 def calibrate_policy(policy, checkpoint: str | Path, obs: Observation, steps: list[int], threshold: float,
-                     recalibrate: bool = False) -> None:
-    """Calibrate the step counts without a schedule (all with recalibrate) and save them with the checkpoint."""
-    todo = [n for n in steps if recalibrate or n not in policy.head.bac_schedules]
+                     tolerance: float | None = None, recalibrate: bool = False) -> None:
+    """Calibrate the step counts that have no schedule made with these settings (all of them with
+    recalibrate) and save the schedules with the checkpoint. With a tolerance the threshold is searched."""
+    schedules = policy.head.bac_schedules
+
+    def current(n: int) -> bool:
+        old = schedules.get(n)
+        return old is not None and old.tolerance == tolerance and (tolerance is not None or old.threshold == threshold)
+
+    todo = [n for n in steps if recalibrate or not current(n)]
     if not todo:
         return
     with torch.no_grad():
         cond = policy.condition(obs.images, obs.state, obs.instruction, obs.embodiment)
     for n in todo:
-        schedule = calibrate_head(policy.head, cond, n, threshold)
-        print(f"BAC {policy.config.head.type}, {n} steps, threshold {threshold}: computes "
-              f"{100 * schedule.computed_fraction():.0f}% of block evaluations")
-    save_schedules(policy.head.bac_schedules, Path(checkpoint) / SCHEDULE_FILE)
+        schedule = calibrate_head(policy.head, cond, n, threshold=None if tolerance is not None else threshold,
+                                  tolerance=tolerance)
+        print(f"BAC {policy.config.head.type}, {n} steps, threshold {schedule.threshold}: computes "
+              f"{100 * schedule.computed_fraction():.0f}% of block evaluations, mean deviation {schedule.error:.4f}")
+    save_schedules(schedules, Path(checkpoint) / SCHEDULE_FILE)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -64,5 +76,5 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit("vla-eval calibrate-bac needs --checkpoint PATH and --dataset PATH (a LeRobot dataset folder)")
     policy = load_policy(cfg.checkpoint)
     obs = calibration_observations(cfg.dataset, cfg.repo_id, cfg.frames, policy.config.head.horizon)
-    calibrate_policy(policy, cfg.checkpoint, obs, cfg.steps, cfg.threshold, cfg.recalibrate)
+    calibrate_policy(policy, cfg.checkpoint, obs, cfg.steps, cfg.threshold, cfg.tolerance, cfg.recalibrate)
     print(f"schedules: {Path(cfg.checkpoint) / SCHEDULE_FILE}")

@@ -23,6 +23,7 @@ from typing import Any
 
 import draccus
 import numpy as np
+import torch
 
 from vla.action_heads import head_config_class
 from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
@@ -49,6 +50,9 @@ class BACBenchConfig:
     heads: list[str] = field(default_factory=lambda: ["dit", "flow"])
     steps: list[int] = field(default_factory=lambda: [100, 10, 5])
     threshold: float = 0.3  # recompute a block once its accumulated relative change exceeds this
+    # also compare: per step count, the largest threshold whose samples stay within this mean absolute
+    # deviation (normalised action units) of uncached sampling on the calibration frames; None: skip
+    tolerance: float | None = None
     calibration_frames: int = 16  # demo frames (spread over the dataset) the schedule is measured on
 
 
@@ -142,32 +146,46 @@ def median_s_per_step(metrics_csv: Path) -> float:
 # ---- BAC -------------------------------------------------------------------------------------------
 
 
+def bac_modes(cfg: HeadsBenchmarkConfig) -> list[tuple[str, float | None]]:
+    """The caching settings compared at every step count: (mode, its threshold or tolerance)."""
+    modes = [("off", None), ("threshold", cfg.bac.threshold)]
+    return modes + ([("tolerance", cfg.bac.tolerance)] if cfg.bac.tolerance is not None else [])
+
+
 def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
-    """Closed-loop success and latency for each (steps, BAC off/on) on one checkpoint; finished evals are reused."""
-    from vla.eval.bac_calibration import calibrate_policy, calibration_observations
+    """Closed-loop success and latency for each (steps, caching mode) on one checkpoint, on the same episode
+    seeds and sampling noise; finished evaluations are reused."""
+    from vla.action_heads.bac import calibrate_head
+    from vla.eval.bac_calibration import calibration_observations
     from vla.eval.rollout import evaluate
     from vla.sim.demos import generate_demos
     from vla.training.checkpoint import load_policy
 
-    checkpoint = Path(summary["checkpoint"])
-    policy = load_policy(checkpoint)
+    policy = load_policy(Path(summary["checkpoint"]))
     obs = calibration_observations(generate_demos(cfg.demos), cfg.demos.repo_id, cfg.bac.calibration_frames,
                                    policy.config.head.horizon)
-    calibrate_policy(policy, checkpoint, obs, cfg.bac.steps, cfg.bac.threshold)
+    with torch.no_grad():
+        cond = policy.condition(obs.images, obs.state, obs.instruction, obs.embodiment)
     rows = []
     for steps in cfg.bac.steps:
-        for bac in (False, True):
-            out = run_dir(cfg, head, cfg.seeds[0]) / "bac" / f"steps{steps:03d}_{'on' if bac else 'off'}"
+        for mode, value in bac_modes(cfg):
+            schedule = None
+            if mode != "off":  # calibrated in memory: the checkpoint's own bac_schedule.json is left alone
+                schedule = calibrate_head(policy.head, cond, steps, **{mode: value})
+            name = f"steps{steps:03d}_off" if mode == "off" else f"steps{steps:03d}_{mode[:3]}{value:g}"
+            out = run_dir(cfg, head, cfg.seeds[0]) / "bac" / name
             if (out / "summary.json").exists():
                 result = json.loads((out / "summary.json").read_text())
             else:
-                eval_cfg = dataclasses.replace(cfg.eval, num_inference_steps=steps, bac=bac, output_dir=str(out),
-                                               videos_per_task=0)
+                eval_cfg = dataclasses.replace(cfg.eval, num_inference_steps=steps, bac=schedule is not None,
+                                               output_dir=str(out), videos_per_task=0)
                 result = evaluate(policy, eval_cfg, policy.config.image_size, policy.config.cameras[0])
-            computed = policy.head.bac_schedules[steps].computed_fraction() if bac else 1.0
-            rows.append({"head": head, "steps": steps, "bac": bac, "success": result["mean_success_rate"],
-                         "p50_ms": result["chunk_latency_ms"]["p50"], "p99_ms": result["chunk_latency_ms"]["p99"],
-                         "computed_fraction": computed})
+            rows.append({"head": head, "steps": steps, "mode": mode, "setting": value,
+                         "threshold": schedule.threshold if schedule else None,
+                         "deviation": schedule.error if schedule else 0.0,
+                         "computed_fraction": schedule.computed_fraction() if schedule else 1.0,
+                         "success": result["mean_success_rate"], "p50_ms": result["chunk_latency_ms"]["p50"],
+                         "p99_ms": result["chunk_latency_ms"]["p99"]})
     return rows
 
 

@@ -32,6 +32,13 @@ def head_rows(cfg, runs: dict) -> list[dict]:
     return rows
 
 
+BAC_COLOURS = {"off": "#4878a8", "threshold": "#d08a3c", "tolerance": "#6a9f58"}
+
+
+def bac_label(row: dict) -> str:
+    return "off" if row["mode"] == "off" else f"{row['mode']} {row['setting']:g}"
+
+
 def pct(ms: tuple[float, float]) -> str:
     return f"{100 * ms[0]:.0f} ± {100 * ms[1]:.0f}%"
 
@@ -71,20 +78,26 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict]) -> str:
                 settings.append(f"model.n_obs_steps={v.n_obs_steps}")
             lines.append(f"- `{name}`: `{v.head}` with {', '.join(settings) or 'default settings'}")
     if bac_rows:
+        tolerance = f"; tolerance {cfg.bac.tolerance}" if cfg.bac.tolerance is not None else ""
         lines += [
             "",
-            f"## BAC: steps x caching (seed {cfg.seeds[0]} checkpoints, threshold {cfg.bac.threshold}, "
-            f"calibrated on {cfg.bac.calibration_frames} demo frames)",
+            f"## BAC: steps x caching (seed {cfg.seeds[0]} checkpoints, calibrated on {cfg.bac.calibration_frames} "
+            f"demo frames; fixed threshold {cfg.bac.threshold}{tolerance})",
             "",
-            "Same checkpoint, same episode seeds and sampling noise with and without caching; \"blocks computed\" "
-            "is the share of block evaluations the schedule keeps.",
+            "Same checkpoint, same episode seeds and sampling noise for every row. `threshold`: one fixed "
+            "accumulated-change threshold for every step count; `tolerance`: per step count, the largest threshold "
+            "whose cached samples stay within that mean absolute deviation of uncached sampling on the calibration "
+            "frames. \"Deviation\" is that measured difference (normalised action units, range [-1, 1]); \"blocks "
+            "computed\" is the share of block evaluations the schedule keeps.",
             "",
-            "| head | steps | BAC | success | latency p50 / p99 (ms) | blocks computed |",
-            "|---|---|---|---|---|---|",
+            "| head | steps | caching | threshold | success | latency p50 / p99 (ms) | blocks computed | deviation |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for b in bac_rows:
-            lines.append(f"| `{b['head']}` | {b['steps']} | {'on' if b['bac'] else 'off'} | {100 * b['success']:.0f}% "
-                         f"| {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {100 * b['computed_fraction']:.0f}% |")
+            threshold = "-" if b["threshold"] is None else f"{b['threshold']:g}"
+            lines.append(f"| `{b['head']}` | {b['steps']} | {bac_label(b)} | {threshold} | {100 * b['success']:.0f}% "
+                         f"| {b['p50_ms']:.1f} / {b['p99_ms']:.1f} | {100 * b['computed_fraction']:.0f}% | "
+                         f"{b['deviation']:.4f} |")
     lines += ["", "![success and latency](heads.png)", ""]
     return "\n".join(lines)
 
@@ -109,8 +122,8 @@ def plot(rows: list[dict], bac_rows: list[dict], path: Path) -> None:
     ax.legend()
     if bac_rows:
         ax = axes[2]
-        labels = [f"{b['head']}\n{b['steps']} {'BAC' if b['bac'] else 'full'}" for b in bac_rows]
-        colours = ["#d08a3c" if b["bac"] else "#4878a8" for b in bac_rows]
+        labels = [f"{b['head']}\n{b['steps']} {b['mode'][:3]}" for b in bac_rows]
+        colours = [BAC_COLOURS[b["mode"]] for b in bac_rows]
         bars = ax.bar(range(len(bac_rows)), [b["p50_ms"] for b in bac_rows], color=colours)
         for bar, b in zip(bars, bac_rows, strict=True):
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{100 * b['success']:.0f}%",
@@ -118,7 +131,8 @@ def plot(rows: list[dict], bac_rows: list[dict], path: Path) -> None:
         ax.set_xticks(range(len(bac_rows)), labels, fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("latency per chunk p50 (ms, log)")
-        ax.set_title("steps x BAC (blue: no cache, orange: BAC; label: success)", fontsize=10)
+        ax.set_title("steps x BAC (blue: no cache, orange: fixed threshold, green: tolerance; label: success)",
+                     fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
