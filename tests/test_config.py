@@ -17,6 +17,25 @@ def test_recipes_parse(recipe):
     assert cfg.eval.seed_start >= 100_000  # evaluation never reuses demo seeds
 
 
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs/train").glob("*.yaml")), ids=lambda p: p.stem)
+def test_train_recipes_parse(recipe):
+    from vla.training.train import TrainRunConfig
+
+    cfg = parse(TrainRunConfig, [f"--config_path={recipe}"])
+    assert cfg.model.head.type == recipe.stem.split("_")[-1]  # metaworld_<head>.yaml
+
+
+def test_head_benchmark_recipe_parses():
+    import draccus
+
+    from vla.eval.heads_benchmark import HeadsBenchmarkConfig, quickstart_config
+
+    cfg = draccus.parse(HeadsBenchmarkConfig, config_path=str(ROOT / "configs/bench/heads.yaml"), args=[])
+    models = {name: quickstart_config(cfg, name, 0).model for name in cfg.heads}
+    assert models["dita_shared"].head.denoiser == "shared" and models["dita_history2"].n_obs_steps == 2
+    assert cfg.bac.tolerance is not None and set(cfg.bac.heads) <= set(cfg.heads)
+
+
 def test_overrides_apply_on_top_of_yaml():
     cfg = parse(QuickstartConfig, [f"--config_path={ROOT / 'configs/quickstart.yaml'}", "--train.steps=7",
                                    "--model.head.depth=2", "--eval.tasks=[push]"])
