@@ -1,15 +1,17 @@
-"""Head benchmark: dit vs dita vs flow on the same Meta-World demos, step budget and seeds; then BAC.
+"""Head benchmark: dit vs dita vs flow (and named variants) on the same Meta-World demos, step budget
+and seeds; then BAC.
 
-    vla-eval heads                          # the committed report, ~50 min on 2 CPU cores
+    vla-eval heads                          # the committed report, ~2 h on 2 CPU cores
     python benchmarks/heads.py --seeds='[0]' --train.steps=200
 
 Each (head, seed) is one quickstart run (`vla.quickstart.run`: demos and the tiny VLM are cached,
 training resumes from its last checkpoint) in <output_dir>/<head>_s<seed>; a run whose
-summary.json exists is skipped, so a crash costs at most the run in progress. Then, on the first
-seed's checkpoint of each head in `bac.heads`, BAC schedules are calibrated on demo frames
-(`bac_schedule.json` in the checkpoint) and every (steps, BAC off/on) pair is evaluated closed loop
-on the same episode seeds. The report is report_dir/heads.md + heads.png.
-"""
+summary.json exists is skipped, so a crash costs at most the run in progress. A name in `heads`
+is a registered head or a `variants` entry (a registered head with options of its own, such as
+dita with `denoiser: shared` or a two-frame history). Then, on the first seed's checkpoint of each
+head in `bac.heads`, BAC schedules are calibrated in memory on demo frames, with the fixed
+threshold and with the error tolerance, and every (steps, caching) pair is evaluated closed loop on
+the same episode seeds. The report is report_dir/heads.md + heads.png."""
 
 from __future__ import annotations
 
