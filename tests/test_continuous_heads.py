@@ -167,8 +167,9 @@ def test_bac_tolerance_picks_the_largest_threshold_within_it(name):
     assert schedule.error <= tolerance and schedule.tolerance == tolerance
     assert schedule.computed_fraction() < 1.0  # the random heads tolerate some caching at this bound
     assert float((sample(head, cond, 30) - full).abs().mean()) == pytest.approx(schedule.error, abs=1e-6)
-    larger = THRESHOLD_GRID[THRESHOLD_GRID.index(schedule.threshold) - 1]
-    assert calibrate_head(head, cond, 30, threshold=larger, seed=3).error > tolerance
+    # every grid threshold measured: the bisection found the largest one that fits
+    errors = {t: calibrate_head(head, cond, 30, threshold=t, seed=3).error for t in THRESHOLD_GRID}
+    assert schedule.threshold == max(t for t, e in errors.items() if e <= tolerance), errors
     assert calibrate_head(head, cond, 30, tolerance=0.0).error == 0.0  # zero tolerance: exact
 
 
@@ -176,6 +177,8 @@ def test_bac_errors_name_the_problem():
     head = random_head("flow")
     with pytest.raises(ValueError, match="either a threshold or a tolerance"):
         calibrate_head(head, padded_cond(), 10, threshold=0.1, tolerance=0.01)
+    with pytest.raises(ValueError, match="tolerance must be finite"):
+        calibrate_head(head, padded_cond(), 10, tolerance=float("nan"))
     with pytest.raises(ValueError, match="no BAC schedule is calibrated for 10 steps"):
         sample(head, padded_cond(), 10, bac=True)
     with pytest.raises(ValueError, match="schedule has 2 blocks; this head's denoiser has 3"):
@@ -235,6 +238,8 @@ def test_calibrate_bac_cli_with_tolerance_then_threshold(tiny_checkpoint, tiny_d
     schedules = json.loads((checkpoint / "bac_schedule.json").read_text())["schedules"]
     assert [s["num_steps"] for s in schedules] == [4, 8]
     assert all(s["tolerance"] == 0.02 and s["error"] <= 0.02 for s in schedules)
+    with pytest.raises(SystemExit, match="not both"):
+        main(common + ["--steps=[8]", "--threshold=0.5", "--tolerance=0.02"])
     main(common + ["--steps=[8]", "--threshold=0.5"])
     by_steps = {s["num_steps"]: s for s in json.loads((checkpoint / "bac_schedule.json").read_text())["schedules"]}
     assert by_steps[8]["tolerance"] is None and by_steps[8]["threshold"] == 0.5  # redone with the new setting

@@ -56,10 +56,15 @@ def test_suffix_after_cached_prefix_equals_one_full_pass(tiny_dirs, family):
         top = F.pad(inputs.attention_mask, (0, SUFFIX), value=lowest)  # prefix rows never see the suffix
         bottom = torch.zeros(allowed.shape).masked_fill(~allowed, lowest)
         positions = torch.cat([inputs.position_ids, prefix.next_position[:, None] + torch.arange(SUFFIX)], dim=1)
-        full = backbone.language_model(inputs_embeds=torch.cat([inputs.embeds, suffix], dim=1),
+        full = backbone.language_model(inputs_embeds=torch.cat([inputs.embeds, suffix * prefix.input_scale], dim=1),
                                        attention_mask=torch.cat([top, bottom], dim=2),
                                        position_ids=positions).last_hidden_state
     torch.testing.assert_close(got, full[:, -SUFFIX:], atol=1e-5, rtol=1e-4)
+    # the suffix continues right after each sample's last real token (PaliGemma counts positions from 1)
+    offset = 1 if family == "paligemma" else 0
+    assert prefix.next_position.tolist() == (prefix.token_mask.sum(1) + offset).tolist()
+    # Gemma multiplies input embeddings by sqrt(hidden): the head's tokens are scaled down by as much (as pi0 does)
+    assert prefix.input_scale == pytest.approx(backbone.hidden_size ** -0.5 if family == "paligemma" else 1.0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -101,6 +106,8 @@ def test_shared_denoiser_trains_the_llm_and_loss_falls(tiny_run_config, shared_m
         if step == 1:  # (at step 0 the zero-initialised output layer passes no gradient back)
             layer = policy.backbone.language_model.layers[-1]
             assert layer.mlp.down_proj.weight.grad.abs().sum() > 0  # the LLM is the denoiser: it gets gradients
+            # and through the cached prefix keys/values, the observation's tokens do too
+            assert policy.backbone.cognition_token.grad.abs().sum() > 0
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
@@ -123,14 +130,21 @@ def test_shared_denoiser_checkpoint_round_trip(tiny_run_config, shared_model, tm
     assert first.actions.shape == (2, 4, 4)
     assert torch.equal(first.actions, again.actions)
     assert not torch.equal(first.actions, other.actions)
+    with torch.no_grad():  # (4 steps leave the zero-initialised output layer nearly zero)
+        policy.head.net.out.weight.normal_(0, 0.05)
+    inverted = Observation(images=255 - obs.images, state=obs.state, instruction=obs.instruction,
+                           embodiment=obs.embodiment)  # same noise and state, other pictures
+    seen, unseen = (policy.predict(o, generator=torch.Generator().manual_seed(0), num_steps=3).actions
+                    for o in (obs, inverted))
+    assert (seen - unseen).abs().max() > 1e-3  # the chunk depends on what the LLM sees
 
     cond = policy.condition(obs.images, obs.state, obs.instruction, obs.embodiment)
     with pytest.raises(ValueError, match="has none .*bac=False"):
         calibrate_head(policy.head, cond, num_steps=3, threshold=0.2)
 
 
-def test_shared_denoiser_needs_a_trainable_language_model(tiny_run_config, shared_model):
-    frozen = dataclasses.replace(shared_model, backbone=dataclasses.replace(shared_model.backbone,
-                                                                            freeze_language=True))
+def test_shared_denoiser_needs_a_trainable_language_model(shared_model):
+    """Refused when the config is built, before any model is loaded."""
+    frozen = dataclasses.replace(shared_model.backbone, freeze_language=True)
     with pytest.raises(ValueError, match="freeze_language=false"):
-        VLAPolicy(frozen, Normalizer({}, "quantile", frozen.max_action_dim, frozen.max_state_dim))
+        dataclasses.replace(shared_model, backbone=frozen)

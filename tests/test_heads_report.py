@@ -1,8 +1,10 @@
 """The head benchmark's report, from made-up run summaries (the benchmark itself takes an hour)."""
 
+import dataclasses
+
 import pytest
 
-from vla.eval.heads_benchmark import HeadsBenchmarkConfig
+from vla.eval.heads_benchmark import BACBenchConfig, HeadsBenchmarkConfig, HeadVariant, quickstart_config
 from vla.eval.heads_report import mean_std, write_report
 
 
@@ -40,8 +42,6 @@ def test_unknown_head_in_benchmark_config_is_named():
 
 
 def test_variants_build_their_own_configs_and_are_listed(tmp_path):
-    from vla.eval.heads_benchmark import HeadVariant, quickstart_config
-
     shared = HeadVariant(head="dita", options={"denoiser": "shared"})
     history = HeadVariant(head="dita", n_obs_steps=2)
     cfg = HeadsBenchmarkConfig(heads=["dita", "dita_shared", "dita_h2"], seeds=[0], report_dir=str(tmp_path),
@@ -54,5 +54,24 @@ def test_variants_build_their_own_configs_and_are_listed(tmp_path):
     report = write_report(cfg, {(h, 0): fake_summary(0.5) for h in cfg.heads}, []).read_text()
     assert "- `dita_shared`: `dita` with denoiser=shared" in report
     assert "- `dita_h2`: `dita` with model.n_obs_steps=2" in report
-    with pytest.raises(ValueError, match=r"\['depht'\] are not fields of the dita head config"):
+    with pytest.raises(ValueError, match="do not fit the dita head config.*`depht` are not valid"):
         HeadsBenchmarkConfig(heads=["bad"], variants={"bad": HeadVariant(head="dita", options={"depht": 2})})
+    nested = HeadVariant(head="dita", options={"diffusion": {"num_inference_steps": 5}})
+    assert nested.build_head_config(cfg.head).diffusion.num_inference_steps == 5  # nested options are decoded
+    with pytest.raises(ValueError, match="must name its registered head"):
+        HeadsBenchmarkConfig(heads=["x"], variants={"x": HeadVariant(options={"depth": 2})})
+    with pytest.raises(ValueError, match="bac.heads: dita_shared denoises inside the backbone"):
+        HeadsBenchmarkConfig(heads=["dita_shared"], variants={"dita_shared": shared},
+                             bac=BACBenchConfig(heads=["dita_shared"]))
+
+
+def test_run_folder_refuses_other_settings(tmp_path):
+    from vla.eval.heads_benchmark import check_run_settings
+
+    cfg = HeadsBenchmarkConfig(heads=["dita"], seeds=[0])
+    model = quickstart_config(cfg, "dita", 0).model
+    check_run_settings(tmp_path, model)
+    check_run_settings(tmp_path, model)  # the same settings: reused
+    other = dataclasses.replace(model, head=dataclasses.replace(model.head, denoiser="shared"))
+    with pytest.raises(ValueError, match="made with other head settings"):
+        check_run_settings(tmp_path, other)

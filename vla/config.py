@@ -34,6 +34,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_obs_steps < 1:
             raise ValueError(f"model.n_obs_steps must be >= 1; got {self.n_obs_steps}")
+        if self.head.reads_language_cache and self.backbone.freeze_language:
+            raise ValueError(f"the {self.head.type} head denoises inside the backbone's language model "
+                             f"(head.denoiser=shared), so the language model must train: set "
+                             f"model.backbone.freeze_language=false, or use head.denoiser=separate")
         if self.normalization not in NORMALIZATION_MODES:
             raise ValueError(f"model.normalization must be one of {NORMALIZATION_MODES}; got {self.normalization!r}")
 

@@ -26,10 +26,6 @@ class VLAPolicy(nn.Module):
         self.backbone = backbone if backbone is not None else VLMBackbone(config.backbone)
         self.head = build_head(config.head, cond_dim=self.backbone.hidden_size,
                                action_dim=config.max_action_dim, state_dim=config.max_state_dim)
-        if self.head.reads_language_cache and config.backbone.freeze_language:
-            raise ValueError(f"the {config.head.type} head denoises inside the backbone's language model "
-                             f"(head.denoiser=shared), so the language model must train: set "
-                             f"backbone.freeze_language=false, or use head.denoiser=separate")
 
     @property
     def embodiments(self) -> list[str]:

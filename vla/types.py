@@ -78,6 +78,19 @@ class ActionChunk:
                              f"got {list(self.mask.shape)}")
 
 
+KV = tuple[Tensor, Tensor]  # one attention layer's keys and values, each [B, heads, M, C / heads]
+
+
+def repeat_kv(memory: list[KV], repeats: int) -> list[KV]:
+    """Every layer's keys/values with each sample repeated `repeats` times in a row (repeat_interleave)."""
+    return [(k.repeat_interleave(repeats, 0), v.repeat_interleave(repeats, 0)) for k, v in memory]
+
+
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """Boolean attention mask (True = may attend) -> additive float mask (0 or the dtype's lowest value)."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 @dataclass
 class BackboneOutput:
     """What a VLM backbone hands to an action head.

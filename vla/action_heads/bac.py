@@ -20,6 +20,7 @@ One implementation serves every head: a head routes each block call of its denoi
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ class BACSchedule:
     threshold: float
     recompute: list[list[int]]
     relative_change: list[list[float]]
-    error: float | None = None  # mean |cached - uncached| sample on the calibration observations (normalised units)
+    error: float | None = None  # mean |cached - uncached| on the calibration observations (normalised units)
     tolerance: float | None = None  # the error bound the threshold was chosen for, if any
 
     def __post_init__(self) -> None:
@@ -138,30 +139,36 @@ THRESHOLD_GRID = (1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08, 0.05, 0.03, 0.015
 
 
 def calibrate_head(head: CachedSampling, cond, num_steps: int, threshold: float | None = None,
-                   tolerance: float | None = None, seed: int = 0) -> BACSchedule:
+                   tolerance: float | None = None, valid: Tensor | None = None, seed: int = 0) -> BACSchedule:
     """Calibrate and attach a schedule for `num_steps` on the calibration observations in `cond` (a Cond of
     B observations, sampled as one batch; block changes are averaged over them).
 
-    threshold: use this accumulated-change threshold. tolerance: instead pick the largest threshold of
-    THRESHOLD_GRID whose cached samples differ from the uncached ones (same noise) by at most `tolerance`
-    (mean absolute difference, normalised action units), so one setting suits every step count; found by
-    bisection, about four cached sampling calls.
+    threshold: use this accumulated-change threshold. tolerance: instead pick, from THRESHOLD_GRID, the
+    largest threshold whose cached samples differ from the uncached ones (same noise) by at most
+    `tolerance`, so one setting suits every step count. It is found by bisection (about four cached
+    sampling calls), which assumes the deviation grows with the threshold; the chosen one is always
+    measured to fit. The deviation is the mean absolute difference in normalised action units over
+    the real action dims (valid: bool [B, D]; None = all), measured on these observations and noise.
     """
     if (threshold is None) == (tolerance is None):
         raise ValueError("BAC calibration needs either a threshold or a tolerance (not both)")
-    if (threshold if threshold is not None else tolerance) < 0:
-        raise ValueError(f"BAC threshold / tolerance must be >= 0; got {threshold if tolerance is None else tolerance}")
+    bound = threshold if tolerance is None else tolerance
+    if not math.isfinite(bound) or bound < 0:
+        raise ValueError(f"BAC {'threshold' if tolerance is None else 'tolerance'} must be finite and >= 0; "
+                         f"got {bound}")
     head.require_cached_blocks()
 
     def sample(cache: BlockCache) -> Tensor:
         return head.sample(cond, generator=torch.Generator().manual_seed(seed), num_steps=num_steps, bac=cache)
 
     reference, changes = measure_changes(sample, num_steps)
+    weight = torch.ones_like(reference) if valid is None else valid[:, None, :].expand_as(reference).to(reference)
 
     def measured(candidate: float) -> BACSchedule:
         schedule = BACSchedule(num_steps, candidate, schedule_from_changes(changes, candidate), changes.tolist(),
                                tolerance=tolerance)
-        schedule.error = float((sample(BlockCache(schedule)) - reference).abs().mean())
+        difference = (sample(BlockCache(schedule)) - reference).abs() * weight
+        schedule.error = float(difference.sum() / weight.sum().clamp_min(1))
         return schedule
 
     if tolerance is None:
@@ -198,7 +205,8 @@ class CachedSampling:
     def require_cached_blocks(self) -> None:
         if self.num_cached_blocks() == 0:
             raise ValueError(f"BAC caches the blocks of a head's own denoiser; this {self.config.type} head has none "
-                             f"(its denoising runs inside the backbone): sample with bac=False")
+                             f"(its denoising runs inside the backbone's LLM, e.g. dita with denoiser=shared), so BAC "
+                             f"cannot be calibrated or used for it (sample with bac=False, evaluate with --bac false)")
 
     def block_cache(self, num_steps: int, bac: bool | BlockCache | None) -> BlockCache | None:
         """The cache for one sampling call.

@@ -34,6 +34,11 @@ class HeadConfig(draccus.ChoiceRegistry):
     def type(self) -> str:
         return self.get_choice_name(self.__class__)
 
+    @property
+    def reads_language_cache(self) -> bool:
+        """The head runs its own tokens through the backbone's LLM (so that LLM must train); see ActionHead."""
+        return False
+
 
 @dataclass
 class TransformerHeadConfig(HeadConfig):
@@ -80,18 +85,18 @@ def head_config_class(name: str) -> type[HeadConfig]:
 
 
 class ActionHead(nn.Module, ABC):
-    """Maps backbone conditioning to a chunk of normalised actions [B, H, D].
-
-    reads_language_cache: the head runs its own tokens through the backbone's LLM after the
-    observation prefix, so it needs `cond.backbone.past_key_values` (the policy asks the backbone for it).
-    """
-
-    reads_language_cache: bool = False
+    """Maps backbone conditioning to a chunk of normalised actions [B, H, D]."""
 
     def __init__(self, config: HeadConfig, action_dim: int):
         super().__init__()
         self.config = config
         self.action_dim = action_dim
+
+    @property
+    def reads_language_cache(self) -> bool:
+        """The head runs its own tokens through the backbone's LLM after the observation prefix, so it needs
+        `cond.backbone.past_key_values` (the policy asks the backbone for it)."""
+        return self.config.reads_language_cache
 
     @abstractmethod
     def loss(self, cond: Cond, actions: Tensor, valid: Tensor) -> dict[str, Tensor]:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vla.types import KV
+
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Sinusoidal features of (possibly fractional) timesteps. t: [B] -> [B, dim]."""
@@ -47,7 +49,6 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-KV = tuple[Tensor, Tensor]  # keys, values [B, heads, M, C / heads]
 
 
 class DiTBlock(nn.Module):

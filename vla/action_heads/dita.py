@@ -107,7 +107,6 @@ class LLMDenoiser(nn.Module):
             raise ValueError("BAC caches the head's own transformer blocks; dita with denoiser=shared has none")
         n = noisy_tokens.shape[1]
         x = torch.cat([extra, self.t_embed(t)[:, None], self.action_in(noisy_tokens)], dim=1)
-        x = x.to(memory.keys_values[0][0].dtype)
         allowed = memory_allowed(real, x.shape[1], causal_queries=self.causal_actions)  # (B, 1, T, L + T)
         hidden = memory.extend(x, allowed)
         return self.out(hidden[:, -n:].to(self.out.weight.dtype))
@@ -131,18 +130,21 @@ class DitaHeadConfig(TransformerHeadConfig):
                              f"(or be 0 for one token per action)")
 
     @property
+    def reads_language_cache(self) -> bool:
+        return self.denoiser == "shared"
+
+    @property
     def actions_per_token(self) -> int:
         return self.horizon // (self.num_action_tokens or self.horizon)
 
 
 class DitaHead(PrefixHead):
     def __init__(self, config: DitaHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
-        shared = config.denoiser == "shared"
-        super().__init__(config, cond_dim, action_dim, state_dim, in_backbone=shared)
+        super().__init__(config, cond_dim, action_dim, state_dim)
         self.config: DitaHeadConfig = config
         self.group = config.actions_per_token
         token_dim = action_dim * self.group
-        if shared:
+        if self.reads_language_cache:
             self.net = LLMDenoiser(token_dim, cond_dim, config.causal_actions)
         else:
             n_suffix = self.n_extra_tokens + 1 + config.horizon // self.group  # [state] + timestep + action tokens

@@ -2,7 +2,8 @@
 
 Shared by the heads whose denoiser attends to the VLM tokens (dita, flow): the tokens are projected
 to the head's width once per observation, each denoiser layer turns them into keys/values once
-(`net.memory(prefix, real)`), and every denoising step and noise draw reuses those.
+(`net.memory(prefix, real)`), and every denoising step and noise draw reuses those. A denoiser
+inside the backbone (dita's `denoiser: shared`) uses the backbone LLM's own prefix cache instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from vla.action_heads.diffusion import ActionDiffusion
 from vla.action_heads.flow_matching import FlowMatching
 from vla.action_heads.inpaint import make_inpainting
 from vla.backbones.continuation import LanguagePrefix
-from vla.types import Cond
+from vla.types import Cond, repeat_kv
 
 
 class PrefixProjector(nn.Module):
@@ -54,20 +55,20 @@ def memory_allowed(real: Tensor, queries: int, causal_queries: bool = False) -> 
 class PrefixHead(CachedSampling, ActionHead):
     """Base of heads that denoise with a `net` attending to the backbone prefix.
 
-    A subclass sets `self.net`, whose `memory(prefix [B, L, C], real [B, L]) -> list[KV]` gives each
-    layer's prefix keys/values and whose forward(x [B, H, D], t [B], memory, real, extra, cache)
-    predicts the training target, and `self.process`: the noise process (ActionDiffusion or
-    FlowMatching), whose `noisy_batch` makes training pairs and whose `sample` runs the sampler.
+    A subclass sets `self.net`, whose forward(x [B, H, D], t [B], memory, real, extra, cache) predicts
+    the training target, and `self.process`: the noise process (ActionDiffusion or FlowMatching),
+    whose `noisy_batch` makes training pairs and whose `sample` runs the sampler. The memory is
+    `net.memory(prefix [B, L, C], real [B, L]) -> list[KV]` (each layer's prefix keys/values), or,
+    when the config `reads_language_cache`, the backbone's `LanguagePrefix` (the net then needs no `memory`).
     """
 
     process: ActionDiffusion | FlowMatching
 
-    def __init__(self, config: TransformerHeadConfig, cond_dim: int, action_dim: int, state_dim: int,
-                 in_backbone: bool = False):
-        """in_backbone: the denoiser is the backbone's own LLM (`reads_language_cache`): its tokens have the
-        backbone's width and its memory is the backbone's cache, so there is no prefix projection."""
+    def __init__(self, config: TransformerHeadConfig, cond_dim: int, action_dim: int, state_dim: int):
         super().__init__(config, action_dim)
-        self.reads_language_cache = in_backbone
+        # A denoiser inside the backbone's LLM (`reads_language_cache`) has the backbone's width and attends to
+        # the backbone's own cache, so there is no prefix projection.
+        in_backbone = self.reads_language_cache
         self.prefix = None if in_backbone else PrefixProjector(cond_dim, config.hidden)
         self.width = cond_dim if in_backbone else config.hidden  # the denoiser's token width
         self.state_proj = nn.Linear(state_dim, self.width) if config.use_proprio else None
@@ -96,17 +97,14 @@ class PrefixHead(CachedSampling, ActionHead):
             extra = cond.proprio.new_zeros(real.shape[0], 0, self.width)
         else:
             extra = self.state_proj(cond.proprio.to(self.state_proj.weight.dtype))[:, None]
-        if isinstance(memory, LanguagePrefix):
-            memory = memory.repeat_interleave(repeat)
-        else:
-            memory = [(k.repeat_interleave(repeat, 0), v.repeat_interleave(repeat, 0)) for k, v in memory]
+        memory = memory.repeat_interleave(repeat) if isinstance(memory, LanguagePrefix) else repeat_kv(memory, repeat)
         return memory, real.repeat_interleave(repeat, 0), extra.repeat_interleave(repeat, 0)
 
     @abstractmethod
     def default_steps(self) -> int:
         """Sampling steps when the caller gives none."""
 
-    def denoise(self, x: Tensor, t: Tensor, memory: list[KV], real: Tensor, extra: Tensor,
+    def denoise(self, x: Tensor, t: Tensor, memory: list[KV] | LanguagePrefix, real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:
         """Network prediction for noisy actions x [B, H, D] at times t [B]."""
         return self.net(x, t, memory, real, extra, cache)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from transformers import (
     AutoConfig,
     AutoProcessor,
+    DynamicCache,
     Idefics3ForConditionalGeneration,
     PaliGemmaForConditionalGeneration,
     PreTrainedModel,
@@ -26,7 +27,7 @@ from transformers import (
 
 from vla.backbones.config import BackboneConfig
 from vla.backbones.continuation import LanguagePrefix
-from vla.types import BackboneOutput, validate_images
+from vla.types import BackboneOutput, additive_mask, validate_images
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class _Family:
     language_module: str
     position_offset: int  # PaliGemma counts positions from 1
     bidirectional_prefix: bool  # PaliGemma attends fully within image + prompt (prefix-LM)
+    scales_inputs: bool  # the LLM multiplies input embeddings by sqrt(hidden) (Gemma)
     lead_text: str  # text before the images
     camera_open: tuple[str, ...]  # special tokens before each camera's image tokens
     camera_close: tuple[str, ...]
@@ -51,6 +53,7 @@ _FAMILIES = {
         language_module="language_model",
         position_offset=1,
         bidirectional_prefix=True,
+        scales_inputs=True,
         lead_text="",
         camera_open=(),
         camera_close=(),
@@ -62,6 +65,7 @@ _FAMILIES = {
         language_module="text_model",
         position_offset=0,
         bidirectional_prefix=False,
+        scales_inputs=False,
         lead_text="{bos}User:",
         camera_open=("<fake_token_around_image>", "<global-img>"),
         camera_close=("<fake_token_around_image>",),
@@ -88,7 +92,9 @@ class VLMBackbone(nn.Module):
     """Pretrained VLM (base model, no LM head) + learnable cognition token.
 
     forward(images uint8 [B, N, H, W, 3], instructions B strings) -> BackboneOutput with
-    tokens [B, L, C], token_mask bool [B, L], cognition [B, C]; C = hidden_size.
+    tokens [B, L, C], token_mask bool [B, L], cognition [B, C]; C = hidden_size. With
+    keep_cache=True also past_key_values: the LLM's prefix cache as a `LanguagePrefix`, through
+    which a head runs its own tokens after the observation.
     """
 
     def __init__(self, cfg: BackboneConfig, load_weights: bool = True) -> None:
@@ -196,16 +202,20 @@ class VLMBackbone(nn.Module):
         `LanguagePrefix`), for heads that run their own tokens through the LLM after it.
         """
         inputs = self.llm_inputs(images, instructions)
-        language_model = self.language_model
-        out = language_model(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
-                             position_ids=inputs.position_ids, use_cache=keep_cache)
-        hidden = out.last_hidden_state
+        cache = DynamicCache() if keep_cache else None  # passed in, so that nothing (e.g. checkpointing) drops it
+        hidden = self.language_model(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
+                                     position_ids=inputs.position_ids, past_key_values=cache,
+                                     use_cache=keep_cache).last_hidden_state
         cognition = hidden[torch.arange(hidden.shape[0], device=hidden.device), inputs.cog_index]
-        prefix = None
-        if keep_cache:
-            next_position = inputs.position_ids[:, 0] + inputs.cog_index + 1
-            prefix = LanguagePrefix.from_cache(out.past_key_values, inputs.token_mask, next_position, language_model)
+        prefix = self._language_prefix(cache, inputs) if keep_cache else None
         return BackboneOutput(tokens=hidden, token_mask=inputs.token_mask, cognition=cognition, past_key_values=prefix)
+
+    def _language_prefix(self, cache: DynamicCache, inputs: LLMInputs) -> LanguagePrefix:
+        """The filled prefix cache as a `LanguagePrefix`; suffix positions continue after each cognition token."""
+        next_position = inputs.position_ids.gather(1, inputs.cog_index[:, None])[:, 0] + 1
+        scale = self.hidden_size ** -0.5 if self.family.scales_inputs else 1.0
+        return LanguagePrefix([(layer.keys, layer.values) for layer in cache.layers], inputs.token_mask,
+                              next_position, self.language_model, scale, inputs.embeds.dtype)
 
     @property
     def language_model(self) -> nn.Module:
@@ -260,9 +270,7 @@ class VLMBackbone(nn.Module):
         if self.family.bidirectional_prefix:
             in_prefix = pos[None, :] < cog_index[:, None]  # [B, L]: image + prompt, not the cognition token
             allowed = allowed | (in_prefix[:, :, None] & in_prefix[:, None, :])
-        allowed = allowed & token_mask[:, None, :]
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=token_mask.device)
-        return mask.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+        return additive_mask(allowed & token_mask[:, None, :], dtype).unsqueeze(1)
 
 
 def _from_config(cls: type, cfg: BackboneConfig):

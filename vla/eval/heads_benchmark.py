@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from vla.action_heads import head_config_class
+from vla.action_heads.bac import SCHEDULE_FILE, load_schedules, save_schedules
 from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
 from vla.quickstart import QuickstartConfig, TinyBackboneConfig
 from vla.sim.demos import DemoConfig
@@ -66,16 +67,18 @@ class HeadVariant:
     n_obs_steps: frames of observation history (model.n_obs_steps).
     """
 
-    head: str = "dita"
+    head: str = ""  # required: a registered head name
     n_obs_steps: int = 1
     options: dict[str, Any] = field(default_factory=dict)
 
     def build_head_config(self, sizes: HeadSizeConfig):
-        fields = {f.name for f in dataclasses.fields(head_config_class(self.head))}
-        unknown = sorted(set(self.options) - fields)
-        if unknown:
-            raise ValueError(f"variant options {unknown} are not fields of the {self.head} head config")
-        return head_config_class(self.head)(**(dataclasses.asdict(sizes) | self.options))
+        """The head config: the shared sizes, then the options (nested ones too, e.g. {diffusion: {...}})."""
+        if not self.head:
+            raise ValueError("a head variant must name its registered head (head: dit | dita | flow ...)")
+        try:
+            return draccus.decode(head_config_class(self.head), dataclasses.asdict(sizes) | self.options)
+        except draccus.utils.DecodingError as err:
+            raise ValueError(f"variant options {self.options} do not fit the {self.head} head config: {err}") from err
 
 
 @dataclass
@@ -101,6 +104,11 @@ class HeadsBenchmarkConfig:
     def __post_init__(self) -> None:
         for name in self.heads + self.bac.heads:
             self.variant(name).build_head_config(self.head)  # unknown names and fields fail here, with the reason
+        for name in self.bac.heads:  # fail now, not after hours of training
+            if self.variant(name).build_head_config(self.head).reads_language_cache:
+                raise ValueError(f"bac.heads: {name} denoises inside the backbone's LLM and has no blocks to cache")
+        if self.bac.tolerance is not None and not self.bac.tolerance >= 0:
+            raise ValueError(f"bac.tolerance must be >= 0 (or null to skip); got {self.bac.tolerance}")
         if not self.seeds:
             raise ValueError("benchmark needs at least one seed")
 
@@ -128,13 +136,29 @@ def quickstart_config(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> Quicks
 
 
 def train_and_eval(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> dict:
-    """One quickstart run (skipped when its summary exists), plus its median training time per step."""
+    """One quickstart run (skipped when its summary exists), plus its median training time per step.
+
+    The run folder keeps the model settings it was made with; reusing or resuming it with others is an error."""
     from vla.quickstart import run
 
+    qs = quickstart_config(cfg, head, seed)
+    check_run_settings(run_dir(cfg, head, seed), qs.model)
     path = run_dir(cfg, head, seed) / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else run(quickstart_config(cfg, head, seed))
+    summary = json.loads(path.read_text()) if path.exists() else run(qs)
     summary["train_s_per_step"] = median_s_per_step(run_dir(cfg, head, seed) / "train" / "metrics.csv")
     return summary
+
+
+def check_run_settings(out: Path, model: ModelConfig) -> None:
+    """Record the model settings of a new run folder, or raise if an existing one was made with others."""
+    settings = json.loads(json.dumps(dataclasses.asdict(model.head) | {"type": model.head.type,
+                                                                        "n_obs_steps": model.n_obs_steps}))
+    path = out / "settings.json"
+    if path.exists() and json.loads(path.read_text()) != settings:
+        raise ValueError(f"{out} was made with other head settings ({path}); delete the folder or pick another "
+                         f"output_dir or variant name")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1))
 
 
 def median_s_per_step(metrics_csv: Path) -> float:
@@ -154,6 +178,16 @@ def bac_modes(cfg: HeadsBenchmarkConfig) -> list[tuple[str, float | None]]:
     return modes + ([("tolerance", cfg.bac.tolerance)] if cfg.bac.tolerance is not None else [])
 
 
+def reusable(out: Path, schedule) -> bool:
+    """A finished evaluation in `out` may be reused if it ran with this schedule (or both without caching)."""
+    if not (out / "summary.json").exists():
+        return False
+    saved = load_schedules(out / SCHEDULE_FILE) if (out / SCHEDULE_FILE).exists() else []
+    if schedule is None:
+        return not saved
+    return bool(saved) and saved[0].recompute == schedule.recompute
+
+
 def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
     """Closed-loop success and latency for each (steps, caching mode) on one checkpoint, on the same episode
     seeds and sampling noise; finished evaluations are reused."""
@@ -165,23 +199,26 @@ def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
 
     policy = load_policy(Path(summary["checkpoint"]))
     obs = calibration_observations(generate_demos(cfg.demos), cfg.demos.repo_id, cfg.bac.calibration_frames,
-                                   policy.config.head.horizon)
+                                   policy.config)
     with torch.no_grad():
         cond = policy.condition(obs.images, obs.state, obs.instruction, obs.embodiment)
+    valid = torch.stack([policy.normalizer.action_mask(e) for e in obs.embodiment])
     rows = []
     for steps in cfg.bac.steps:
         for mode, value in bac_modes(cfg):
             schedule = None
             if mode != "off":  # calibrated in memory: the checkpoint's own bac_schedule.json is left alone
-                schedule = calibrate_head(policy.head, cond, steps, **{mode: value})
+                schedule = calibrate_head(policy.head, cond, steps, valid=valid, **{mode: value})
             name = f"steps{steps:03d}_off" if mode == "off" else f"steps{steps:03d}_{mode[:3]}{value:g}"
             out = run_dir(cfg, head, cfg.seeds[0]) / "bac" / name
-            if (out / "summary.json").exists():
+            if reusable(out, schedule):
                 result = json.loads((out / "summary.json").read_text())
             else:
                 eval_cfg = dataclasses.replace(cfg.eval, num_inference_steps=steps, bac=schedule is not None,
                                                output_dir=str(out), videos_per_task=0)
                 result = evaluate(policy, eval_cfg, policy.config.image_size, policy.config.cameras[0])
+                if schedule is not None:
+                    save_schedules({steps: schedule}, out / SCHEDULE_FILE)
             rows.append({"head": head, "steps": steps, "mode": mode, "setting": value,
                          "threshold": schedule.threshold if schedule else None,
                          "deviation": schedule.error if schedule else 0.0,
