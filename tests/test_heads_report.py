@@ -20,14 +20,15 @@ def test_report_has_mean_std_table_bac_rows_and_plot(tmp_path):
     cfg.eval.tasks = ["reach", "button-press-topdown"]
     runs = {(h, s): fake_summary(0.5 + 0.1 * s + (0.2 if h == "flow" else 0)) for h in cfg.heads for s in cfg.seeds}
     bac = [{"head": "dit", "steps": 10, "mode": mode, "setting": setting, "threshold": threshold, "success": 0.8,
-            "p50_ms": 20.0, "p99_ms": 25.0, "computed_fraction": fraction, "deviation": deviation}
-           for mode, setting, threshold, fraction, deviation in [("off", None, None, 1.0, 0.0),
-                                                                 ("threshold", 0.25, 0.25, 0.5, 0.03),
-                                                                 ("tolerance", 0.01, 0.08, 0.7, 0.008)]]
+            "p50_ms": 20.0, "p99_ms": 25.0, "computed_fraction": fraction, "deviation": deviation, "sampling_ms": ms}
+           for mode, setting, threshold, fraction, deviation, ms in [("off", None, None, 1.0, 0.0, 30.0),
+                                                                     ("threshold", 0.25, 0.25, 0.5, 0.03, 10.0),
+                                                                     ("tolerance", 0.01, 0.08, 0.7, 0.008, 20.0)]]
     report = write_report(cfg, runs, bac).read_text()
     assert "| `flow` | **75 ± 7%** |" in report  # seeds at 70% and 80%
-    assert "| `dit` | 10 | off | - | 80% | 20.0 / 25.0 | 100% | 0.0000 |" in report
-    assert "| `dit` | 10 | tolerance 0.01 | 0.08 | 80% | 20.0 / 25.0 | 70% | 0.0080 |" in report
+    assert "| `dit` | 10 | off | - | 80% | 30.0 | 20.0 / 25.0 | 100% | 0.0000 |" in report
+    assert "| `dit` | 10 | tolerance 0.01 | 0.08 | 80% | 20.0 (1.5x) | 20.0 / 25.0 | 70% | 0.0080 |" in report
+    assert "| `dit` | 10 | threshold 0.25 | 0.25 | 80% | 10.0 (3.0x) |" in report
     assert (tmp_path / "heads.png").stat().st_size > 10_000
 
 
@@ -75,3 +76,22 @@ def test_run_folder_refuses_other_settings(tmp_path):
     other = dataclasses.replace(model, head=dataclasses.replace(model.head, denoiser="shared"))
     with pytest.raises(ValueError, match="made with other head settings"):
         check_run_settings(tmp_path, other)
+
+
+def test_sampling_times_cover_every_schedule():
+    import torch
+
+    from vla.action_heads import build_head, head_config_class
+    from vla.action_heads.bac import calibrate_head
+    from vla.eval.heads_benchmark import first_observation, sampling_ms
+    from vla.types import BackboneOutput, Cond
+
+    head = build_head(head_config_class("flow")(horizon=4, hidden=32, depth=2, heads=2), cond_dim=16, action_dim=2,
+                      state_dim=3).eval()
+    tokens = torch.randn(3, 5, 16)
+    cond = Cond(BackboneOutput(tokens, torch.ones(3, 5, dtype=torch.bool), tokens[:, -1]), torch.randn(3, 3))
+    schedule = calibrate_head(head, cond, 6, threshold=0.5)
+    one = first_observation(cond)
+    assert one.backbone.tokens.shape == (1, 5, 16) and one.proprio.shape == (1, 3)
+    times = sampling_ms(head, one, 6, [None, schedule], reps=2)
+    assert len(times) == 2 and all(t > 0 for t in times)

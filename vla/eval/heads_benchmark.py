@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,10 +206,12 @@ def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
     valid = torch.stack([policy.normalizer.action_mask(e) for e in obs.embodiment])
     rows = []
     for steps in cfg.bac.steps:
+        schedules = {}
         for mode, value in bac_modes(cfg):
             schedule = None
             if mode != "off":  # calibrated in memory: the checkpoint's own bac_schedule.json is left alone
                 schedule = calibrate_head(policy.head, cond, steps, valid=valid, **{mode: value})
+            schedules[mode] = schedule
             name = f"steps{steps:03d}_off" if mode == "off" else f"steps{steps:03d}_{mode[:3]}{value:g}"
             out = run_dir(cfg, head, cfg.seeds[0]) / "bac" / name
             if reusable(out, schedule):
@@ -225,7 +228,34 @@ def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
                          "computed_fraction": schedule.computed_fraction() if schedule else 1.0,
                          "success": result["mean_success_rate"], "p50_ms": result["chunk_latency_ms"]["p50"],
                          "p99_ms": result["chunk_latency_ms"]["p99"]})
+        one = first_observation(cond)
+        for row, ms in zip(rows[-len(schedules):], sampling_ms(policy.head, one, steps, list(schedules.values())),
+                           strict=True):
+            row["sampling_ms"] = ms
     return rows
+
+
+def first_observation(cond):
+    """The Cond of the first calibration observation alone (batch 1, as on a robot)."""
+    backbone = cond.backbone
+    return dataclasses.replace(cond, proprio=cond.proprio[:1], backbone=dataclasses.replace(
+        backbone, tokens=backbone.tokens[:1], token_mask=backbone.token_mask[:1], cognition=backbone.cognition[:1]))
+
+
+def sampling_ms(head, cond, steps: int, schedules: list, reps: int = 15) -> list[float]:
+    """Median time (ms) of one `head.sample` call per schedule (None: no caching), timed interleaved in one
+    process, so that the machine's load hits every schedule alike (closed-loop latencies of reused
+    evaluations may come from other runs)."""
+    from vla.action_heads.bac import BlockCache
+
+    times: list[list[float]] = [[] for _ in schedules]
+    for _ in range(reps + 1):  # the first round warms up
+        for i, schedule in enumerate(schedules):
+            start = time.perf_counter()
+            head.sample(cond, generator=torch.Generator().manual_seed(0), num_steps=steps,
+                        bac=BlockCache(schedule) if schedule is not None else False)
+            times[i].append(time.perf_counter() - start)
+    return [1000 * float(np.median(t[1:])) for t in times]
 
 
 # ---- entry point -----------------------------------------------------------------------------------
