@@ -267,8 +267,10 @@ def run_benchmark(cfg: HeadsBenchmarkConfig) -> Path:
     # seed-major, so that an interrupted benchmark has every head at its first seeds
     runs = {(head, seed): train_and_eval(cfg, head, seed) for seed in cfg.seeds for head in cfg.heads}
     bac_rows = [row for head in cfg.bac.heads for row in bac_runs(cfg, head, runs[(head, cfg.seeds[0])])]
-    (Path(cfg.output_dir) / "results.json").write_text(json.dumps(
-        {"runs": {f"{h}_s{s}": r for (h, s), r in runs.items()}, "bac": bac_rows}, indent=1))
+    results = json.dumps({"runs": {f"{h}_s{s}": r for (h, s), r in runs.items()}, "bac": bac_rows}, indent=1)
+    (Path(cfg.output_dir) / "results.json").write_text(results)
+    Path(cfg.report_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.report_dir) / "heads_results.json").write_text(results)  # the figures behind the report
     return write_report(cfg, runs, bac_rows)
 
 

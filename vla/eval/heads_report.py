@@ -119,7 +119,7 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict]) -> str:
 
 def plot(rows: list[dict], bac_rows: list[dict], path: Path) -> None:
     panels = 3 if bac_rows else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), gridspec_kw={"width_ratios": [1, 1, 2][:panels]})
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), gridspec_kw={"width_ratios": [1, 1, 2.5][:panels]})
     names = [r["head"] for r in rows]
     ax = axes[0]
     ax.bar(names, [100 * r["success"][0] for r in rows], yerr=[100 * r["success"][1] for r in rows], capsize=6,
@@ -127,6 +127,7 @@ def plot(rows: list[dict], bac_rows: list[dict], path: Path) -> None:
     for i, r in enumerate(rows):
         ax.scatter([i] * len(r["per_seed"]), [100 * s for s in r["per_seed"]], color="k", s=12, zorder=3)
     ax.set_ylim(0, 105)
+    ax.tick_params(axis="x", labelrotation=25)
     ax.set_ylabel("closed-loop success (%)")
     ax.set_title("success, mean ± std over seeds (dots: seeds)", fontsize=10)
     ax = axes[1]
@@ -134,18 +135,20 @@ def plot(rows: list[dict], bac_rows: list[dict], path: Path) -> None:
     ax.scatter(names, [r["p99"][0] for r in rows], color="k", marker="_", s=300, zorder=3, label="p99")
     ax.set_ylabel("latency per chunk (ms)")
     ax.set_title("inference per chunk, batch 1, CPU", fontsize=10)
+    ax.tick_params(axis="x", labelrotation=25)
     ax.legend()
     if bac_rows:
         ax = axes[2]
-        labels = [f"{b['head']}\n{b['steps']} {b['mode'][:3]}" for b in bac_rows]
+        labels = [f"{b['head']} {b['steps']} {b['mode'][:3]}" for b in bac_rows]
         colours = [BAC_COLOURS[b["mode"]] for b in bac_rows]
-        bars = ax.bar(range(len(bac_rows)), [b["p50_ms"] for b in bac_rows], color=colours)
+        fair = all("sampling_ms" in b for b in bac_rows)  # same-run sampling times when measured
+        bars = ax.bar(range(len(bac_rows)), [b["sampling_ms" if fair else "p50_ms"] for b in bac_rows], color=colours)
         for bar, b in zip(bars, bac_rows, strict=True):
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{100 * b['success']:.0f}%",
                     ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(bac_rows)), labels, fontsize=7)
+        ax.set_xticks(range(len(bac_rows)), labels, fontsize=7, rotation=90)
         ax.set_yscale("log")
-        ax.set_ylabel("latency per chunk p50 (ms, log)")
+        ax.set_ylabel("head sampling, 1 observation (ms, log)" if fair else "latency per chunk p50 (ms, log)")
         ax.set_title("steps x BAC (blue: no cache, orange: fixed threshold, green: tolerance; label: success)",
                      fontsize=10)
     fig.tight_layout()
