@@ -138,6 +138,10 @@ def test_shared_denoiser_checkpoint_round_trip(tiny_run_config, shared_model, tm
                     for o in (obs, inverted))
     assert (seen - unseen).abs().max() > 1e-3  # the chunk depends on what the LLM sees
 
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision, as on a GPU
+        mixed = policy.predict(obs, generator=torch.Generator().manual_seed(0), num_steps=3).actions
+    assert mixed.shape == seen.shape and torch.isfinite(mixed).all()  # bf16 suffix meets the cached prefix
+
     cond = policy.condition(obs.images, obs.state, obs.instruction, obs.embodiment)
     with pytest.raises(ValueError, match="has none .*bac=False"):
         calibrate_head(policy.head, cond, num_steps=3, threshold=0.2)
