@@ -69,3 +69,29 @@ def tiny_checkpoint(tiny_run_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
     return train(dataclasses.replace(tiny_run_config, train=dataclasses.replace(tiny_run_config.train,
                                                                                  output_dir=str(out))))
+
+
+# --- Helpers ---
+
+
+@pytest.fixture(scope="session")
+def train_on_batch():
+    """A function training `policy` on one fixed batch with AdamW and returning the losses; `after_backward(step)`
+    runs between backward and the optimiser step (to look at gradients)."""
+    import torch
+
+    def train(policy, batch: dict, steps: int, lr: float = 1e-3, after_backward=None) -> list[float]:
+        opt = torch.optim.AdamW(policy.parameters(), lr=lr)
+        losses = []
+        for step in range(steps):
+            torch.manual_seed(step)
+            loss = policy(batch)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            if after_backward is not None:
+                after_backward(step)
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    return train

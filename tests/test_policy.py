@@ -111,23 +111,14 @@ def test_dataset_with_other_action_dim_is_rejected(tiny_run_config):
         load_demos(tiny_run_config.model, data)
 
 
-def test_policy_loss_falls_on_fixed_batch(tiny_run_config, demos):
+def test_policy_loss_falls_on_fixed_batch(tiny_run_config, demos, train_on_batch):
     from vla.data.normalize import Normalizer
 
     torch.manual_seed(0)
     model = tiny_run_config.model
     policy = VLAPolicy(model, Normalizer.from_demos(demos, model.normalization, model.max_action_dim,
                                                     model.max_state_dim))
-    batch = demos.sample(16, torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-    losses = []
-    for step in range(60):
-        torch.manual_seed(step)
-        loss = policy(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_on_batch(policy, demos.sample(16, torch.Generator().manual_seed(0)), steps=60)
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
 
 
