@@ -156,7 +156,6 @@ def calibrate_head(head: CachedSampling, cond, num_steps: int, threshold: float 
     if not math.isfinite(bound) or bound < 0:
         raise ValueError(f"BAC {'threshold' if tolerance is None else 'tolerance'} must be finite and >= 0; "
                          f"got {bound}")
-    head.require_cached_blocks()
 
     def sample(cache: BlockCache) -> Tensor:
         return head.sample(cond, generator=torch.Generator().manual_seed(seed), num_steps=num_steps, bac=cache)
@@ -194,6 +193,7 @@ class CachedSampling:
         return self.__dict__.setdefault("_bac_schedules", {})
 
     def add_bac_schedule(self, schedule: BACSchedule) -> None:
+        self.require_cached_blocks()
         n_blocks = self.num_cached_blocks()
         if schedule.n_blocks != n_blocks:
             raise ValueError(f"BAC schedule has {schedule.n_blocks} blocks; this head's denoiser has {n_blocks}")

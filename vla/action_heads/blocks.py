@@ -49,8 +49,6 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-
-
 class DiTBlock(nn.Module):
     """Pre-norm transformer block; optionally adaLN-Zero conditioned, optionally attending to a memory.
 

@@ -102,9 +102,9 @@ class LLMDenoiser(nn.Module):
 
     def forward(self, noisy_tokens: Tensor, t: Tensor, memory: LanguagePrefix, real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:
-        """noisy_tokens [B, N, D*G], t [B], memory: the backbone's prefix cache, real bool [B, L], extra [B, K, C]."""
-        if cache is not None:
-            raise ValueError("BAC caches the head's own transformer blocks; dita with denoiser=shared has none")
+        """noisy_tokens [B, N, D*G], t [B], memory: the backbone's prefix cache, real bool [B, L], extra [B, K, C].
+
+        cache is always None: with no blocks of its own, `CachedSampling` never hands this head a BAC cache."""
         n = noisy_tokens.shape[1]
         x = torch.cat([extra, self.t_embed(t)[:, None], self.action_in(noisy_tokens)], dim=1)
         allowed = memory_allowed(real, x.shape[1], causal_queries=self.causal_actions)  # (B, 1, T, L + T)

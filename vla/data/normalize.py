@@ -88,6 +88,10 @@ class Normalizer:
         mask[: self.action_dim(embodiment)] = True
         return mask
 
+    def action_masks(self, embodiments: list[str]) -> Tensor:
+        """bool [B, max_action_dim]: `action_mask` of each sample's embodiment."""
+        return torch.stack([self.action_mask(e) for e in embodiments])
+
     def normalize_action(self, actions: Tensor, embodiment: str) -> Tensor:
         """actions [..., D] in robot units -> [..., max_action_dim], padded with zeros."""
         normalized = self._normalize(actions, embodiment, "action")

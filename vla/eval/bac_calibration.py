@@ -65,7 +65,7 @@ def calibrate_policy(policy, checkpoint: str | Path, obs: Observation, steps: li
         return
     with torch.no_grad():
         cond = policy.condition(obs.images, obs.state, obs.instruction, obs.embodiment)
-    valid = torch.stack([policy.normalizer.action_mask(e) for e in obs.embodiment]).to(cond.proprio.device)
+    valid = policy.normalizer.action_masks(obs.embodiment).to(cond.proprio.device)
     for n in todo:
         schedule = calibrate_head(policy.head, cond, n, threshold=threshold, tolerance=tolerance, valid=valid)
         print(f"BAC {policy.config.head.type}, {n} steps, threshold {schedule.threshold}: computes "

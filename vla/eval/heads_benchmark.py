@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vla.action_heads import head_config_class
-from vla.action_heads.bac import SCHEDULE_FILE, load_schedules, save_schedules
+from vla.action_heads.bac import SCHEDULE_FILE, BlockCache, calibrate_head, load_schedules, save_schedules
 from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
 from vla.quickstart import QuickstartConfig, TinyBackboneConfig
 from vla.sim.demos import DemoConfig
@@ -192,7 +192,6 @@ def reusable(out: Path, schedule) -> bool:
 def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
     """Closed-loop success and latency for each (steps, caching mode) on one checkpoint, on the same episode
     seeds and sampling noise; finished evaluations are reused."""
-    from vla.action_heads.bac import calibrate_head
     from vla.eval.bac_calibration import calibration_observations
     from vla.eval.rollout import evaluate
     from vla.sim.demos import generate_demos
@@ -203,7 +202,8 @@ def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
                                    policy.config)
     with torch.no_grad():
         cond = policy.condition(obs.images, obs.state, obs.instruction, obs.embodiment)
-    valid = torch.stack([policy.normalizer.action_mask(e) for e in obs.embodiment])
+    valid = policy.normalizer.action_masks(obs.embodiment)
+    one = first_observation(cond)  # for the same-run sampling times
     rows = []
     for steps in cfg.bac.steps:
         schedules = {}
@@ -228,7 +228,6 @@ def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
                          "computed_fraction": schedule.computed_fraction() if schedule else 1.0,
                          "success": result["mean_success_rate"], "p50_ms": result["chunk_latency_ms"]["p50"],
                          "p99_ms": result["chunk_latency_ms"]["p99"]})
-        one = first_observation(cond)
         for row, ms in zip(rows[-len(schedules):], sampling_ms(policy.head, one, steps, list(schedules.values())),
                            strict=True):
             row["sampling_ms"] = ms
@@ -246,8 +245,6 @@ def sampling_ms(head, cond, steps: int, schedules: list, reps: int = 15) -> list
     """Median time (ms) of one `head.sample` call per schedule (None: no caching), timed interleaved in one
     process, so that the machine's load hits every schedule alike (closed-loop latencies of reused
     evaluations may come from other runs)."""
-    from vla.action_heads.bac import BlockCache
-
     times: list[list[float]] = [[] for _ in schedules]
     for _ in range(reps + 1):  # the first round warms up
         for i, schedule in enumerate(schedules):
