@@ -27,13 +27,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from vla.action_heads.base import HeadConfig  # noqa: E402
+from vla.checkpoint import count_parameters, load_policy  # noqa: E402
 from vla.deploy.chunking import ScheduleConfig  # noqa: E402
 from vla.deploy.loop import ControlLoop, EpisodeReport, LoopConfig, percentiles_ms  # noqa: E402
 from vla.deploy.protocol import blank_observation  # noqa: E402
 from vla.deploy.runner import LocalPolicy  # noqa: E402
 from vla.policy import VLAPolicy  # noqa: E402
 from vla.robot_io.sim import SimCamera, SimRobot, SimRobotConfig  # noqa: E402
-from vla.training.checkpoint import count_parameters, load_policy  # noqa: E402
 
 TOKEN = "benchmark-token-0123"
 

@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 
 from vla.config import ModelConfig, from_yaml, parse, to_yaml
-from vla.quickstart import QuickstartConfig
+from vla.pipeline import PipelineConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs").glob("quickstart*.yaml")))
 def test_recipes_parse(recipe):
-    cfg = parse(QuickstartConfig, [f"--config_path={recipe}"])
+    cfg = parse(PipelineConfig, [f"--config_path={recipe}"])
     assert cfg.model.head.type == "dit"
     assert cfg.eval.seed_start >= 100_000  # evaluation never reuses demo seeds
 
@@ -28,38 +28,38 @@ def test_train_recipes_parse(recipe):
 def test_head_benchmark_recipe_parses():
     import draccus
 
-    from vla.eval.heads_benchmark import HeadsBenchmarkConfig, quickstart_config
+    from vla.eval.heads_benchmark import HeadsBenchmarkConfig, pipeline_config
 
     cfg = draccus.parse(HeadsBenchmarkConfig, config_path=str(ROOT / "configs/bench/heads.yaml"), args=[])
-    models = {name: quickstart_config(cfg, name, 0).model for name in cfg.heads}
+    models = {name: pipeline_config(cfg, name, 0).model for name in cfg.heads}
     assert models["dita_shared"].head.denoiser == "shared" and models["dita_history2"].n_obs_steps == 2
     assert cfg.bac.tolerance is not None and set(cfg.bac.heads) <= set(cfg.heads)
 
 
 def test_overrides_apply_on_top_of_yaml():
-    cfg = parse(QuickstartConfig, [f"--config_path={ROOT / 'configs/quickstart.yaml'}", "--train.steps=7",
+    cfg = parse(PipelineConfig, [f"--config_path={ROOT / 'configs/quickstart.yaml'}", "--train.steps=7",
                                    "--model.head.depth=2", "--eval.tasks=[push]"])
     assert (cfg.train.steps, cfg.model.head.depth, cfg.eval.tasks) == (7, 2, ["push"])
 
 
 def test_unknown_key_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        parse(QuickstartConfig, ["--train.stepz=7"])
+        parse(PipelineConfig, ["--train.stepz=7"])
     assert "--train.stepz" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  head:\n    type: dit\n    depht: 3\n")
     with pytest.raises(Exception, match="depht"):
-        parse(QuickstartConfig, [f"--config_path={bad}"])
+        parse(PipelineConfig, [f"--config_path={bad}"])
 
 
 def test_wrong_type_is_named():
     with pytest.raises(Exception, match="train.steps"):
-        parse(QuickstartConfig, ["--train.steps=many"])
+        parse(PipelineConfig, ["--train.steps=many"])
 
 
 def test_unknown_head_lists_choices(capsys):
     with pytest.raises(SystemExit):
-        parse(QuickstartConfig, ["--model.head.type=difusion"])
+        parse(PipelineConfig, ["--model.head.type=difusion"])
     assert "dit" in capsys.readouterr().err
 
 

@@ -228,7 +228,7 @@ def test_calibrate_bac_cli_with_tolerance_then_threshold(tiny_checkpoint, tiny_d
     import json
     import shutil
 
-    from vla.eval.rollout import main
+    from vla.eval.cli import main
 
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, checkpoint)

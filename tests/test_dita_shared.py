@@ -14,9 +14,9 @@ from vla.action_heads.bac import calibrate_head
 from vla.action_heads.prefix import memory_allowed
 from vla.backbones import BackboneConfig, VLMBackbone
 from vla.backbones.tiny import build_tiny_vlm
+from vla.checkpoint import load_policy
 from vla.data.normalize import Normalizer
 from vla.policy import VLAPolicy
-from vla.training.checkpoint import load_policy
 from vla.training.train import load_demos, train
 from vla.types import Observation
 

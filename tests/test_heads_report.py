@@ -1,10 +1,11 @@
 """The head benchmark's report, from made-up run summaries (the benchmark itself takes an hour)."""
 
 import dataclasses
+import json
 
 import pytest
 
-from vla.eval.heads_benchmark import BACBenchConfig, HeadsBenchmarkConfig, HeadVariant, quickstart_config
+from vla.eval.heads_benchmark import BACBenchConfig, HeadsBenchmarkConfig, HeadVariant, pipeline_config
 from vla.eval.heads_report import mean_std, write_report
 
 
@@ -47,10 +48,10 @@ def test_variants_build_their_own_configs_and_are_listed(tmp_path):
     history = HeadVariant(head="dita", n_obs_steps=2)
     cfg = HeadsBenchmarkConfig(heads=["dita", "dita_shared", "dita_h2"], seeds=[0], report_dir=str(tmp_path),
                                variants={"dita_shared": shared, "dita_h2": history})
-    model = quickstart_config(cfg, "dita_shared", 0).model
+    model = pipeline_config(cfg, "dita_shared", 0).model
     assert (model.head.type, model.head.denoiser, model.head.hidden, model.n_obs_steps) == ("dita", "shared", 128, 1)
-    assert quickstart_config(cfg, "dita_h2", 0).model.n_obs_steps == 2
-    assert quickstart_config(cfg, "dita", 0).model.head.denoiser == "separate"
+    assert pipeline_config(cfg, "dita_h2", 0).model.n_obs_steps == 2
+    assert pipeline_config(cfg, "dita", 0).model.head.denoiser == "separate"
     cfg.eval.tasks = ["reach", "button-press-topdown"]
     report = write_report(cfg, {(h, 0): fake_summary(0.5) for h in cfg.heads}, []).read_text()
     assert "- `dita_shared`: `dita` with denoiser=shared" in report
@@ -66,16 +67,27 @@ def test_variants_build_their_own_configs_and_are_listed(tmp_path):
                              bac=BACBenchConfig(heads=["dita_shared"]))
 
 
-def test_run_folder_refuses_other_settings(tmp_path):
-    from vla.eval.heads_benchmark import check_run_settings
+def test_run_folder_refuses_other_settings_or_commit(tmp_path, monkeypatch):
+    from vla import provenance
+    from vla.eval.heads_benchmark import check_run_origin
 
     cfg = HeadsBenchmarkConfig(heads=["dita"], seeds=[0])
-    model = quickstart_config(cfg, "dita", 0).model
-    check_run_settings(tmp_path, model)
-    check_run_settings(tmp_path, model)  # the same settings: reused
-    other = dataclasses.replace(model, head=dataclasses.replace(model.head, denoiser="shared"))
-    with pytest.raises(ValueError, match="made with other head settings"):
-        check_run_settings(tmp_path, other)
+    pipeline = pipeline_config(cfg, "dita", 0)
+    at_commit = {"commit": "a" * 40, "dirty": False}
+    monkeypatch.setattr(provenance, "git_commit", lambda: dict(at_commit))
+    check_run_origin(tmp_path, pipeline, reuse_stale=False)
+    recorded = json.loads((tmp_path / "provenance.json").read_text())
+    assert recorded["commit"] == "a" * 40 and recorded["config"]["model"]["head"]["type"] == "dita"
+    assert {"torch", "transformers"} <= set(recorded["versions"]) and recorded["machine"]["cpu_cores"] > 0
+    check_run_origin(tmp_path, pipeline, reuse_stale=False)  # same commit, same settings: reused
+    other = pipeline_config(dataclasses.replace(cfg, variants={"dita": HeadVariant("dita", options={"depth": 2})}),
+                            "dita", 0)
+    with pytest.raises(ValueError, match=r"other settings \(model.head.depth\).*--reuse_stale"):
+        check_run_origin(tmp_path, other, reuse_stale=False)
+    at_commit["commit"] = "b" * 40
+    with pytest.raises(ValueError, match="made at commit aaaaaaaaaa, this checkout is at bbbbbbbbbb"):
+        check_run_origin(tmp_path, pipeline, reuse_stale=False)
+    check_run_origin(tmp_path, pipeline, reuse_stale=True)  # only when asked
 
 
 def test_sampling_times_cover_every_schedule():

@@ -19,11 +19,11 @@ def test_dataset_history_stays_inside_the_episode(tiny_run_config):
 
 
 def test_policy_with_history_trains_evaluates_and_deploys(tiny_run_config, tmp_path):
+    from vla.checkpoint import load_policy
     from vla.config import EvalConfig
     from vla.deploy.protocol import blank_observation, validate_observation
     from vla.deploy.runner import LocalPolicy
     from vla.eval.rollout import evaluate
-    from vla.training.checkpoint import load_policy
     from vla.training.train import train
 
     model = dataclasses.replace(tiny_run_config.model, n_obs_steps=2)

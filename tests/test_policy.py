@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
+from vla.checkpoint import load_policy
 from vla.policy import VLAPolicy
-from vla.training.checkpoint import load_policy
 from vla.training.logging import read_metrics
 from vla.training.train import TrainRunConfig, load_demos, train
 from vla.types import Observation
@@ -123,7 +123,7 @@ def test_policy_loss_falls_on_fixed_batch(tiny_run_config, demos, train_on_batch
 
 
 def test_vla_eval_cli_with_adaptive_ensemble(trained, tmp_path, capsys):
-    from vla.eval.rollout import main
+    from vla.eval.cli import main
 
     main([f"--checkpoint={trained}", "--tasks=[reach]", "--episodes_per_task=1", "--max_steps=6",
           "--schedule.mode=adaptive", "--num_inference_steps=2", f"--output_dir={tmp_path}"])
@@ -134,7 +134,7 @@ def test_vla_eval_cli_with_adaptive_ensemble(trained, tmp_path, capsys):
 
 
 def test_tied_weights_are_recognised():
-    from vla.training.checkpoint import tied_parameter_names
+    from vla.checkpoint import tied_parameter_names
 
     module = torch.nn.Module()
     module.embed, module.head, module.other = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)

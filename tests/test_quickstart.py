@@ -5,12 +5,12 @@ import json
 from vla.action_heads import DiTHeadConfig
 from vla.config import EvalConfig, ModelConfig, TrainConfig
 from vla.deploy.chunking import ScheduleConfig
-from vla.quickstart import QuickstartConfig, TinyBackboneConfig, run
+from vla.pipeline import PipelineConfig, TinyBackboneConfig, run_pipeline
 from vla.training.logging import read_metrics
 
 
 def test_quickstart_smoke(tiny_demo_config, tmp_path):
-    cfg = QuickstartConfig(
+    cfg = PipelineConfig(
         demos=tiny_demo_config,
         tiny_backbone=TinyBackboneConfig(root=str(tmp_path / "vlm"), hidden_size=32, heads=2),
         model=ModelConfig(head=DiTHeadConfig(horizon=4, hidden=32, depth=2, heads=2, noise_samples_per_cond=2)),
@@ -19,7 +19,7 @@ def test_quickstart_smoke(tiny_demo_config, tmp_path):
                         schedule=ScheduleConfig(execute_steps=2), videos_per_task=1),
         results_dir=str(tmp_path / "results"),
     )
-    summary = run(cfg)
+    summary = run_pipeline(cfg)
     results = tmp_path / "results"
     for name in ("summary.json", "success.png", "loss_curve.png", "rollouts.mp4"):
         assert (results / name).stat().st_size > 0, name
@@ -30,6 +30,6 @@ def test_quickstart_smoke(tiny_demo_config, tmp_path):
     assert summary["parameters"]["total"] > summary["parameters"]["head"] > 0
     # a second run reuses the demos and the finished training instead of redoing them
     logged_steps = read_metrics(tmp_path / "train" / "metrics.csv")["step"]
-    again = run(cfg)
+    again = run_pipeline(cfg)
     assert read_metrics(tmp_path / "train" / "metrics.csv")["step"] == logged_steps == [3.0, 6.0]
     assert again["tasks"] == summary["tasks"]  # same checkpoint, same seeds -> same rollouts

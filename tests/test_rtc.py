@@ -30,9 +30,9 @@ def test_policy_keeps_queued_actions_in_robot_units(tiny_checkpoint):
     """Through VLAPolicy.predict: robot-unit prefix -> normalised -> inpainted -> back to robot units."""
     import numpy as np
 
+    from vla.checkpoint import load_policy
     from vla.deploy.protocol import blank_observation
     from vla.deploy.runner import LocalPolicy
-    from vla.training.checkpoint import load_policy
 
     runner = LocalPolicy(load_policy(tiny_checkpoint), num_steps=4)
     obs = blank_observation(runner.spec)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vla.sim import ACTION_NAMES, STATE_NAMES, TASKS, MetaWorldEnv
+from vla.sim.metaworld_env import CAMERAS
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,62 @@ def test_zoomed_camera_variant_renders_a_closer_view():
     # the table (brown) fills more of the zoomed picture
     brown = lambda img: ((img[..., 0] > 80) & (img[..., 0] < 200) & (img[..., 2] < 90)).mean()  # noqa: E731
     assert brown(b) > brown(a)
+
+
+def _puck_pixel(env: MetaWorldEnv, xyz) -> np.ndarray | None:
+    """(u, v) centroid of the pixels the puck covers at `xyz` (the picture minus one with the puck far away)."""
+    env._env._set_obj_xyz(np.asarray(xyz, dtype=np.float64))
+    with_puck = env.render().astype(int)
+    env._env._set_obj_xyz(np.array([0.0, 0.0, -5.0]))
+    changed = np.abs(with_puck - env.render().astype(int)).max(-1) > 25
+    if changed.sum() < 3:
+        return None  # out of view or hidden behind the arm
+    v, u = np.nonzero(changed)
+    return np.array([u.mean(), v.mean()])
+
+
+def _upright_projection(env: MetaWorldEnv, camera: str, xyz, size: int) -> np.ndarray:
+    """Where a pinhole camera at the MuJoCo camera's pose, looking the same way but held upright, sees `xyz`:
+    world up (+z) points up in the picture; for a camera looking straight down, the table's far side (+y) does."""
+    import mujoco
+
+    from vla.sim.metaworld_env import CAMERA_VARIANTS
+
+    camera_id = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_VARIANTS.get(camera, (camera,))[0])
+    position, axes = env._env.data.cam_xpos[camera_id], env._env.data.cam_xmat[camera_id].reshape(3, 3)
+    forward = -axes[:, 2]  # a MuJoCo camera looks along its -z axis
+    world_up = np.array([0.0, 0.0, 1.0]) if abs(forward[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    right = np.cross(forward, world_up)
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    relative = np.asarray(xyz) - position
+    focal = 0.5 * size / np.tan(np.deg2rad(env.model.cam_fovy[camera_id]) / 2)
+    depth = relative @ forward
+    return np.array([size / 2 + focal * (relative @ right) / depth, size / 2 - focal * (relative @ up) / depth])
+
+
+@pytest.mark.parametrize("camera", CAMERAS)
+def test_rendered_images_are_upright(camera):
+    """Every camera's picture is the upright view from its pose: the puck, placed at points over the table and
+    above it, appears where an upright pinhole camera would see it, and not where an upside-down or mirrored
+    picture would put it."""
+    size = 96
+    env = MetaWorldEnv("push", seed=0, image_size=size, camera=camera)
+    env.reset(seed=0)
+    points = [(x, y, z) for x in (-0.1, 0.1) for y in (0.6, 0.75, 0.9) for z in (0.02, 0.15)]
+    seen, expected = [], []
+    for point in points:
+        pixel = _puck_pixel(env, point)
+        if pixel is not None:
+            seen.append(pixel)
+            expected.append(_upright_projection(env, camera, point, size))
+    env.close()
+    assert len(seen) >= 3, f"camera {camera!r} sees the puck at only {len(seen)} of {len(points)} points"
+    seen, expected = np.stack(seen), np.stack(expected)
+    upright_error = np.median(np.linalg.norm(seen - expected, axis=1))
+    flipped = {"upside down": np.stack([size - expected[:, 0], size - expected[:, 1]], 1),
+               "mirrored": np.stack([size - expected[:, 0], expected[:, 1]], 1),
+               "vertically flipped": np.stack([expected[:, 0], size - expected[:, 1]], 1)}
+    assert upright_error < 0.05 * size, f"{camera!r}: puck {upright_error:.1f} px off the upright view"
+    for name, other in flipped.items():
+        assert np.median(np.linalg.norm(seen - other, axis=1)) > 2 * upright_error + 3, f"{camera!r} looks {name}"

@@ -3,7 +3,7 @@
 The policy is where robot units meet the heads' normalised, padded space: `forward` normalises a
 training batch and returns the head's losses; `predict` turns an Observation into an ActionChunk
 in the embodiment's own units. `save_pretrained` / `from_pretrained` write and read a
-self-contained checkpoint folder (see `vla/training/checkpoint.py` for the layout).
+self-contained checkpoint folder (see `vla/checkpoint.py` for the layout).
 """
 
 from __future__ import annotations
@@ -94,12 +94,12 @@ class VLAPolicy(nn.Module):
         return target, mask
 
     def save_pretrained(self, path) -> None:
-        from vla.training.checkpoint import save_policy
+        from vla.checkpoint import save_policy
 
         save_policy(self, path)
 
     @classmethod
     def from_pretrained(cls, path, expected_head: str | None = None) -> VLAPolicy:
-        from vla.training.checkpoint import load_policy
+        from vla.checkpoint import load_policy
 
         return load_policy(path, expected_head=expected_head)

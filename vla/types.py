@@ -7,13 +7,10 @@ L = backbone tokens, C = backbone width.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from vla.backbones.continuation import LanguagePrefix
 
 
 @dataclass
@@ -91,6 +88,22 @@ def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+class PrefixCache(Protocol):
+    """An encoded observation prefix that more tokens can be run after, inside the backbone's LLM
+    (implemented by `vla.backbones.continuation.LanguagePrefix`)."""
+
+    token_mask: Tensor  # bool [B, L]; True at real prefix tokens
+
+    def repeat_interleave(self, repeats: int) -> PrefixCache:
+        """Each sample repeated `repeats` times in a row."""
+        ...
+
+    def extend(self, embeds: Tensor, allowed: Tensor) -> Tensor:
+        """Last-layer hidden states [B, T, C] of `embeds` [B, T, C] placed after the prefix; allowed: bool
+        [B, 1, T, L + T] says which keys (prefix, then suffix) each suffix token may attend to."""
+        ...
+
+
 @dataclass
 class BackboneOutput:
     """What a VLM backbone hands to an action head.
@@ -98,14 +111,14 @@ class BackboneOutput:
     tokens: [B, L, C] last-layer hidden states of the whole prefix (image + text + cognition).
     token_mask: bool [B, L]; True where tokens are real (not padding).
     cognition: [B, C] hidden state at the learnable cognition token (CogACT's f_c).
-    past_key_values: the LLM's keys/values of the prefix (`vla.backbones.continuation.LanguagePrefix`),
-        present when the backbone ran with keep_cache=True, for heads that denoise inside the LLM.
+    past_key_values: the LLM's keys/values of the prefix (a `PrefixCache`), present when the backbone ran
+        with keep_cache=True, for heads that denoise inside the LLM.
     """
 
     tokens: Tensor
     token_mask: Tensor
     cognition: Tensor
-    past_key_values: LanguagePrefix | None = None
+    past_key_values: PrefixCache | None = None
 
 
 @dataclass

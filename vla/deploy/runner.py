@@ -40,7 +40,7 @@ class LocalPolicy:
 
     @classmethod
     def from_checkpoint(cls, path: str, **kwargs) -> LocalPolicy:
-        from vla.training.checkpoint import load_policy
+        from vla.checkpoint import load_policy
 
         return cls(load_policy(path), **kwargs)
 

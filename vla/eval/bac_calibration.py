@@ -74,7 +74,7 @@ def calibrate_policy(policy, checkpoint: str | Path, obs: Observation, steps: li
 
 
 def main(args: list[str] | None = None) -> None:
-    from vla.training.checkpoint import load_policy
+    from vla.checkpoint import load_policy
 
     cfg = draccus.parse(CalibrateConfig, args=args)
     if not cfg.checkpoint or not cfg.dataset:

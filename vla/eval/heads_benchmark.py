@@ -4,9 +4,11 @@ and seeds; then BAC.
     vla-eval heads                          # the committed report, ~2 h on 2 CPU cores
     python benchmarks/heads.py --seeds='[0]' --train.steps=200
 
-Each (head, seed) is one quickstart run (`vla.quickstart.run`: demos and the tiny VLM are cached,
-training resumes from its last checkpoint) in <output_dir>/<head>_s<seed>; a run whose
-summary.json exists is skipped, so a crash costs at most the run in progress. A name in `heads`
+Each (head, seed) is one pipeline run (`vla.pipeline.run_pipeline`: demos and the tiny VLM are
+cached, training resumes from its last checkpoint) in <output_dir>/<head>_s<seed>; a run whose
+summary.json exists is reused, so a crash costs at most the run in progress. A run (finished or not)
+made at another commit or with other settings is never reused or resumed unless `reuse_stale` is
+set; the report then lists those runs. A name in `heads`
 is a registered head or a `variants` entry (a registered head with options of its own, such as
 dita with `denoiser: shared` or a two-frame history). Then, on the first seed's checkpoint of each
 head in `bac.heads`, BAC schedules are calibrated in memory on demo frames, with the fixed
@@ -31,7 +33,8 @@ import torch
 from vla.action_heads import head_config_class
 from vla.action_heads.bac import SCHEDULE_FILE, BlockCache, calibrate_head, load_schedules, save_schedules
 from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
-from vla.quickstart import QuickstartConfig, TinyBackboneConfig
+from vla.pipeline import PipelineConfig, TinyBackboneConfig
+from vla.provenance import provenance, same_origin
 from vla.sim.demos import DemoConfig
 
 TASKS = ["reach", "button-press-topdown"]
@@ -101,6 +104,8 @@ class HeadsBenchmarkConfig:
     bac: BACBenchConfig = field(default_factory=BACBenchConfig)
     output_dir: str = "outputs/bench/heads"
     report_dir: str = "docs/results"
+    # reuse (or resume) runs and evaluations made at another commit or with other settings; the report lists them
+    reuse_stale: bool = False
 
     def __post_init__(self) -> None:
         for name in self.heads + self.bac.heads:
@@ -125,11 +130,11 @@ def run_dir(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> Path:
     return Path(cfg.output_dir) / f"{head}_s{seed}"
 
 
-def quickstart_config(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> QuickstartConfig:
+def pipeline_config(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> PipelineConfig:
     out = run_dir(cfg, head, seed)
     variant = cfg.variant(head)
     model = ModelConfig(head=variant.build_head_config(cfg.head), n_obs_steps=variant.n_obs_steps)
-    return QuickstartConfig(
+    return PipelineConfig(
         demos=cfg.demos, tiny_backbone=cfg.tiny_backbone, model=model,
         data=DataConfig(image_shift=cfg.image_shift),
         train=dataclasses.replace(cfg.train, seed=seed, output_dir=str(out / "train")),
@@ -137,29 +142,32 @@ def quickstart_config(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> Quicks
 
 
 def train_and_eval(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> dict:
-    """One quickstart run (skipped when its summary exists), plus its median training time per step.
+    """One pipeline run (reused when its summary exists), plus its median training time per step."""
+    from vla.pipeline import run_pipeline
 
-    The run folder keeps the model settings it was made with; reusing or resuming it with others is an error."""
-    from vla.quickstart import run
-
-    qs = quickstart_config(cfg, head, seed)
-    check_run_settings(run_dir(cfg, head, seed), qs.model)
-    path = run_dir(cfg, head, seed) / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else run(qs)
-    summary["train_s_per_step"] = median_s_per_step(run_dir(cfg, head, seed) / "train" / "metrics.csv")
+    pipeline = pipeline_config(cfg, head, seed)
+    out = run_dir(cfg, head, seed)
+    check_run_origin(out, pipeline, cfg.reuse_stale)
+    path = out / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else run_pipeline(pipeline)
+    summary["train_s_per_step"] = median_s_per_step(out / "train" / "metrics.csv")
     return summary
 
 
-def check_run_settings(out: Path, model: ModelConfig) -> None:
-    """Record the model settings of a new run folder, or raise if an existing one was made with others."""
-    settings = json.loads(json.dumps(dataclasses.asdict(model.head) | {"type": model.head.type,
-                                                                        "n_obs_steps": model.n_obs_steps}))
-    path = out / "settings.json"
-    if path.exists() and json.loads(path.read_text()) != settings:
-        raise ValueError(f"{out} was made with other head settings ({path}); delete the folder or pick another "
-                         f"output_dir or variant name")
+def check_run_origin(out: Path, pipeline: PipelineConfig, reuse_stale: bool) -> None:
+    """Record where a new run folder comes from (provenance.json), or refuse to reuse / resume one made at
+    another commit or with other settings (unless reuse_stale: then say so)."""
+    path = out / "provenance.json"
+    if path.exists():
+        reasons = same_origin(json.loads(path.read_text()), pipeline)
+        if reasons and not reuse_stale:
+            raise ValueError(f"{out} cannot be reused: {'; '.join(reasons)}. Delete the folder, pick another "
+                             f"output_dir, or pass --reuse_stale=true to reuse it anyway")
+        if reasons:
+            print(f"reusing {out} although it was {'; '.join(reasons)} (--reuse_stale)")
+        return
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=1))
+    path.write_text(json.dumps(provenance(pipeline), indent=1))
 
 
 def median_s_per_step(metrics_csv: Path) -> float:
@@ -179,9 +187,12 @@ def bac_modes(cfg: HeadsBenchmarkConfig) -> list[tuple[str, float | None]]:
     return modes + ([("tolerance", cfg.bac.tolerance)] if cfg.bac.tolerance is not None else [])
 
 
-def reusable(out: Path, schedule) -> bool:
-    """A finished evaluation in `out` may be reused if it ran with this schedule (or both without caching)."""
+def reusable(out: Path, schedule, eval_cfg: EvalConfig, reuse_stale: bool) -> bool:
+    """A finished evaluation in `out` may be reused if it ran with this schedule (or both without caching), at
+    this commit with these settings (or reuse_stale)."""
     if not (out / "summary.json").exists():
+        return False
+    if same_origin(json.loads((out / "summary.json").read_text()).get("provenance"), eval_cfg) and not reuse_stale:
         return False
     saved = load_schedules(out / SCHEDULE_FILE) if (out / SCHEDULE_FILE).exists() else []
     if schedule is None:
@@ -192,10 +203,10 @@ def reusable(out: Path, schedule) -> bool:
 def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
     """Closed-loop success and latency for each (steps, caching mode) on one checkpoint, on the same episode
     seeds and sampling noise; finished evaluations are reused."""
+    from vla.checkpoint import load_policy
     from vla.eval.bac_calibration import calibration_observations
     from vla.eval.rollout import evaluate
     from vla.sim.demos import generate_demos
-    from vla.training.checkpoint import load_policy
 
     policy = load_policy(Path(summary["checkpoint"]))
     obs = calibration_observations(generate_demos(cfg.demos), cfg.demos.repo_id, cfg.bac.calibration_frames,
@@ -214,11 +225,11 @@ def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
             schedules[mode] = schedule
             name = f"steps{steps:03d}_off" if mode == "off" else f"steps{steps:03d}_{mode[:3]}{value:g}"
             out = run_dir(cfg, head, cfg.seeds[0]) / "bac" / name
-            if reusable(out, schedule):
+            eval_cfg = dataclasses.replace(cfg.eval, num_inference_steps=steps, bac=schedule is not None,
+                                           output_dir=str(out), videos_per_task=0)
+            if reusable(out, schedule, eval_cfg, cfg.reuse_stale):
                 result = json.loads((out / "summary.json").read_text())
             else:
-                eval_cfg = dataclasses.replace(cfg.eval, num_inference_steps=steps, bac=schedule is not None,
-                                               output_dir=str(out), videos_per_task=0)
                 result = evaluate(policy, eval_cfg, policy.config.image_size, policy.config.cameras[0])
                 if schedule is not None:
                     save_schedules({steps: schedule}, out / SCHEDULE_FILE)
@@ -264,7 +275,8 @@ def run_benchmark(cfg: HeadsBenchmarkConfig) -> Path:
     # seed-major, so that an interrupted benchmark has every head at its first seeds
     runs = {(head, seed): train_and_eval(cfg, head, seed) for seed in cfg.seeds for head in cfg.heads}
     bac_rows = [row for head in cfg.bac.heads for row in bac_runs(cfg, head, runs[(head, cfg.seeds[0])])]
-    results = json.dumps({"runs": {f"{h}_s{s}": r for (h, s), r in runs.items()}, "bac": bac_rows}, indent=1)
+    results = json.dumps({"provenance": provenance(cfg), "runs": {f"{h}_s{s}": r for (h, s), r in runs.items()},
+                          "bac": bac_rows}, indent=1)
     (Path(cfg.output_dir) / "results.json").write_text(results)
     Path(cfg.report_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.report_dir) / "heads_results.json").write_text(results)  # the figures behind the report

@@ -1,4 +1,4 @@
-"""Plots a person reads: success per task."""
+"""What a person reads of an evaluation: success per task as a plot and as printed lines."""
 
 from __future__ import annotations
 
@@ -26,3 +26,12 @@ def plot_success(summary: dict, path: str | Path, title: str = "closed-loop succ
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def print_summary(summary: dict) -> None:
+    for task, result in summary["tasks"].items():
+        print(f"{task:>24}: success {result['successes']}/{result['episodes']} "
+              f"({100 * result['success_rate']:.0f}%), mean length {result['mean_episode_length']:.0f}")
+    latency = summary["chunk_latency_ms"]
+    print(f"{'mean':>24}: {100 * summary['mean_success_rate']:.0f}%  |  chunk latency p50 {latency['p50']:.1f} ms, "
+          f"p99 {latency['p99']:.1f} ms")

@@ -1,7 +1,6 @@
 """Closed-loop evaluation in Meta-World on seeds never used for demonstrations.
 
-    vla-eval --checkpoint outputs/train/quickstart/checkpoints/last --episodes_per_task 20
-
+Library code: `evaluate(policy, cfg, ...)`; the command line (`vla-eval`) is vla.eval.cli.
 Writes <output_dir>/summary.json (success rate and mean episode length per task, inference
 latency), success.png (bar chart) and rollouts.mp4 (the first episodes of each task).
 """
@@ -10,12 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections import deque
 from pathlib import Path
 
-import draccus
 import imageio.v2 as imageio
 import numpy as np
 import torch
@@ -25,6 +22,7 @@ from vla.config import EvalConfig
 from vla.deploy.chunking import ActionSchedule
 from vla.deploy.loop import percentiles_ms
 from vla.eval.report import plot_success
+from vla.provenance import provenance
 from vla.sim.metaworld_env import EMBODIMENT, MetaWorldEnv
 from vla.types import Observation
 
@@ -89,7 +87,7 @@ def evaluate(policy, cfg: EvalConfig, image_size: int, camera: str) -> dict:
                 progress.update(1)
                 progress.set_postfix(task=task, success=np.mean([e.success for e in episodes if e.task == task]))
             env.close()
-    summary = summarize(episodes, latencies, cfg)
+    summary = summarize(episodes, latencies, cfg) | {"provenance": provenance(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_success(summary, out / "success.png")
     write_video([e for e in episodes if e.frames], out / "rollouts.mp4")
@@ -127,40 +125,3 @@ def write_video(episodes: list[Episode], path: Path, scale: int = 4, fps: int = 
                 big = frame.repeat(scale, axis=0).repeat(scale, axis=1).copy()
                 big[:6] = colour
                 writer.append_data(big)
-
-
-def main(args: list[str] | None = None) -> None:
-    """`vla-eval --checkpoint PATH ...`; sub-commands: `vla-eval heads ...` (vla.eval.heads_benchmark) and
-    `vla-eval calibrate-bac ...` (vla.eval.bac_calibration)."""
-    from vla.training.checkpoint import load_policy
-
-    args = sys.argv[1:] if args is None else args
-    if args[:1] == ["heads"]:
-        from vla.eval.heads_benchmark import main as benchmark_heads
-
-        return benchmark_heads(args[1:])
-    if args[:1] == ["calibrate-bac"]:
-        from vla.eval.bac_calibration import main as calibrate_bac
-
-        return calibrate_bac(args[1:])
-    cfg = draccus.parse(EvalConfig, args=args)
-    if not cfg.checkpoint:
-        raise SystemExit("vla-eval needs --checkpoint PATH (a checkpoint folder written by vla-train)")
-    policy = load_policy(cfg.checkpoint)
-    if not cfg.output_dir:
-        cfg.output_dir = str(Path(cfg.checkpoint).resolve().parent.parent / "eval")
-    summary = evaluate(policy, cfg, policy.config.image_size, policy.config.cameras[0])
-    print_summary(summary)
-
-
-def print_summary(summary: dict) -> None:
-    for task, result in summary["tasks"].items():
-        print(f"{task:>24}: success {result['successes']}/{result['episodes']} "
-              f"({100 * result['success_rate']:.0f}%), mean length {result['mean_episode_length']:.0f}")
-    latency = summary["chunk_latency_ms"]
-    print(f"{'mean':>24}: {100 * summary['mean_success_rate']:.0f}%  |  chunk latency p50 {latency['p50']:.1f} ms, "
-          f"p99 {latency['p99']:.1f} ms")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,102 +1,15 @@
-"""Checkpoints as folders, like an HF model repo; no pickle anywhere.
+"""Training state saved beside a policy checkpoint, for resuming only: <ckpt>/training_state/.
 
-    <ckpt>/config.yaml         ModelConfig (backbone, head type and settings, dims, norm mode)
-    <ckpt>/model.safetensors   every weight of the policy (backbone + head)
-    <ckpt>/norm_stats.json     normalisation statistics per embodiment, and the mode
-    <ckpt>/backbone/           the VLM's HF config and processor (no weights): rebuilds offline
-    <ckpt>/meta.json           format version, head type, embodiments, parameter counts
-    <ckpt>/bac_schedule.json   optional: block-caching schedules per step count (vla.action_heads.bac)
-    <ckpt>/training_state/     optimiser moments (safetensors) + step and RNG seeds (json); resume only
+The policy itself (config, weights, statistics) is written by `vla.checkpoint`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file, save_model
-
-from vla.action_heads.bac import SCHEDULE_FILE, load_schedules, save_schedules
-from vla.config import ModelConfig, from_yaml, to_yaml
-
-FORMAT_VERSION = 1
-REQUIRED_FILES = ("config.yaml", "model.safetensors", "norm_stats.json", "meta.json", "backbone")
-
-
-def save_policy(policy, path: str | Path) -> Path:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    backbone = dataclasses.replace(policy.config.backbone, pretrained="backbone")  # relative to the folder
-    config = dataclasses.replace(policy.config, backbone=backbone)
-    (path / "config.yaml").write_text(to_yaml(config))
-    policy.backbone.save_structure(path / "backbone")
-    save_model(policy, str(path / "model.safetensors"))  # save_model handles tied weights
-    policy.normalizer.save(path / "norm_stats.json")
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "head": policy.config.head.type,
-        "embodiments": policy.embodiments,
-        "parameters": {"total": count_parameters(policy), "backbone": count_parameters(policy.backbone),
-                       "head": count_parameters(policy.head)},
-    }
-    (path / "meta.json").write_text(json.dumps(meta, indent=2))
-    if getattr(policy.head, "bac_schedules", None):
-        save_schedules(policy.head.bac_schedules, path / SCHEDULE_FILE)
-    return path
-
-
-def load_policy(path: str | Path, expected_head: str | None = None, device: str | torch.device = "cpu"):
-    """Rebuild a VLAPolicy from a checkpoint folder, offline. Errors name what is missing or wrong."""
-    from vla.backbones import VLMBackbone
-    from vla.data.normalize import Normalizer
-    from vla.policy import VLAPolicy
-
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {path} does not exist")
-    missing = [name for name in REQUIRED_FILES if not (path / name).exists()]
-    if missing:
-        raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {missing}")
-    meta = json.loads((path / "meta.json").read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"checkpoint {path} has format_version {meta.get('format_version')}; "
-                         f"this vla reads version {FORMAT_VERSION}")
-    if expected_head is not None and meta["head"] != expected_head:
-        raise ValueError(f"checkpoint {path} was made for head '{meta['head']}', not '{expected_head}'")
-    config = from_yaml(ModelConfig, str(path / "config.yaml"))
-    backbone_config = dataclasses.replace(config.backbone, pretrained=str(path / "backbone"))
-    config = dataclasses.replace(config, backbone=backbone_config)
-    normalizer = Normalizer.load(path / "norm_stats.json")
-    policy = VLAPolicy(config, normalizer, backbone=VLMBackbone(backbone_config, load_weights=False))
-    state = load_file(str(path / "model.safetensors"), device=str(device))
-    missing_keys, unexpected = policy.load_state_dict(state, strict=False)
-    # save_model keeps one name of each tied pair; the others are filled by the tie. Anything else is an error.
-    missing = sorted(set(missing_keys) - tied_parameter_names(policy))
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match its config: missing weights {missing[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
-    if (path / SCHEDULE_FILE).exists():
-        for schedule in load_schedules(path / SCHEDULE_FILE):
-            policy.head.add_bac_schedule(schedule)
-    return policy.to(device).eval()
-
-
-def tied_parameter_names(module: torch.nn.Module) -> set[str]:
-    """Names of parameters that share their tensor with another parameter (tied weights)."""
-    first_name: dict[int, str] = {}
-    tied: set[str] = set()
-    for name, param in module.named_parameters(remove_duplicate=False):
-        if id(param) in first_name:
-            tied.update((name, first_name[id(param)]))
-        else:
-            first_name[id(param)] = name
-    return tied
-
-
-def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+from safetensors.torch import load_file, save_file
 
 
 def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, step: int, extra: dict) -> None:

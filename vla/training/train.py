@@ -21,12 +21,13 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
+from vla.checkpoint import count_parameters, load_policy
 from vla.config import DataConfig, ModelConfig, TrainConfig, parse, to_yaml
 from vla.data.augment import random_shift
 from vla.data.dataset import ChunkedDemos, load_chunked_demos
 from vla.data.normalize import Normalizer
 from vla.policy import VLAPolicy
-from vla.training.checkpoint import count_parameters, load_policy, load_training_state, save_training_state
+from vla.training.checkpoint import load_training_state, save_training_state
 from vla.training.logging import ScalarLogger, plot_loss_curve
 
 

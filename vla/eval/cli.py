@@ -1,0 +1,46 @@
+"""`vla-eval`: closed-loop evaluation of a checkpoint, and the evaluation sub-commands.
+
+    vla-eval --checkpoint outputs/train/quickstart/checkpoints/last --episodes_per_task 20
+    vla-eval heads ...            # head benchmark (vla.eval.heads_benchmark)
+    vla-eval calibrate-bac ...    # BAC schedules for a checkpoint (vla.eval.bac_calibration)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import draccus
+
+from vla.config import EvalConfig
+
+SUBCOMMANDS = {"heads": "vla.eval.heads_benchmark", "calibrate-bac": "vla.eval.bac_calibration"}
+
+
+def main(args: list[str] | None = None) -> None:
+    import importlib
+
+    args = sys.argv[1:] if args is None else args
+    if args[:1] and args[0] in SUBCOMMANDS:
+        return importlib.import_module(SUBCOMMANDS[args[0]]).main(args[1:])
+    evaluate_checkpoint(draccus.parse(EvalConfig, args=args))
+
+
+def evaluate_checkpoint(cfg: EvalConfig) -> dict:
+    """Load cfg.checkpoint, roll it out, print and return the summary (also written to cfg.output_dir)."""
+    from vla.checkpoint import load_policy
+    from vla.eval.report import print_summary
+    from vla.eval.rollout import evaluate
+
+    if not cfg.checkpoint:
+        raise SystemExit("vla-eval needs --checkpoint PATH (a checkpoint folder written by vla-train)")
+    policy = load_policy(cfg.checkpoint)
+    if not cfg.output_dir:
+        cfg.output_dir = str(Path(cfg.checkpoint).resolve().parent.parent / "eval")
+    summary = evaluate(policy, cfg, policy.config.image_size, policy.config.cameras[0])
+    print_summary(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Where a result came from: the commit, config, command, library versions and machine that made it.
+
+Every results JSON a person reads (evaluation summaries, the quickstart, benchmarks) carries
+`provenance(config)` under the key "provenance", so each published figure can be traced to a
+command at a commit and re-made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import draccus
+
+PACKAGES = ("torch", "transformers", "diffusers", "accelerate", "lerobot", "numpy", "mujoco", "metaworld")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_commit(root: Path = REPO_ROOT) -> dict:
+    """{"commit": sha or None, "dirty": uncommitted changes to tracked files?} of the checkout holding vla."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if commit else None}
+
+
+def versions() -> dict[str, str | None]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+            "cpu_cores": os.cpu_count(), "device": "cpu"}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["device"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def as_plain(config) -> dict | None:
+    """A dataclass config (or dict) as JSON-safe plain data; draccus keeps the `type` of choice configs
+    (the head type), which dataclasses.asdict would drop."""
+    if config is None:
+        return None
+    data = draccus.encode(config) if dataclasses.is_dataclass(config) else config
+    return json.loads(json.dumps(data, default=str))
+
+
+def provenance(config=None, command: list[str] | None = None) -> dict:
+    """The record stored with a result: git commit (and whether the tree had uncommitted changes), the full
+    config, the command line, library versions and the machine."""
+    return {**git_commit(), "config": as_plain(config),
+            "command": " ".join(command if command is not None else [Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "versions": versions(), "machine": machine()}
+
+
+def same_origin(recorded: dict | None, config) -> list[str]:
+    """What differs between a stored result's provenance and a run now with `config` at this checkout:
+    [] when the result may be reused, else readable reasons (other commit, changed tree, other settings)."""
+    if not recorded:
+        return ["it has no provenance record"]
+    reasons = []
+    now = git_commit()
+    if recorded.get("commit") != now["commit"]:
+        made, here = str(recorded.get("commit"))[:10], str(now["commit"])[:10]
+        reasons.append(f"made at commit {made}, this checkout is at {here}")
+    elif recorded.get("dirty") or now["dirty"]:
+        reasons.append("made or reused with uncommitted changes to tracked files")
+    if recorded.get("config") != as_plain(config):
+        old, new = recorded.get("config") or {}, as_plain(config) or {}
+        reasons.append(f"made with other settings ({', '.join(differing_keys(old, new)[:6])})")
+    return reasons
+
+
+def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ between two nested dicts."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += differing_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
