@@ -21,7 +21,6 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
-import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -33,6 +32,7 @@ from vla.deploy.loop import ControlLoop, EpisodeReport, LoopConfig, percentiles_
 from vla.deploy.protocol import blank_observation  # noqa: E402
 from vla.deploy.runner import LocalPolicy  # noqa: E402
 from vla.policy import VLAPolicy  # noqa: E402
+from vla.provenance import provenance  # noqa: E402
 from vla.robot_io.sim import SimCamera, SimRobot, SimRobotConfig  # noqa: E402
 
 TOKEN = "benchmark-token-0123"
@@ -185,7 +185,11 @@ def main() -> None:
         raise SystemExit(f"no checkpoint at {args.checkpoint}: run the quickstart first (bash scripts/quickstart.sh)")
     base = load_policy(args.checkpoint)
     policy = LocalPolicy(base, num_steps=args.num_inference_steps)
-    results = {"machine": f"{torch.get_num_threads()} torch threads, CUDA {torch.cuda.is_available()}",
+    record = provenance(vars(args))
+    machine = record["machine"]
+    results = {"provenance": record,
+               "machine": f"{machine['cpu_cores']} CPU cores, {machine['torch_threads']} torch threads, "
+                          f"device {machine['device']}; commit {str(record['commit'])[:10]}",
                "checkpoint": args.checkpoint, "num_inference_steps": args.num_inference_steps, "ticks": args.ticks,
                "loop": [loop_run(policy, hz, async_inference, args.ticks, args.task)
                         for hz in (30.0, 50.0) for async_inference in (True, False)]
