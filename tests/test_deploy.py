@@ -208,9 +208,95 @@ def test_nan_actions_are_rejected(caplog):
     loop, arm = make_loop(ScriptedPolicy(fault="nan", fault_after=1))
     with caplog.at_level(logging.WARNING):
         report = run(loop)
-    assert report.holds["safety rejected the action"] > 20
+    assert report.holds["policy chunk rejected"] > 20
     assert "NaN" in caplog.text
     assert all(np.isfinite(c).all() for c in arm.commands)
+
+
+class TimedArm(FakeArm):
+    """A FakeArm that stamps every command with perf_counter; `slow_s` makes each command take that long."""
+
+    def __init__(self, slow_s: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.slow_s, self.sent_at = slow_s, []
+
+    def send_action(self, action):
+        super().send_action(action)
+        self.sent_at.append(time.perf_counter())
+        time.sleep(self.slow_s)
+
+
+class StampedPolicy(ScriptedPolicy):
+    """Every chunk carries its call number in the gripper dimension; `asked_at` records when each call began
+    (the observation was taken just before) and `silent_at` when the policy went silent or turned bad."""
+
+    def __init__(self, hang_after: int | None = None, nan_always: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.hang_after, self.nan_always = hang_after, nan_always
+        self.asked_at: list[float] = []
+        self.silent_at: float | None = None
+
+    def infer(self, obs):
+        self.asked_at.append(time.perf_counter())
+        if self.hang_after is not None and len(self.asked_at) > self.hang_after:
+            self.silent_at = self.silent_at or self.asked_at[-1]
+            self.release.wait()
+        time.sleep(self.latency_s)
+        chunk = np.tile(obs.state, (self.spec.horizon, 1)) + 0.001 * np.arange(1, self.spec.horizon + 1)[:, None]
+        chunk[:, 6] = len(self.asked_at) / 1000
+        if self.nan_always:
+            self.silent_at = self.silent_at or self.asked_at[0]
+            chunk[2, 3] = np.nan  # one bad value in a chunk that is otherwise fine
+        return chunk.astype(np.float32)
+
+
+def action_ages(arm: TimedArm, policy: StampedPolicy) -> np.ndarray:
+    """Seconds between each executed action and the observation its chunk was computed from."""
+    calls = [round(c[6] * 1000) for c in arm.commands]
+    return np.array([t - policy.asked_at[c - 1] for t, c in zip(arm.sent_at, calls, strict=True)])
+
+
+@pytest.mark.parametrize("async_inference", [True, False])
+def test_a_silent_policy_stops_the_arm_at_the_timeout_and_no_stale_action_runs(async_inference, caplog):
+    """The policy hangs on its 4th request: nothing planned before is executed past its chunk's window
+    (H = 8 periods = 80 ms), and the stop comes policy_timeout_s (0.5 s) after the unanswered request, not 2x."""
+    policy = StampedPolicy(hang_after=3, latency_s=0.005)
+    safety = SafetyConfig(max_frame_age_s=0.1, policy_timeout_s=0.5)
+    loop, arm = make_loop(policy, arm=TimedArm(control_hz=100.0), max_steps=400, safety=safety,
+                          async_inference=async_inference)
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    policy.release.set()
+    stopped_at = report.tick_starts[-1] + report.rows[-1]["work_ms"] / 1000  # the end of the tick that stopped
+    assert report.stopped and "no action from the policy" in report.stopped and "limit" in report.stopped
+    assert 0.45 < stopped_at - policy.silent_at < 0.5 + 0.25, report.stopped
+    window = 8 * 0.01 + (0.005 if async_inference else 0.02)  # sync: the clock starts at arrival (latency)
+    assert action_ages(arm, policy).max() < window + 0.03
+    assert max(arm.sent_at) < policy.silent_at + window + 0.03  # nothing of an old chunk once the policy is silent
+
+
+def test_overrunning_ticks_never_execute_actions_past_their_window():
+    """An arm whose commands take 2.5 periods makes the clock skip ticks: steps then lag wall-clock time, and
+    the chunk's wall-clock window (8 periods from its observation) must still bound every action's age."""
+    policy = StampedPolicy(latency_s=0.002)
+    arm = TimedArm(slow_s=0.025, control_hz=100.0)
+    loop, arm = make_loop(policy, arm=arm, max_steps=60, safety=SafetyConfig(max_frame_age_s=0.2,
+                                                                             policy_timeout_s=1.0))
+    report = run(loop)
+    assert report.stopped is None and len(arm.commands) > 10
+    assert action_ages(arm, policy).max() < 8 * 0.01 + 0.03
+
+
+def test_chunks_with_one_nan_each_stop_the_run_at_the_timeout(caplog):
+    policy = StampedPolicy(nan_always=True, latency_s=0.002)
+    loop, arm = make_loop(policy, max_steps=1000, safety=SafetyConfig(max_frame_age_s=0.1, policy_timeout_s=0.4))
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    assert report.stopped and "NaN" in report.stopped and "policy_timeout_s=0.4" in report.stopped
+    stopped_at = report.tick_starts[-1] + report.rows[-1]["work_ms"] / 1000
+    assert 0.35 < stopped_at - policy.silent_at < 0.4 + 0.25
+    assert arm.commands == [] and report.holds["policy chunk rejected"] > 10
+    assert "rejected the policy's chunk" in caplog.text
 
 
 @pytest.mark.parametrize("mode", ["clip", "reject"])
