@@ -606,3 +606,10 @@ def test_episode_end_leaves_the_arm_held():
 def test_rtc_needs_the_receding_schedule():
     with pytest.raises(ValueError, match="schedule.mode=receding"):
         LoopConfig(rtc=True, schedule=ScheduleConfig("temporal"))
+
+
+def test_loop_rate_must_be_the_robots_rate():
+    """The safety layer and the driver time commands with the robot's rate: a loop ticking at another rate
+    would scale joint velocity by the ratio, so it is refused (deploy.py applies --loop.control_hz to the robot)."""
+    with pytest.raises(ValueError, match="loop.control_hz=200 but the robot is set up for 100 Hz"):
+        make_loop(control_hz=200.0)
