@@ -613,3 +613,74 @@ def test_loop_rate_must_be_the_robots_rate():
     would scale joint velocity by the ratio, so it is refused (deploy.py applies --loop.control_hz to the robot)."""
     with pytest.raises(ValueError, match="loop.control_hz=200 but the robot is set up for 100 Hz"):
         make_loop(control_hz=200.0)
+
+
+def test_hung_policy_gets_a_deadline_on_the_server():
+    from vla.deploy.client import RemotePolicy
+    from vla.deploy.server import PolicyServer
+
+    policy = ScriptedPolicy(fault="hang", latency_s=0.0)
+    srv = PolicyServer(policy, TOKEN, port=0, inference_timeout_s=0.3).start_in_thread()
+    client = RemotePolicy(f"ws://127.0.0.1:{srv.port}", TOKEN, timeout_s=3.0)
+    obs = ObservationMessage(np.zeros((1, 32, 32, 3), np.uint8), np.ones(7, np.float32), "go", "fake_arm")
+    try:
+        start = time.perf_counter()
+        with pytest.raises(RuntimeError, match="inference_timeout_s=0.3"):
+            client.infer(obs)
+        assert time.perf_counter() - start < 1.5
+        health = client.health()
+        assert health["healthy"] is False and "inference_timeout_s" in health["problem"]
+        start = time.perf_counter()
+        with pytest.raises(RuntimeError, match="policy unavailable"):  # refused at once while it is stuck
+            client.infer(obs)
+        assert time.perf_counter() - start < 0.3
+        policy.release.set()  # the stuck call returns: the server takes requests again
+        deadline = time.perf_counter() + 2.0
+        while not client.health()["healthy"] and time.perf_counter() < deadline:
+            time.sleep(0.02)
+        assert client.infer(obs).shape == (8, 7)
+    finally:
+        policy.release.set()
+        srv.shutdown()
+
+
+def test_client_stalled_mid_frame_is_dropped():
+    import socket
+
+    from vla.deploy.server import PolicyServer
+
+    srv = PolicyServer(ScriptedPolicy(), TOKEN, port=0, client_timeout_s=0.3).start_in_thread()
+    try:
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=3.0)
+        sock.sendall(("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                      f"Authorization: Bearer {TOKEN}\r\n\r\n").encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += sock.recv(4096)
+        assert response.startswith(b"HTTP/1.1 101")
+        sock.sendall(b"\x82\xfe\x10\x00" + b"mask" + b"x" * 10)  # a masked 4096-byte binary frame, 10 bytes of it
+        start, closed, received = time.perf_counter(), False, b""
+        while time.perf_counter() - start < 3.0:
+            chunk = sock.recv(4096)
+            received += chunk
+            if not chunk or b"\x88" in received:  # EOF, or the server's close frame (opcode 8)
+                closed = True
+                break
+        sock.close()
+        assert closed and time.perf_counter() - start < 2 * 0.3 + 0.5
+    finally:
+        srv.shutdown()
+
+
+def test_state_beyond_float32_is_refused(server):
+    from vla.deploy.client import RemotePolicy
+
+    client = RemotePolicy(f"ws://127.0.0.1:{server.port}", TOKEN)
+    obs = ObservationMessage(np.zeros((1, 32, 32, 3), np.uint8), np.full(7, 1e300), "go", "fake_arm")
+    with pytest.raises(RuntimeError, match="state has values beyond the float32 range"):
+        client.infer(obs)
+    obs.state = np.ones(7)
+    obs.prefix, obs.prefix_weights = np.full((2, 7), -1e39), np.ones(2)
+    with pytest.raises(RuntimeError, match="prefix has values beyond the float32 range"):
+        client.infer(obs)
