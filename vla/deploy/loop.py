@@ -227,6 +227,9 @@ class ControlLoop:
         state = self.robot.get_state()
         if state.fault:
             return self._stop(report, f"robot fault: {state.fault}")
+        outside = self.safety.workspace_violation(state)
+        if outside:
+            return self._stop(report, outside)
         self._collect(report)
         stale = self._stale_camera()
         if stale:
