@@ -208,9 +208,95 @@ def test_nan_actions_are_rejected(caplog):
     loop, arm = make_loop(ScriptedPolicy(fault="nan", fault_after=1))
     with caplog.at_level(logging.WARNING):
         report = run(loop)
-    assert report.holds["safety rejected the action"] > 20
+    assert report.holds["policy chunk rejected"] > 20
     assert "NaN" in caplog.text
     assert all(np.isfinite(c).all() for c in arm.commands)
+
+
+class TimedArm(FakeArm):
+    """A FakeArm that stamps every command with perf_counter; `slow_s` makes each command take that long."""
+
+    def __init__(self, slow_s: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.slow_s, self.sent_at = slow_s, []
+
+    def send_action(self, action):
+        super().send_action(action)
+        self.sent_at.append(time.perf_counter())
+        time.sleep(self.slow_s)
+
+
+class StampedPolicy(ScriptedPolicy):
+    """Every chunk carries its call number in the gripper dimension; `asked_at` records when each call began
+    (the observation was taken just before) and `silent_at` when the policy went silent or turned bad."""
+
+    def __init__(self, hang_after: int | None = None, nan_always: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.hang_after, self.nan_always = hang_after, nan_always
+        self.asked_at: list[float] = []
+        self.silent_at: float | None = None
+
+    def infer(self, obs):
+        self.asked_at.append(time.perf_counter())
+        if self.hang_after is not None and len(self.asked_at) > self.hang_after:
+            self.silent_at = self.silent_at or self.asked_at[-1]
+            self.release.wait()
+        time.sleep(self.latency_s)
+        chunk = np.tile(obs.state, (self.spec.horizon, 1)) + 0.001 * np.arange(1, self.spec.horizon + 1)[:, None]
+        chunk[:, 6] = len(self.asked_at) / 1000
+        if self.nan_always:
+            self.silent_at = self.silent_at or self.asked_at[0]
+            chunk[2, 3] = np.nan  # one bad value in a chunk that is otherwise fine
+        return chunk.astype(np.float32)
+
+
+def action_ages(arm: TimedArm, policy: StampedPolicy) -> np.ndarray:
+    """Seconds between each executed action and the observation its chunk was computed from."""
+    calls = [round(c[6] * 1000) for c in arm.commands]
+    return np.array([t - policy.asked_at[c - 1] for t, c in zip(arm.sent_at, calls, strict=True)])
+
+
+@pytest.mark.parametrize("async_inference", [True, False])
+def test_a_silent_policy_stops_the_arm_at_the_timeout_and_no_stale_action_runs(async_inference, caplog):
+    """The policy hangs on its 4th request: nothing planned before is executed past its chunk's window
+    (H = 8 periods = 80 ms), and the stop comes policy_timeout_s (0.5 s) after the unanswered request, not 2x."""
+    policy = StampedPolicy(hang_after=3, latency_s=0.005)
+    safety = SafetyConfig(max_frame_age_s=0.1, policy_timeout_s=0.5)
+    loop, arm = make_loop(policy, arm=TimedArm(control_hz=100.0), max_steps=400, safety=safety,
+                          async_inference=async_inference)
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    policy.release.set()
+    stopped_at = report.tick_starts[-1] + report.rows[-1]["work_ms"] / 1000  # the end of the tick that stopped
+    assert report.stopped and "no action from the policy" in report.stopped and "limit" in report.stopped
+    assert 0.45 < stopped_at - policy.silent_at < 0.5 + 0.25, report.stopped
+    window = 8 * 0.01 + (0.005 if async_inference else 0.02)  # sync: the clock starts at arrival (latency)
+    assert action_ages(arm, policy).max() < window + 0.03
+    assert max(arm.sent_at) < policy.silent_at + window + 0.03  # nothing of an old chunk once the policy is silent
+
+
+def test_overrunning_ticks_never_execute_actions_past_their_window():
+    """An arm whose commands take 2.5 periods makes the clock skip ticks: steps then lag wall-clock time, and
+    the chunk's wall-clock window (8 periods from its observation) must still bound every action's age."""
+    policy = StampedPolicy(latency_s=0.002)
+    arm = TimedArm(slow_s=0.025, control_hz=100.0)
+    loop, arm = make_loop(policy, arm=arm, max_steps=60, safety=SafetyConfig(max_frame_age_s=0.2,
+                                                                             policy_timeout_s=1.0))
+    report = run(loop)
+    assert report.stopped is None and len(arm.commands) > 10
+    assert action_ages(arm, policy).max() < 8 * 0.01 + 0.03
+
+
+def test_chunks_with_one_nan_each_stop_the_run_at_the_timeout(caplog):
+    policy = StampedPolicy(nan_always=True, latency_s=0.002)
+    loop, arm = make_loop(policy, max_steps=1000, safety=SafetyConfig(max_frame_age_s=0.1, policy_timeout_s=0.4))
+    with caplog.at_level(logging.WARNING):
+        report = run(loop)
+    assert report.stopped and "NaN" in report.stopped and "policy_timeout_s=0.4" in report.stopped
+    stopped_at = report.tick_starts[-1] + report.rows[-1]["work_ms"] / 1000
+    assert 0.35 < stopped_at - policy.silent_at < 0.4 + 0.25
+    assert arm.commands == [] and report.holds["policy chunk rejected"] > 10
+    assert "rejected the policy's chunk" in caplog.text
 
 
 @pytest.mark.parametrize("mode", ["clip", "reject"])
@@ -257,7 +343,7 @@ def test_workspace_box_limits_cartesian_moves():
     from vla.robot_io.sim import sim_spec
 
     spec = sim_spec(30.0)
-    layer = SafetyLayer(spec, SafetyConfig())
+    layer = SafetyLayer(spec, SafetyConfig(workspace_margin_m=0.0))
     at_edge = RobotState(state=np.zeros(7, np.float32), timestamp=0.0, tcp_position=np.array([0.495, 0.7, 0.2]))
     verdict = layer.check(np.array([1.0, 0.0, 0.0, 0.0]), at_edge)
     assert verdict.action[0] == pytest.approx(0.5, abs=1e-4)  # 1 cm asked, 0.5 cm left to the edge
@@ -520,3 +606,108 @@ def test_episode_end_leaves_the_arm_held():
 def test_rtc_needs_the_receding_schedule():
     with pytest.raises(ValueError, match="schedule.mode=receding"):
         LoopConfig(rtc=True, schedule=ScheduleConfig("temporal"))
+
+
+def test_loop_rate_must_be_the_robots_rate():
+    """The safety layer and the driver time commands with the robot's rate: a loop ticking at another rate
+    would scale joint velocity by the ratio, so it is refused (deploy.py applies --loop.control_hz to the robot)."""
+    with pytest.raises(ValueError, match="loop.control_hz=200 but the robot is set up for 100 Hz"):
+        make_loop(control_hz=200.0)
+
+
+def test_hung_policy_gets_a_deadline_on_the_server():
+    from vla.deploy.client import RemotePolicy
+    from vla.deploy.server import PolicyServer
+
+    policy = ScriptedPolicy(fault="hang", latency_s=0.0)
+    srv = PolicyServer(policy, TOKEN, port=0, inference_timeout_s=0.3).start_in_thread()
+    client = RemotePolicy(f"ws://127.0.0.1:{srv.port}", TOKEN, timeout_s=3.0)
+    obs = ObservationMessage(np.zeros((1, 32, 32, 3), np.uint8), np.ones(7, np.float32), "go", "fake_arm")
+    try:
+        start = time.perf_counter()
+        with pytest.raises(RuntimeError, match="inference_timeout_s=0.3"):
+            client.infer(obs)
+        assert time.perf_counter() - start < 1.5
+        health = client.health()
+        assert health["healthy"] is False and "inference_timeout_s" in health["problem"]
+        start = time.perf_counter()
+        with pytest.raises(RuntimeError, match="policy unavailable"):  # refused at once while it is stuck
+            client.infer(obs)
+        assert time.perf_counter() - start < 0.3
+        policy.release.set()  # the stuck call returns: the server takes requests again
+        deadline = time.perf_counter() + 2.0
+        while not client.health()["healthy"] and time.perf_counter() < deadline:
+            time.sleep(0.02)
+        assert client.infer(obs).shape == (8, 7)
+    finally:
+        policy.release.set()
+        srv.shutdown()
+
+
+def test_client_stalled_mid_frame_is_dropped():
+    import socket
+
+    from vla.deploy.server import PolicyServer
+
+    srv = PolicyServer(ScriptedPolicy(), TOKEN, port=0, client_timeout_s=0.3).start_in_thread()
+    try:
+        sock = socket.create_connection(("127.0.0.1", srv.port), timeout=3.0)
+        sock.sendall(("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                      f"Authorization: Bearer {TOKEN}\r\n\r\n").encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += sock.recv(4096)
+        assert response.startswith(b"HTTP/1.1 101")
+        sock.sendall(b"\x82\xfe\x10\x00" + b"mask" + b"x" * 10)  # a masked 4096-byte binary frame, 10 bytes of it
+        start, closed, received = time.perf_counter(), False, b""
+        while time.perf_counter() - start < 3.0:
+            chunk = sock.recv(4096)
+            received += chunk
+            if not chunk or b"\x88" in received:  # EOF, or the server's close frame (opcode 8)
+                closed = True
+                break
+        sock.close()
+        assert closed and time.perf_counter() - start < 2 * 0.3 + 0.5
+    finally:
+        srv.shutdown()
+
+
+def test_state_beyond_float32_is_refused(server):
+    from vla.deploy.client import RemotePolicy
+
+    client = RemotePolicy(f"ws://127.0.0.1:{server.port}", TOKEN)
+    obs = ObservationMessage(np.zeros((1, 32, 32, 3), np.uint8), np.full(7, 1e300), "go", "fake_arm")
+    with pytest.raises(RuntimeError, match="state has values beyond the float32 range"):
+        client.infer(obs)
+    obs.state = np.ones(7)
+    obs.prefix, obs.prefix_weights = np.full((2, 7), -1e39), np.ones(2)
+    with pytest.raises(RuntimeError, match="prefix has values beyond the float32 range"):
+        client.infer(obs)
+
+
+@pytest.mark.parametrize("direction", [[-1.0, -1.0, -1.0], [1.0, 0.0, -1.0], [0.0, 0.0, -1.0]])
+def test_simulated_hand_stays_in_the_workspace_box(direction):
+    """Drive the simulated hand into a corner / the floor of the box, toggling the gripper: the measured hand
+    stays inside the box to within 1 mm (10 mm over it and 4 mm under the floor before the layer bounded the
+    integrated target instead of the lagging measured position), and the measured-position check stays quiet."""
+    from vla.robot_io.sim import SimRobot, SimRobotConfig
+
+    robot = SimRobot(SimRobotConfig(task="reach", image_size=32, max_steps=200))
+    robot.connect()
+    try:
+        robot.reset()
+        layer = SafetyLayer(robot.spec, SafetyConfig())  # default margin 1 cm
+        low, high = np.array(robot.spec.limits.workspace_low), np.array(robot.spec.limits.workspace_high)
+        outside = []
+        for i in range(120):
+            action = layer.check(np.array(direction + [1.0 if i % 20 < 10 else -1.0]), robot.get_state()).action
+            robot.send_action(action)
+            tcp = robot.get_state().tcp_position
+            outside.append(np.max(np.concatenate([low - tcp, tcp - high])))
+            assert layer.workspace_violation(robot.get_state()) is None
+        assert max(outside) < 0.001 and max(outside) > -0.02  # it did reach the wall
+    finally:
+        robot.disconnect()
+    far = RobotState(state=np.zeros(7, np.float32), timestamp=0.0, tcp_position=np.array([0.0, 0.7, 0.03]))
+    assert "20.0 mm outside the workspace box" in layer.workspace_violation(far)

@@ -456,6 +456,46 @@ def test_control_loop_stops_on_a_protective_stop(rtde, realsense):
     assert rtde.names()[-1] == "stopScript" and robot.stopped
 
 
+class FarURPolicy(ScriptedURPolicy):
+    """Asks every joint to move 0.5 rad per action: far beyond one control period of joint speed."""
+
+    def infer(self, obs: ObservationMessage) -> np.ndarray:
+        if self.spec.action_dims["ur5e"] == 4:  # speedL: a tool step of 2 units (clipped to 1) along x
+            return np.tile(np.float32([2.0, 0.0, 0.0, 0.5]), (self.spec.horizon, 1))
+        chunk = super().infer(obs)
+        chunk[:, :6] = obs.state[:6] + 0.5 * np.arange(1, self.spec.horizon + 1)[:, None]
+        return chunk
+
+
+@pytest.mark.parametrize("command", ["servoj", "speedl"])
+def test_loop_rate_override_reaches_the_safety_layer_and_the_ur_driver(rtde, realsense, tmp_path, command):
+    """--loop.control_hz=100 on a robot configured for 30 Hz: the driver times servoJ / speedL for 100 Hz and the
+    safety layer limits joint speed per 1/100 s, so the commanded joint velocity stays within its 1 rad/s limit."""
+    from vla.deploy.run import deploy
+
+    cfg = DeployConfig(checkpoint="unused", robot=URArmConfig(host="10.0.0.2", command=command, control_hz=30.0,
+                                                              watchdog_hz=0.0, ee_delta_scale=0.01),
+                       cameras=[RealSenseCameraConfig(name="corner", width=64, height=48)], instruction="go",
+                       output_dir=str(tmp_path),
+                       loop=LoopConfig(control_hz=100.0, max_steps=30,
+                                       safety=SafetyConfig(max_frame_age_s=0.2, policy_timeout_s=1.0)))
+    policy = FarURPolicy()
+    if command == "speedl":
+        policy.spec.action_dims = {"ur5e": 4}
+    summary = deploy(cfg, policy=policy)
+    assert summary["control_hz"] == 100.0 and summary["episodes"][0]["stopped"] is None
+    if command == "servoj":
+        servo = [args for name, args in rtde.calls if name == "servoJ"]
+        assert len(servo) >= 20 and {args[3] for args in servo} == {0.01}  # servoJ time = one 100 Hz period
+        q = np.array([HOME] + [args[0] for args in servo])
+        assert np.abs(np.diff(q, axis=0)).max() <= 1.0 * 0.01 + 1e-6  # 1 rad/s at 100 Hz (float32 actions)
+    else:
+        speeds = [args[0][:3] for name, args in rtde.calls if name == "speedL"]
+        assert len(speeds) >= 20
+        # a unit action moves the tool 1 cm per 100 Hz period: 1 m/s (the action is clipped to [-1, 1])
+        assert np.allclose(np.abs(speeds).max(), 0.01 * 100.0)
+
+
 # --- LeRobot arms ---
 
 

@@ -67,6 +67,10 @@ class ActionSchedule:
             return  # an older prediction that finished after a newer one: the newer one wins
         self.chunks.append((start_step, chunk))
 
+    def drop(self, start_steps: set[int]) -> None:
+        """Forget the chunks predicted from the observations of these steps (they are too old to execute)."""
+        self.chunks = deque(((s, c) for s, c in self.chunks if s not in start_steps), maxlen=self.horizon)
+
     def remaining(self, step: int) -> np.ndarray:
         """Actions [R, D] the newest chunk holds for steps >= step (the part RTC keeps fixed)."""
         if not self.chunks:

@@ -10,6 +10,13 @@ Every tick of a fixed-rate clock (drift-free, `RateTimer`):
 4. pick this step's action from the schedule, pass it through the safety layer and send it;
    with no action (policy late) or a rejected one, hold the arm.
 The arm is stopped on every way out. Per-step timing goes to a CSV.
+
+Validity of a chunk: a chunk of H actions is executed only within H control periods of wall-clock time from
+its start: the tick whose observation it was computed from (asynchronous), or the moment it arrived
+(synchronous: the arm was held from the observation until then). Older chunks are dropped, never executed,
+even when ticks were skipped after an overrun. A chunk with a NaN or inf anywhere is rejected whole.
+Policy timeout: the run stops once a request has gone unanswered for safety.policy_timeout_s, or once the
+arm has had no usable action for that long (policy errors, rejected chunks, actions the safety layer refused).
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoopConfig:
-    control_hz: float = 0.0  # 0: the robot's own rate (RobotSpec.control_hz)
+    # the loop, the safety layer and the robot driver run at one rate, the robot config's control_hz; deploy.py
+    # applies this override to the robot config before the robot is built. 0: the robot config's rate
+    control_hz: float = 0.0
     max_steps: int = 300  # per episode
     async_inference: bool = True  # compute the next chunk while the current one executes
     # real-time chunking (Black et al., arXiv 2506.07339): a diffusion / flow head generates the next chunk
@@ -113,6 +122,15 @@ def rtc_weights(length: int, delay: int) -> np.ndarray:
     return np.where(i < delay, 1.0, fade).astype(np.float32)
 
 
+def chunk_problem(actions: np.ndarray) -> str | None:
+    """Why a chunk [H, D] must not be executed (NaN or inf anywhere in it), or None."""
+    bad = ~np.isfinite(actions)
+    if not bad.any():
+        return None
+    step, dim = np.argwhere(bad)[0]
+    return f"chunk contains NaN or inf ({int(bad.sum())} values, first at action {step}, dim {dim})"
+
+
 def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera]) -> None:
     """Refuse to start (ValueError naming the mismatch) when the robot or cameras do not fit the policy."""
     name = robot.spec.embodiment
@@ -132,11 +150,15 @@ def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera])
 class ControlLoop:
     def __init__(self, robot: Robot, cameras: dict[str, Camera], policy, config: LoopConfig, instruction: str,
                  estop: EStop | None = None, recorder=None):
+        if config.control_hz and config.control_hz != robot.spec.control_hz:
+            raise ValueError(f"loop.control_hz={config.control_hz:g} but the robot is set up for "
+                             f"{robot.spec.control_hz:g} Hz (its safety limits and driver timing use that rate): set "
+                             f"the rate once, on the robot config (deploy.py applies --loop.control_hz to it)")
         check_compatible(policy.spec, robot, cameras)
         self.robot, self.cameras, self.policy, self.config = robot, cameras, policy, config
         self.instruction = instruction
         self.estop = estop or EStop()
-        self.hz = config.control_hz or robot.spec.control_hz
+        self.hz = robot.spec.control_hz
         self.period = 1.0 / self.hz
         self.schedule = ActionSchedule(config.schedule, policy.spec.horizon)
         self.safety = SafetyLayer(robot.spec, config.safety)
@@ -170,6 +192,9 @@ class ControlLoop:
         report, timer = EpisodeReport(), RateTimer(self.hz)
         self._last_action = self._last_fresh_frame = time.perf_counter()
         self._first_valid_step = 0  # chunks from observations before this step are stale (see _hold_stale)
+        self._observed_at: dict[int, float] = {}  # step -> tick time of the observation sent to the policy
+        self._expires_at: dict[int, float] = {}  # chunk start step -> wall-clock time it goes stale
+        self._chunk_problem: str | None = None  # why the policy's latest chunk was unusable, if it was
         try:
             for step in range(self.config.max_steps):
                 late = timer.wait()
@@ -202,6 +227,9 @@ class ControlLoop:
         state = self.robot.get_state()
         if state.fault:
             return self._stop(report, f"robot fault: {state.fault}")
+        outside = self.safety.workspace_violation(state)
+        if outside:
+            return self._stop(report, outside)
         self._collect(report)
         stale = self._stale_camera()
         if stale:
@@ -209,14 +237,23 @@ class ControlLoop:
         self._last_fresh_frame = time.perf_counter()
         self._remember_frames()
         if self.schedule.needs_chunk(step, lead=self._lead_steps()) and not self.worker.busy:
+            self._observed_at[step] = report.tick_starts[-1]
             self.worker.submit(self.episode, step, self._observation(state, step))
             if not self.config.async_inference:
                 state = self._wait_holding(report)
                 if state is None or state.fault:
                     return self._stop(report, f"e-stop ({self.estop.reason})" if state is None
                                       else f"robot fault: {state.fault}")
+        unanswered = self.worker.busy_for()
+        # synchronous: still busy after the wait means the wait ran out
+        if unanswered > self.config.safety.policy_timeout_s or (unanswered and not self.config.async_inference):
+            return self._stop(report, f"no action from the policy for {unanswered:.2f} s (a request unanswered; limit "
+                                      f"safety.policy_timeout_s={self.config.safety.policy_timeout_s})")
+        self._drop_stale_chunks()
         action = self.schedule.action(step)
         if action is None:
+            if self._chunk_problem:
+                return self._hold_or_timeout(report, "policy chunk rejected", self._chunk_problem)
             return self._hold_or_timeout(report, "waiting for the policy")
         verdict = self.safety.check(action, state)
         report.safety_events += len(verdict.events)
@@ -233,26 +270,37 @@ class ControlLoop:
     def _wait_holding(self, report: EpisodeReport):
         """Synchronous inference: hold the arm and watch the e-stop while the chunk is computed, in slices of one
         tick; returns the robot state read afterwards (the one the action will be checked against), None on e-stop."""
-        deadline = time.perf_counter() + self.config.safety.policy_timeout_s
+        deadline = time.perf_counter() + self.config.safety.policy_timeout_s - self.worker.busy_for()
         while self.worker.busy and time.perf_counter() < deadline and not self.estop.triggered:
             self.robot.hold()
             self.worker.wait_idle(self.period)
         self._collect(report)
         return None if self.estop.triggered else self.robot.get_state()
 
-    def _hold_or_timeout(self, report: EpisodeReport, reason: str) -> str:
+    def _hold_or_timeout(self, report: EpisodeReport, reason: str, detail: str = "") -> str:
         """Hold the arm, or stop it once no usable action has come for safety.policy_timeout_s."""
         waited = time.perf_counter() - self._last_action
         if waited > self.config.safety.policy_timeout_s:
-            return self._stop(report, f"no action from the policy for {waited:.1f} s ({reason}; limit "
+            why = f"{reason}: {detail}" if detail else reason
+            return self._stop(report, f"no action from the policy for {waited:.2f} s ({why}; limit "
                                       f"safety.policy_timeout_s={self.config.safety.policy_timeout_s})")
-        return self._hold(report, reason)
+        return self._hold(report, reason, detail)
+
+    def _drop_stale_chunks(self) -> None:
+        """Forget chunks past their validity window (module docstring): H periods from the chunk's start."""
+        now = time.perf_counter()
+        stale = {start for start, expiry in self._expires_at.items() if now > expiry}
+        if stale:
+            self.schedule.drop(stale)
+            for start in stale:
+                del self._expires_at[start]
 
     def _hold_stale(self, report: EpisodeReport, step: int, detail: str) -> str:
         """A stale camera holds the arm and voids the queued plan: it assumed the held ticks would be executed.
         Chunks computed from observations before this step are dropped; the policy is not blamed for the wait,
         but a camera that stays stale for safety.policy_timeout_s stops the arm."""
         self.schedule.reset()
+        self._expires_at.clear()
         self._first_valid_step = step + 1
         self._last_action = time.perf_counter()
         stale_for = time.perf_counter() - self._last_fresh_frame
@@ -264,15 +312,27 @@ class ControlLoop:
         result = self.worker.poll()
         if result is None or result.episode != self.episode or result.step < self._first_valid_step:
             return  # none yet, left over from the last episode, or planned before a camera outage
+        observed_at = self._observed_at.pop(result.step, None)
         if result.error:
             log.error("policy failed on the observation of step %d: %s", result.step, result.error)
             return
         report.inference_s.append(result.latency_s)
         self.latency_s = result.latency_s if not self.latency_s else 0.8 * self.latency_s + 0.2 * result.latency_s
-        try:
-            self.schedule.add(result.actions, result.step)
-        except ValueError as error:
-            log.error("policy returned an unusable chunk: %s", error)
+        problem = chunk_problem(result.actions)
+        if problem is None:
+            try:
+                self.schedule.add(result.actions, result.step)
+            except ValueError as error:
+                problem = str(error)
+        if problem is not None:
+            # a chunk is used whole or not at all; a rejected one does not reset the policy timeout
+            log.error("rejected the policy's chunk for step %d: %s", result.step, problem)
+            self._chunk_problem = problem
+            return
+        self._chunk_problem = None
+        # synchronous: the arm was held from the observation until now, so the chunk's first action is for now
+        start = observed_at if self.config.async_inference and observed_at is not None else time.perf_counter()
+        self._expires_at[result.step] = start + self.policy.spec.horizon * self.period
 
     def _lead_steps(self) -> int:
         """Ticks between asking for a chunk and using it: the latency in ticks, plus the tick at which it is

@@ -9,7 +9,8 @@ Requests:  {"type": "infer", "observation": {images, state, instruction, embodim
                                              optional prefix [P, D] + prefix_weights [P] for real-time chunking}}
            {"type": "spec"} | {"type": "health"}
 Replies:   {"type": "chunk", "actions": float32 [H, D], "latency_ms": float}
-           {"type": "spec", "spec": {...}} | {"type": "health", "busy": bool, "served": int}
+           {"type": "spec", "spec": {...}} | {"type": "health", "busy": bool, "served": int, "healthy": bool,
+                                               "problem": str}
            {"type": "error", "message": str}
 """
 
@@ -167,8 +168,17 @@ def validate_observation(data: object, spec: PolicySpec) -> ObservationMessage:
         raise ProtocolError(f"state must be float [{width}] for {embodiment!r}; got {got}")
     if not np.isfinite(state).all():
         raise ProtocolError("state contains NaN or inf")
+    check_float32_range("state", state)
     prefix, weights = validate_prefix(data.get("prefix"), data.get("prefix_weights"), spec, embodiment)
     return ObservationMessage(images, state.astype(np.float32), instruction, embodiment, prefix, weights)
+
+
+def check_float32_range(name: str, values: np.ndarray) -> None:
+    """The policy computes in float32: a float64 value beyond its range would become inf there."""
+    limit = float(np.finfo(np.float32).max)
+    if values.size and float(np.abs(values).max()) > limit:
+        raise ProtocolError(f"{name} has values beyond the float32 range (|x| <= {limit:.3g}); got up to "
+                            f"{float(np.abs(values).max()):.3g}")
 
 
 def validate_prefix(prefix: object, weights: object, spec: PolicySpec,
@@ -185,4 +195,5 @@ def validate_prefix(prefix: object, weights: object, spec: PolicySpec,
         raise ProtocolError(f"prefix_weights must be float [{prefix.shape[0]}], one per prefix action")
     if not (np.isfinite(prefix).all() and ((weights >= 0) & (weights <= 1)).all()):
         raise ProtocolError("prefix must be finite and prefix_weights within [0, 1]")
+    check_float32_range("prefix", prefix)
     return prefix.astype(np.float32), weights.astype(np.float32)

@@ -11,6 +11,7 @@ q / space / Esc in the terminal is the e-stop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -68,7 +69,10 @@ def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
     policy = policy or make_policy(cfg)
     estop = estop or EStop()
     episodes, hz = [], None
-    with device_session(cfg.robot, cfg.cameras, estop) as session:
+    robot_config = cfg.robot
+    if cfg.loop.control_hz:  # one rate: the robot's spec (safety limits) and driver timing are built from it
+        robot_config = dataclasses.replace(cfg.robot, control_hz=cfg.loop.control_hz)
+    with device_session(robot_config, cfg.cameras, estop) as session:
         robot = session.robot
         instruction = cfg.instruction or getattr(robot, "instruction", "")
         if not instruction:
@@ -78,7 +82,7 @@ def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
             from vla.deploy.record import EpisodeRecorder
 
             recorder = EpisodeRecorder(cfg.record_root, cfg.record_repo_id, robot.spec, policy.spec.cameras,
-                                       policy.spec.image_size, cfg.loop.control_hz or robot.spec.control_hz)
+                                       policy.spec.image_size, robot.spec.control_hz)
             session.on_exit.append(recorder.finalize)
         loop = ControlLoop(robot, session.cameras, policy, cfg.loop, instruction, estop, recorder=recorder)
         session.on_exit.insert(0, loop.close)

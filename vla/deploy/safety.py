@@ -26,6 +26,11 @@ class SafetyConfig:
     on_violation: str = "clip"  # clip | reject: what to do with an action outside a limit
     max_frame_age_s: float = 0.25  # hold the arm when a camera frame is older than this
     policy_timeout_s: float = 3.0  # stop the run when no action has come for this long
+    # Cartesian-delta arms: commanded tool targets are kept this far inside the workspace box, so that the
+    # tracking overshoot of the hand stays inside the box (up to 9.6 mm measured in the simulator)
+    workspace_margin_m: float = 0.01
+    # any arm reporting a TCP position: stop the run when the measured TCP is this far outside the box
+    workspace_tolerance_m: float = 0.01
 
     def __post_init__(self) -> None:
         if self.on_violation not in VIOLATION_MODES:
@@ -52,6 +57,9 @@ class SafetyLayer:
         """A new episode: the arm starts at rest."""
         self._last_velocity: np.ndarray | None = None  # joint velocity of the previous command; None = at rest
         self._velocity: np.ndarray | None = None  # joint velocity of the command being checked
+        # Cartesian-delta arms: the tool target the accepted deltas add up to (a simulator's mocap, a speedL
+        # integral); None = start from the measured TCP. Bounding it, not the lagging measured TCP, prevents windup
+        self._target: np.ndarray | None = None
 
     def held(self) -> None:
         """The arm was held (zero velocity): the next command accelerates from rest."""
@@ -116,14 +124,32 @@ class SafetyLayer:
         if limits.workspace_low is None or state.tcp_position is None:
             return action
         scale = self.spec.ee_delta_scale
-        target = np.asarray(state.tcp_position, dtype=np.float64) + action[:3] * scale
-        low, high = np.asarray(limits.workspace_low), np.asarray(limits.workspace_high)
-        # a hand already outside the box may still move back in: only forbid moving further out
-        low, high = np.minimum(low, state.tcp_position), np.maximum(high, state.tcp_position)
+        start = self._target if self._target is not None else np.asarray(state.tcp_position, dtype=np.float64)
+        target = start + action[:3] * scale
+        margin = self.config.workspace_margin_m
+        low, high = np.asarray(limits.workspace_low) + margin, np.asarray(limits.workspace_high) - margin
+        # a target already outside the box may still move back in: only forbid moving further out
+        low, high = np.minimum(low, start), np.maximum(high, start)
         inside = self._bound(target, low, high, "workspace", ["x", "y", "z"], events)
+        if np.isfinite(inside).all():
+            self._target = inside
         action = action.copy()
-        action[:3] = (inside - state.tcp_position) / scale
+        action[:3] = (inside - start) / scale
         return action
+
+    def workspace_violation(self, state: RobotState) -> str | None:
+        """Why the measured TCP is outside the workspace box by more than workspace_tolerance_m, or None."""
+        limits = self.spec.limits
+        if limits.workspace_low is None or state.tcp_position is None:
+            return None
+        tcp = np.asarray(state.tcp_position, dtype=np.float64)
+        outside = np.maximum(np.asarray(limits.workspace_low) - tcp, tcp - np.asarray(limits.workspace_high))
+        axis = int(np.argmax(outside))
+        if outside[axis] <= self.config.workspace_tolerance_m:
+            return None
+        return (f"measured TCP {'xyz'[axis]}={tcp[axis]:.4f} is {outside[axis] * 1000:.1f} mm outside the workspace "
+                f"box [{limits.workspace_low[axis]}, {limits.workspace_high[axis]}] (tolerance "
+                f"safety.workspace_tolerance_m={self.config.workspace_tolerance_m})")
 
     def _log_clip(self, event: str) -> None:
         """Log the first clip of each kind and every 100th after it, not one line per tick."""

@@ -9,6 +9,10 @@ the shared token (HTTP 401 before the WebSocket opens), caps message size, valid
 field against the policy's observation spec, and answers a bad request with an error message
 while staying up. Inference runs in a worker thread, so the event loop keeps answering health
 checks from other connections while a chunk is computed (openpi's server blocks its loop).
+An inference that runs past `inference_timeout_s` is answered with an error; while it is still
+stuck, every inference request gets an error at once and health reports `healthy: false`. A client
+that stops answering keepalive pings (e.g. stalled in the middle of a message) is dropped within
+2 x `client_timeout_s`.
 """
 
 from __future__ import annotations
@@ -39,26 +43,39 @@ class ServerConfig:
     max_message_mb: float = 8.0  # bigger requests close the connection (WebSocket code 1009)
     num_inference_steps: int = 0  # 0 = the checkpoint's default
     device: str = ""  # "" = cuda when available, else cpu
+    inference_timeout_s: float = 10.0  # an inference running longer is answered with an error; health: unhealthy
+    client_timeout_s: float = 10.0  # keepalive: a client that does not answer a ping within this is dropped
+
+
+class PolicyUnavailable(Exception):
+    """The policy cannot take requests now (an earlier inference is hung, or none finished in time)."""
 
 
 class PolicyServer:
     """Serves `policy` (anything with `.spec` and `.infer(ObservationMessage) -> [H, D]`)."""
 
-    def __init__(self, policy, token: str, host: str = "127.0.0.1", port: int = 8765, max_message_mb: float = 8.0):
+    def __init__(self, policy, token: str, host: str = "127.0.0.1", port: int = 8765, max_message_mb: float = 8.0,
+                 inference_timeout_s: float = 10.0, client_timeout_s: float = 10.0):
         if len(token) < 8:
             raise ValueError("the server token must be at least 8 characters")
+        if inference_timeout_s <= 0 or client_timeout_s <= 0:
+            raise ValueError(f"inference_timeout_s and client_timeout_s must be positive; got {inference_timeout_s}, "
+                             f"{client_timeout_s}")
         self.policy, self.token, self.host, self.port = policy, token, host, port
         self.max_bytes = int(max_message_mb * 2**20)
+        self.inference_timeout_s, self.client_timeout_s = inference_timeout_s, client_timeout_s
         self.busy = False
         self.served = 0
+        self.hung: str | None = None  # why the policy is unavailable while an inference is stuck
         self._infer_lock = asyncio.Lock()
         self._ready = threading.Event()
         self._server = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self) -> None:
-        async with serve(self._handle, self.host, self.port, max_size=self.max_bytes,
-                         process_request=self._authorise) as server:
+        timeout = self.client_timeout_s
+        async with serve(self._handle, self.host, self.port, max_size=self.max_bytes, process_request=self._authorise,
+                         ping_interval=timeout, ping_timeout=timeout, close_timeout=timeout) as server:
             self._server, self._loop = server, asyncio.get_running_loop()
             self.port = server.sockets[0].getsockname()[1]  # the real port when 0 was asked for
             log.info("policy server on ws://%s:%d", self.host, self.port)
@@ -100,7 +117,8 @@ class PolicyServer:
             message = unpack(payload)
             kind = message["type"]
             if kind == "health":
-                return {"type": "health", "busy": self.busy, "served": self.served}
+                return {"type": "health", "busy": self.busy, "served": self.served, "healthy": self.hung is None,
+                        "problem": self.hung or ""}
             if kind == "spec":
                 return {"type": "spec", "spec": self.policy.spec.to_dict()}
             if kind == "infer":
@@ -109,24 +127,74 @@ class PolicyServer:
         except ProtocolError as error:
             log.warning("bad request: %s", error)
             return {"type": "error", "message": str(error)}
+        except PolicyUnavailable as error:
+            return {"type": "error", "message": str(error)}
         except Exception as error:  # anything else a request can trigger: answer it, keep the connection and server
             log.exception("request failed")
             return {"type": "error", "message": f"bad request: {type(error).__name__}: {error}"}
 
     async def _infer(self, message: dict) -> dict:
         observation = validate_observation(message.get("observation"), self.policy.spec)
-        async with self._infer_lock:  # one inference at a time; other connections queue here
+        self._check_available()
+        start = time.perf_counter()
+        try:  # one inference at a time; other connections queue here, within the same deadline
+            await asyncio.wait_for(self._infer_lock.acquire(), self.inference_timeout_s)
+        except TimeoutError:
+            raise PolicyUnavailable(f"the server is busy: no inference finished within inference_timeout_s="
+                                    f"{self.inference_timeout_s:g}") from None
+        try:
+            self._check_available()
             self.busy = True
-            start = time.perf_counter()
+            running = self._start_inference(observation)
+            remaining = self.inference_timeout_s - (time.perf_counter() - start)
             try:
-                actions = await asyncio.to_thread(self.policy.infer, observation)
+                actions = await asyncio.wait_for(asyncio.shield(running), max(remaining, 0.0))
+            except TimeoutError:
+                self.hung = (f"an inference has run past inference_timeout_s={self.inference_timeout_s:g}; the policy "
+                             f"takes no requests until it returns")
+                log.error("policy hung: %s", self.hung)
+                running.add_done_callback(self._recovered)
+                raise PolicyUnavailable(self.hung) from None
             except Exception as error:  # the policy failed on this input: report it, keep serving
                 log.exception("policy failed")
                 return {"type": "error", "message": f"policy failed: {type(error).__name__}: {error}"}
             finally:
-                self.busy = False
+                self.busy = self.hung is not None
+        finally:
+            self._infer_lock.release()
         self.served += 1
         return {"type": "chunk", "actions": actions, "latency_ms": (time.perf_counter() - start) * 1000}
+
+    def _check_available(self) -> None:
+        if self.hung is not None:
+            raise PolicyUnavailable(f"policy unavailable: {self.hung}")
+
+    def _start_inference(self, observation) -> asyncio.Future:
+        """Run policy.infer in a daemon thread (a hung one must not keep the process alive at exit)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def settle(result, error) -> None:
+            if not future.done():
+                future.set_exception(error) if error is not None else future.set_result(result)
+
+        def run() -> None:
+            try:
+                result, error = self.policy.infer(observation), None
+            except Exception as exc:
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(settle, result, error)
+            except RuntimeError:  # the server's event loop is gone
+                pass
+
+        threading.Thread(target=run, name="inference", daemon=True).start()
+        return future
+
+    def _recovered(self, _future) -> None:
+        log.warning("the hung inference returned; the policy takes requests again")
+        self.hung = None
+        self.busy = False
 
 
 def main(args: list[str] | None = None) -> None:
@@ -146,7 +214,8 @@ def main(args: list[str] | None = None) -> None:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     policy = LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, device=device)
     policy.warmup()
-    asyncio.run(PolicyServer(policy, token, cfg.host, cfg.port, cfg.max_message_mb).serve())
+    asyncio.run(PolicyServer(policy, token, cfg.host, cfg.port, cfg.max_message_mb, cfg.inference_timeout_s,
+                             cfg.client_timeout_s).serve())
 
 
 if __name__ == "__main__":
