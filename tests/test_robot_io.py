@@ -695,3 +695,13 @@ def test_ur_script_killed_by_the_controller_is_a_fault_and_reset_restarts_it(rtd
     rtde.refuse.add("isProgramRunning")
     robot.reset()
     assert "reuploadScript" in rtde.names()
+
+
+def test_lerobot_arm_embodiment_defaults_to_the_lerobot_config_type(tmp_path):
+    """The deploy side names a LeRobot arm as LeRobot's config type does (so101_follower), as vla-record writes it
+    into the dataset's robot_type; an explicit name still wins."""
+    lerobot_classes()
+    default = LeRobotRobotConfig(robot="fake_test_follower", port="/dev/fake", calibration_dir=str(tmp_path))
+    assert default.make().spec.embodiment == "fake_test_follower"
+    assert make_lerobot_arm(tmp_path).spec.embodiment == "so101"
+    assert LeRobotRobotConfig().robot == "so101_follower"

@@ -37,7 +37,10 @@ class LeRobotArmConfig:
     port: str = ""
     id: str = ""
     calibration_dir: str = ""  # "" = LeRobot's default (~/.cache/huggingface/lerobot/calibration/robots/<robot>)
-    embodiment: str = "so101"
+    # the name the policy knows this arm by (its normalisation statistics); "" = the LeRobot config type, e.g.
+    # so101_follower. Datasets written by lerobot-record say robot_type "so_follower" for SO-100 and SO-101
+    # alike: train on them with --data.embodiment so101_follower so the names agree.
+    embodiment: str = ""
     control_hz: float = 30.0
     max_relative_target: float | None = None  # LeRobot's per-step clip of a target's distance from the present
     disable_torque_on_disconnect: bool | None = None  # LeRobot's default: True (the arm goes limp on disconnect)
@@ -82,7 +85,7 @@ def lerobot_spec(c: LeRobotArmConfig, state_keys: list[str], action_keys: list[s
         return list(values) or None
 
     limits = Limits(**{f.name: check(f.name) for f in dataclasses.fields(Limits) if hasattr(c, f.name)})
-    return RobotSpec(embodiment=c.embodiment, action_kind="joint_position", action_names=action_keys,
+    return RobotSpec(embodiment=c.embodiment or c.robot, action_kind="joint_position", action_names=action_keys,
                      state_names=state_keys, control_hz=c.control_hz, limits=limits)
 
 
