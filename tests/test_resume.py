@@ -50,7 +50,7 @@ def uninterrupted(tiny_run_config, tmp_path_factory):
 def assert_same_run(out, reference: dict) -> None:
     assert steps_logged(out) == list(range(1, STEPS + 1))  # every step once: no rows replayed
     metrics = read_metrics(out / "metrics.csv")
-    for key in ("loss", "lr", "grad_norm"):
+    for key in ("loss", "lr", "grad_norm"):  # equal bit for bit on CPU; a GPU's kernels may differ in the last bits
         assert metrics[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-7), key
 
 
