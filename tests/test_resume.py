@@ -13,8 +13,8 @@ STEPS = 12
 
 
 def run_config(cfg: TrainRunConfig, out, **changes) -> TrainRunConfig:
-    train_cfg = dataclasses.replace(cfg.train, output_dir=str(out), steps=STEPS, log_every=1, save_every=4,
-                                    keep_last=2, resume=True)
+    train_cfg = dataclasses.replace(cfg.train, output_dir=str(out), steps=STEPS, batch_size=4, log_every=1,
+                                    save_every=4, keep_last=2, resume=True)
     return dataclasses.replace(cfg, train=dataclasses.replace(train_cfg, **changes))
 
 
@@ -108,7 +108,7 @@ def test_finished_run_is_reused_as_is(uninterrupted, tiny_run_config):
 @pytest.mark.parametrize("change, named", [
     ({"steps": 16}, "train.steps: 12 in the checkpoint, 16 now"),
     ({"seed": 1}, "train.seed: 0 in the checkpoint, 1 now"),
-    ({"batch_size": 4}, "train.batch_size: 8 in the checkpoint, 4 now"),
+    ({"batch_size": 8}, "train.batch_size: 4 in the checkpoint, 8 now"),
 ])
 def test_finished_run_is_not_continued_under_other_settings(uninterrupted, tiny_run_config, change, named):
     out, metrics = uninterrupted
@@ -132,3 +132,29 @@ def test_stopped_run_is_not_resumed_under_other_data_or_model(tiny_run_config, t
     model = dataclasses.replace(tiny_run_config.model, head=head)
     with pytest.raises(ValueError, match="different model.*model.head.depth: 2 in the checkpoint, 3 now"):
         train(run_config(dataclasses.replace(tiny_run_config, model=model), out, resume_with_changes=True))
+
+
+@pytest.mark.slow
+def test_sigkilled_training_process_resumes_exactly(uninterrupted, tiny_run_config, tmp_path):
+    """A real `vla-train` process killed with SIGKILL right after its first checkpoint, then resumed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vla.config import to_yaml
+
+    out = tmp_path / "run"
+    (tmp_path / "run.yaml").write_text(to_yaml(run_config(tiny_run_config, out)))
+    process = subprocess.Popen([sys.executable, "-m", "vla.training.train", f"--config_path={tmp_path / 'run.yaml'}"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last, deadline = out / "checkpoints" / "last", time.time() + 240
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr[-2000:]}"
+    assert last.resolve().name == "step_0000004"
+    train(run_config(tiny_run_config, out))
+    assert_same_run(out, uninterrupted[1])
