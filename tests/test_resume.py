@@ -131,6 +131,8 @@ def test_stopped_run_is_not_resumed_under_other_data_or_model(tiny_run_config, t
     head = dataclasses.replace(tiny_run_config.model.head, depth=3)
     model = dataclasses.replace(tiny_run_config.model, head=head)
     with pytest.raises(ValueError, match="different model.*model.head.depth: 2 in the checkpoint, 3 now"):
+        train(run_config(dataclasses.replace(tiny_run_config, model=model), out))
+    with pytest.raises(ValueError, match="different model"):  # resume_with_changes cannot change the weights' shapes
         train(run_config(dataclasses.replace(tiny_run_config, model=model), out, resume_with_changes=True))
 
 

@@ -147,6 +147,10 @@ def check_resumable(last: Path, saved: dict, current: dict, cfg: TrainConfig) ->
         raise ValueError(f"{last} was written by an older vla without RNG state and run record: it cannot be "
                          f"resumed exactly; choose a new --train.output_dir")
     step, diffs = saved["step"], run_differences(saved["run"], current)
+    model_diffs = [d for d in diffs if d.startswith(("model.", "num_processes"))]
+    if model_diffs:  # the weights, optimiser moments and per-rank RNG states fit only the run's own model and ranks
+        raise ValueError(f"cannot resume {last} with a different model or number of processes ("
+                         + "; ".join(model_diffs) + "): choose a new --train.output_dir")
     if diffs and not cfg.resume_with_changes:
         finished = step == saved["run"]["config"]["train.steps"]
         what = (f"holds a finished run (step {step} of train.steps={step}), which is reused, never extended"
@@ -155,10 +159,6 @@ def check_resumable(last: Path, saved: dict, current: dict, cfg: TrainConfig) ->
                          ". To train with these settings, choose a new --train.output_dir; to continue this run with "
                          "them anyway (its results then differ from one uninterrupted run), pass "
                          "--train.resume_with_changes=true")
-    model_diffs = [d for d in diffs if d.startswith(("model.", "num_processes"))]
-    if model_diffs:
-        raise ValueError(f"cannot resume {last} with a different model or number of processes ("
-                         + "; ".join(model_diffs) + "): choose a new --train.output_dir")
     if step > cfg.steps:
         raise ValueError(f"{last} is at step {step}, past train.steps={cfg.steps}; choose a new --train.output_dir")
     return diffs
