@@ -15,6 +15,7 @@ def test_recipes_parse(recipe):
     cfg = parse(PipelineConfig, [f"--config_path={recipe}"])
     assert cfg.model.head.type == "dit"
     assert cfg.eval.seed_start >= 100_000  # evaluation never reuses demo seeds
+    assert cfg.train.time_limit_s == 0  # a fixed number of steps: the same figures on any machine
 
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "configs/train").glob("*.yaml")), ids=lambda p: p.stem)
@@ -23,6 +24,7 @@ def test_train_recipes_parse(recipe):
 
     cfg = parse(TrainRunConfig, [f"--config_path={recipe}"])
     assert cfg.model.head.type == recipe.stem.split("_")[-1]  # metaworld_<head>.yaml
+    assert cfg.train.time_limit_s == 0
 
 
 def test_head_benchmark_recipe_parses():
@@ -34,6 +36,18 @@ def test_head_benchmark_recipe_parses():
     models = {name: pipeline_config(cfg, name, 0).model for name in cfg.heads}
     assert models["dita_shared"].head.denoiser == "shared" and models["dita_history2"].n_obs_steps == 2
     assert cfg.bac.tolerance is not None and set(cfg.bac.heads) <= set(cfg.heads)
+
+
+def test_quickstart_trains_a_fixed_number_of_steps():
+    cfg = parse(PipelineConfig, [f"--config_path={ROOT / 'configs/quickstart.yaml'}"])
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.train.time_limit_s) == (3000, 32, 0)
+
+
+def test_data_embodiment_override_parses():
+    from vla.training.train import TrainRunConfig
+
+    assert parse(TrainRunConfig, []).data.embodiment == ""  # the dataset's robot_type
+    assert parse(TrainRunConfig, ["--data.embodiment=my_arm"]).data.embodiment == "my_arm"
 
 
 def test_overrides_apply_on_top_of_yaml():

@@ -103,3 +103,16 @@ def test_expert_keeps_recording_after_success():
     assert ok and ok_longer
     assert len(longer) == len(until_success) + 5
     assert all(np.array_equal(a["action"], b["action"]) for a, b in zip(until_success, longer, strict=False))
+
+
+def test_data_embodiment_names_the_dataset_instead_of_its_robot_type(tiny_run_config):
+    from vla.training.train import load_demos
+
+    data = dataclasses.replace(tiny_run_config.data, embodiment="my_arm")
+    demos = load_demos(tiny_run_config.model, data)
+    assert demos.embodiment == "my_arm"
+    assert demos.sample(3, torch.Generator().manual_seed(0))["embodiment"] == ["my_arm"] * 3
+    model = tiny_run_config.model
+    assert Normalizer.from_demos(demos, model.normalization, model.max_action_dim,
+                                 model.max_state_dim).embodiments == ["my_arm"]
+    assert load_demos(model, tiny_run_config.data).embodiment == EMBODIMENT  # "" = the dataset's robot_type

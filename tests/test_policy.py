@@ -90,17 +90,22 @@ def test_bad_observations_are_rejected(trained, demos):
         Observation(obs.images, state, obs.instruction, obs.embodiment)
 
 
-def test_training_writes_logs_and_resumes(trained, tiny_run_config):
-    out = trained.parent.parent
+def test_training_writes_logs_and_resumes(trained, tiny_run_config, tmp_path):
     assert trained.name == "step_0000010"
+    out = tmp_path / "run"
+    shutil.copytree(trained.parent.parent, out, symlinks=True)  # leave the shared checkpoint as it is
     assert (out / "loss_curve.png").stat().st_size > 0
     assert list((out / "tb").iterdir())
     assert read_metrics(out / "metrics.csv")["step"] == [5.0, 10.0]
-    resumed = train(with_train(tiny_run_config, output_dir=str(out), steps=15, resume=True))
+    with pytest.raises(ValueError, match="finished run .*train.steps: 10 in the checkpoint, 15 now"):
+        train(with_train(tiny_run_config, output_dir=str(out), steps=15, resume=True))
+    resumed = train(with_train(tiny_run_config, output_dir=str(out), steps=15, resume=True, resume_with_changes=True))
     assert resumed.name == "step_0000015"
     assert read_metrics(out / "metrics.csv")["step"] == [5.0, 10.0, 15.0]
     state = json.loads((resumed / "training_state" / "state.json").read_text())
     assert state["step"] == 15
+    assert state["history"] == [{"step": 10, "event": "resumed with changes",
+                                 "changes": ["train.steps: 10 in the checkpoint, 15 now"]}]
     with pytest.raises(FileExistsError, match="resume"):
         train(with_train(tiny_run_config, output_dir=str(out), steps=20))
 

@@ -49,6 +49,8 @@ class DataConfig:
     action_dim: int = 4  # the dataset's action dim must equal this (checked at load)
     state_dim: int = 7
     image_shift: int = 4  # random-shift augmentation in pixels (DrQ); 0 = off
+    # the embodiment name the dataset's frames are trained (and normalised) under; "" = the dataset's robot_type
+    embodiment: str = ""
 
 
 @dataclass
@@ -69,9 +71,16 @@ class TrainConfig:
     output_dir: str = "outputs/train/quickstart"
     log_every: int = 50
     save_every: int = 1000
-    resume: bool = False  # continue from output_dir/checkpoints/last
+    keep_last: int = 3  # checkpoints kept in output_dir/checkpoints (older step_* are deleted); 0 = keep all
+    # continue output_dir/checkpoints/last exactly (weights, optimiser, every RNG); a finished run is reused as is
+    resume: bool = False
+    # resume although train/data settings differ from the run's (e.g. more steps): the LR schedule is recomputed,
+    # so the result is no longer what one uninterrupted run of this config gives; the change is recorded
+    resume_with_changes: bool = False
     mixed_precision: str = "no"  # no | bf16 (accelerate)
-    time_limit_s: float = 0.0  # stop (and save) after this wall time; 0 = no limit
+    # stop (and save) after this wall time, leaving a partial run (rerun the command to continue it; the LR
+    # schedule still spans `steps`); 0 = no limit. Makes the step count machine-dependent: not for reproducible runs
+    time_limit_s: float = 0.0
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 

@@ -109,8 +109,11 @@ def _feature_names(features: dict, key: str) -> list[str]:
 
 
 def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action_dim: int | None = None,
-                       expected_state_dim: int | None = None) -> ChunkedDemos:
+                       expected_state_dim: int | None = None, embodiment: str = "") -> ChunkedDemos:
     """Read a LeRobot dataset through LeRobotDataset with action delta_timestamps, into memory.
+
+    `embodiment` names the robot the frames belong to (normalisation statistics are kept under it);
+    empty: the dataset's robot_type ("unknown" when it has none).
 
     Chunks and pad flags are exactly what LeRobotDataset(repo_id, root, delta_timestamps=
     {"action": [i / fps for i in range(chunk_size)]})[i] gives; a few frames are checked against it.
@@ -131,7 +134,7 @@ def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action
     return ChunkedDemos(
         images=columns["images"], state=columns["state"], actions=actions, action_is_pad=action_is_pad,
         episode_index=columns["episode_index"], task_index=columns["task_index"], tasks=list(meta.tasks.index),
-        embodiment=meta.robot_type or "unknown", camera_keys=list(meta.camera_keys),
+        embodiment=embodiment or meta.robot_type or "unknown", camera_keys=list(meta.camera_keys),
         state_names=_feature_names(meta.features, "observation.state"),
         action_names=_feature_names(meta.features, "action"), fps=float(meta.fps))
 

@@ -1,19 +1,24 @@
 """Training state saved beside a policy checkpoint, for resuming only: <ckpt>/training_state/.
 
+    <ckpt>/training_state/     optimiser moments (safetensors), step + run record (state.json),
+                               every RNG of each rank (rng_rank<r>.safetensors + .json)
+
 The policy itself (config, weights, statistics) is written by `vla.checkpoint`.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 
 def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, step: int, extra: dict) -> None:
-    """Optimiser tensors to safetensors, the rest (step, param-group settings) to JSON."""
+    """Optimiser tensors to safetensors, the rest (step, param-group settings, `extra`) to JSON."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = optimizer.state_dict()
@@ -29,10 +34,15 @@ def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, step
     (path / "state.json").write_text(json.dumps({"step": step, "scalars": scalars, "param_groups": groups, **extra}))
 
 
+def read_training_record(path: str | Path) -> dict:
+    """The JSON record save_training_state wrote (step, run record, ...), without touching an optimiser."""
+    return json.loads((Path(path) / "state.json").read_text())
+
+
 def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer) -> dict:
     """Restore optimiser state saved by save_training_state; returns the JSON record (with "step")."""
     path = Path(path)
-    record = json.loads((path / "state.json").read_text())
+    record = read_training_record(path)
     tensors = load_file(str(path / "optimizer.safetensors"))
     state: dict[int, dict] = {}
     for key, value in list(tensors.items()) + list(record["scalars"].items()):
@@ -41,3 +51,44 @@ def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer) -> d
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in record["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     return record
+
+
+def rng_state_files(path: str | Path, rank: int) -> tuple[Path, Path]:
+    path = Path(path)
+    return path / f"rng_rank{rank}.safetensors", path / f"rng_rank{rank}.json"
+
+
+def save_rng_state(path: str | Path, rank: int, generator: torch.Generator) -> None:
+    """Every RNG one rank's training step draws from: torch CPU (and CUDA), the batch sampler's `generator`,
+    numpy and Python `random`. Tensors (states as uint8, numpy's key) to safetensors, the rest to JSON."""
+    tensor_file, json_file = rng_state_files(path, rank)
+    tensor_file.parent.mkdir(parents=True, exist_ok=True)
+    _, np_key, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    tensors = {"torch_cpu": torch.get_rng_state(), "sampler": generator.get_state(),
+               "numpy_key": torch.from_numpy(np_key.astype(np.int64))}
+    if torch.cuda.is_available():
+        tensors["torch_cuda"] = torch.cuda.get_rng_state()
+    save_file(tensors, str(tensor_file))
+    version, internal, gauss_next = random.getstate()
+    record = {"python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+              "numpy": {"pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)}}
+    json_file.write_text(json.dumps(record))
+
+
+def load_rng_state(path: str | Path, rank: int, generator: torch.Generator) -> None:
+    """Restore what save_rng_state wrote for `rank` into the global RNGs and `generator`."""
+    tensor_file, json_file = rng_state_files(path, rank)
+    if not (tensor_file.exists() and json_file.exists()):
+        raise FileNotFoundError(f"{path} has no RNG state for rank {rank} ({tensor_file.name}); it was written by "
+                                f"a run with fewer processes or by an older vla")
+    tensors = load_file(str(tensor_file))
+    record = json.loads(json_file.read_text())
+    torch.set_rng_state(tensors["torch_cpu"])
+    generator.set_state(tensors["sampler"])
+    if torch.cuda.is_available() and "torch_cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["torch_cuda"])
+    numpy = record["numpy"]
+    np.random.set_state(("MT19937", tensors["numpy_key"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    python = record["python"]
+    random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import matplotlib
@@ -13,13 +14,21 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 
 class ScalarLogger:
-    """Appends rows of scalars to <dir>/metrics.csv and TensorBoard event files in <dir>/tb."""
+    """Appends rows of scalars to <dir>/metrics.csv and TensorBoard event files in <dir>/tb.
 
-    def __init__(self, directory: str | Path, enabled: bool = True):
+    A run (re)starting at `start_step` first drops what an earlier attempt logged after it: CSV rows with a
+    larger step are deleted, and TensorBoard is told to purge events from step start_step + 1 on (purge_step),
+    so steps replayed after a resume are logged once.
+    """
+
+    def __init__(self, directory: str | Path, enabled: bool = True, start_step: int = 0):
         self.directory = Path(directory)
         self.enabled = enabled
         self.csv_path = self.directory / "metrics.csv"
-        self.writer = SummaryWriter(str(self.directory / "tb")) if enabled else None
+        self.writer = None
+        if enabled:
+            truncate_metrics(self.csv_path, start_step)
+            self.writer = SummaryWriter(str(self.directory / "tb"), purge_step=start_step + 1)
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -36,6 +45,25 @@ class ScalarLogger:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def truncate_metrics(csv_path: str | Path, last_step: int) -> None:
+    """Keep the rows of a metrics CSV up to `last_step` (atomically rewritten; removed when none is left)."""
+    csv_path = Path(csv_path)
+    if not csv_path.exists():
+        return
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, [r for r in reader if float(r["step"]) <= last_step]
+    if not rows:
+        csv_path.unlink()
+        return
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, csv_path)
 
 
 def read_metrics(csv_path: str | Path) -> dict[str, list[float]]:

@@ -9,13 +9,18 @@ with its own seed, so data-parallel ranks see different samples without a sharde
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
@@ -27,7 +32,13 @@ from vla.data.augment import random_shift
 from vla.data.dataset import ChunkedDemos, load_chunked_demos
 from vla.data.normalize import Normalizer
 from vla.policy import VLAPolicy
-from vla.training.checkpoint import load_training_state, save_training_state
+from vla.training.checkpoint import (
+    load_rng_state,
+    load_training_state,
+    read_training_record,
+    save_rng_state,
+    save_training_state,
+)
 from vla.training.logging import ScalarLogger, plot_loss_curve
 
 
@@ -48,7 +59,8 @@ def last_checkpoint(output_dir: str | Path) -> Path:
 
 def load_demos(model: ModelConfig, data: DataConfig) -> ChunkedDemos:
     demos = load_chunked_demos(data.root, data.repo_id, chunk_size=model.head.horizon,
-                               expected_action_dim=data.action_dim, expected_state_dim=data.state_dim)
+                               expected_action_dim=data.action_dim, expected_state_dim=data.state_dim,
+                               embodiment=data.embodiment)
     check_observation_spec(model, demos)
     return demos
 
@@ -63,18 +75,92 @@ def check_observation_spec(model: ModelConfig, demos: ChunkedDemos) -> None:
                          f"(set --model.cameras / --model.image_size to match)")
 
 
-def build_policy(cfg: TrainRunConfig, demos: ChunkedDemos) -> VLAPolicy:
-    """A fresh policy (stats computed from the demos), or the one in output_dir when resuming."""
-    last = last_checkpoint(cfg.train.output_dir)
-    if cfg.train.resume and last.exists():
-        policy = load_policy(last)
+def build_policy(cfg: TrainRunConfig, demos: ChunkedDemos, resume_from: Path | None) -> VLAPolicy:
+    """A fresh policy (stats computed from the demos), or the one in `resume_from` when resuming."""
+    if resume_from is not None:
+        policy = load_policy(resume_from)
         policy.train()
         if demos.embodiment not in policy.normalizer.stats:
-            raise ValueError(f"resuming {last}: it has no statistics for the dataset's embodiment {demos.embodiment!r}")
+            raise ValueError(f"resuming {resume_from}: it has no statistics for the dataset's embodiment "
+                             f"{demos.embodiment!r}")
         return policy
     normalizer = Normalizer.from_demos(demos, cfg.model.normalization, cfg.model.max_action_dim,
                                        cfg.model.max_state_dim)
     return VLAPolicy(cfg.model, normalizer)
+
+
+# settings that do not change what a run computes: they may differ when a run is resumed
+RUN_CONTROL_FIELDS = frozenset({"train.output_dir", "train.resume", "train.resume_with_changes", "train.time_limit_s",
+                                "train.log_every", "train.save_every", "train.keep_last",
+                                "data.root"})  # the dataset's content is compared by fingerprint instead
+
+
+def flat_config(cfg) -> dict[str, Any]:
+    """{"train.optim.lr": 0.0005, ...}: every leaf of a config dataclass under its dotted name."""
+    def walk(node, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, value in node.items() for k, v in walk(value, f"{prefix}{key}.").items()}
+    return {key.rstrip("."): value for key, value in walk(yaml.safe_load(to_yaml(cfg)), "").items()}
+
+
+def dataset_fingerprint(demos: ChunkedDemos) -> str:
+    """sha256 of what the training frames are: every action, state, pad flag, episode and task, a strided
+    sample of the images (all of them would cost seconds), the instructions, embodiment and camera layout."""
+    digest = hashlib.sha256()
+    for tensor in (demos.state, demos.actions, demos.action_is_pad, demos.episode_index, demos.task_index,
+                   demos.images[:: max(1, len(demos) // 64)]):
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    digest.update(json.dumps([demos.tasks, demos.embodiment, demos.camera_keys, list(demos.images.shape)]).encode())
+    return digest.hexdigest()
+
+
+def run_record(cfg: TrainRunConfig, demos: ChunkedDemos, num_processes: int) -> dict:
+    """Everything a run's trajectory depends on; a checkpoint resumes exactly only under the same record."""
+    config = {k: v for k, v in flat_config(cfg).items() if k not in RUN_CONTROL_FIELDS}
+    return {"config": config, "dataset": dataset_fingerprint(demos), "frames": len(demos),
+            "num_processes": num_processes}
+
+
+def run_differences(saved: dict, current: dict) -> list[str]:
+    """Human-readable differences between two run records, e.g. ["train.steps: 3000 in the checkpoint, 4000 now"]."""
+    diffs = []
+    keys = list(current["config"]) + [k for k in saved["config"] if k not in current["config"]]
+    for key in keys:
+        old, new = saved["config"].get(key, "<unset>"), current["config"].get(key, "<unset>")
+        if old != new:
+            diffs.append(f"{key}: {old!r} in the checkpoint, {new!r} now")
+    if saved["dataset"] != current["dataset"]:
+        diffs.append(f"dataset content: {saved['frames']} frames (sha256 {saved['dataset'][:12]}) in the checkpoint, "
+                     f"{current['frames']} frames (sha256 {current['dataset'][:12]}) now")
+    if saved["num_processes"] != current["num_processes"]:
+        diffs.append(f"num_processes: {saved['num_processes']} in the checkpoint, {current['num_processes']} now")
+    return diffs
+
+
+def check_resumable(last: Path, saved: dict, current: dict, cfg: TrainConfig) -> list[str]:
+    """Refuse, naming the differing fields and the way out, to resume `last` under a different run record;
+    returns the differences that resume_with_changes lets through (recorded in the checkpoint's history)."""
+    if "run" not in saved:
+        raise ValueError(f"{last} was written by an older vla without RNG state and run record: it cannot be "
+                         f"resumed exactly; choose a new --train.output_dir")
+    step, diffs = saved["step"], run_differences(saved["run"], current)
+    model_diffs = [d for d in diffs if d.startswith(("model.", "num_processes"))]
+    if model_diffs:  # the weights, optimiser moments and per-rank RNG states fit only the run's own model and ranks
+        raise ValueError(f"cannot resume {last} with a different model or number of processes ("
+                         + "; ".join(model_diffs) + "): choose a new --train.output_dir")
+    if diffs and not cfg.resume_with_changes:
+        finished = step == saved["run"]["config"]["train.steps"]
+        what = (f"holds a finished run (step {step} of train.steps={step}), which is reused, never extended"
+                if finished else f"holds a run stopped at step {step}, which resumes only with the same settings")
+        raise ValueError(f"{cfg.output_dir} {what}; this config differs in " + "; ".join(diffs) +
+                         ". To train with these settings, choose a new --train.output_dir; to continue this run with "
+                         "them anyway (its results then differ from one uninterrupted run), pass "
+                         "--train.resume_with_changes=true")
+    if step > cfg.steps:
+        raise ValueError(f"{last} is at step {step}, past train.steps={cfg.steps}; choose a new --train.output_dir")
+    return diffs
 
 
 def make_optimizer(policy: VLAPolicy, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -101,52 +187,88 @@ def make_batch(demos: ChunkedDemos, batch_size: int, image_shift: int, generator
     return batch
 
 
-def save_checkpoint(accelerator: Accelerator, policy: VLAPolicy, optimizer, step: int, output_dir: str) -> Path:
-    """Write checkpoints/step_N, then point checkpoints/last at it (a crash mid-write keeps the old last)."""
-    target = checkpoint_dir(output_dir) / f"step_{step:07d}"
+def save_checkpoint(accelerator: Accelerator, policy: VLAPolicy, optimizer, step: int, output_dir: str,
+                    generator: torch.Generator, record: dict, keep_last: int = 0) -> Path:
+    """Write checkpoints/step_N atomically (into a temporary folder, renamed when complete, every rank adding its
+    RNG state), then point checkpoints/last at it and delete all but the `keep_last` newest (0: keep all).
+    A crash at any point leaves `last` at a complete checkpoint."""
+    folder = checkpoint_dir(output_dir)
+    target, tmp = folder / f"step_{step:07d}", folder / f".step_{step:07d}.tmp"
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(policy)
-        unwrapped.save_pretrained(target)
-        save_training_state(target / "training_state", optimizer, step, {"seed_offset": step})
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
+        accelerator.unwrap_model(policy).save_pretrained(tmp)
+        save_training_state(tmp / "training_state", optimizer, step, record)
+    accelerator.wait_for_everyone()
+    save_rng_state(tmp / "training_state", accelerator.process_index, generator)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if target.exists():  # written before a crash after the step `last` points to; never last's own target
+            shutil.rmtree(target)
+        os.rename(tmp, target)
         link = last_checkpoint(output_dir)
-        tmp = link.with_name("last.tmp")
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        tmp.symlink_to(target.name)
-        os.replace(tmp, link)
+        tmp_link = link.with_name("last.tmp")
+        if tmp_link.is_symlink() or tmp_link.exists():
+            tmp_link.unlink()
+        tmp_link.symlink_to(target.name)
+        os.replace(tmp_link, link)
+        if keep_last > 0:
+            for old in sorted(folder.glob("step_*"))[:-keep_last]:
+                shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return target
 
 
 def train(cfg: TrainRunConfig) -> Path:
-    """Train and return the path of the final checkpoint."""
+    """Train and return the path of the final checkpoint.
+
+    With train.resume, a run in output_dir continues exactly where its last checkpoint left it (weights,
+    optimiser, LR schedule, every RNG of every rank, the loss window being logged): the losses after it equal
+    those of one uninterrupted run. A finished run is returned as is. Other settings are refused (check_resumable).
+    """
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(cfg.train.seed)
     out = Path(cfg.train.output_dir)
     demos = load_demos(cfg.model, cfg.data)
-    policy = build_policy(cfg, demos)
-    optimizer = make_optimizer(policy, cfg.train)
+    record = {"run": run_record(cfg, demos, accelerator.num_processes)}
     last = last_checkpoint(out)
+    resume_from = last.resolve() if cfg.train.resume and last.exists() else None
     start_step = 0
-    if cfg.train.resume and last.exists():
-        start_step = load_training_state(last / "training_state", optimizer)["step"]
-        accelerator.print(f"resuming from {last.resolve().name} at step {start_step}")
+    if resume_from is not None:
+        saved = read_training_record(resume_from / "training_state")
+        changes = check_resumable(last, saved, record["run"], cfg.train)
+        start_step = saved["step"]
+        record["history"] = saved.get("history", []) + (
+            [{"step": start_step, "event": "resumed with changes", "changes": changes}] if changes else [])
+        if start_step == cfg.train.steps:
+            accelerator.print(f"{out} already holds the finished run (step {start_step}); reusing {resume_from.name}")
+            if accelerator.is_main_process and (out / "metrics.csv").exists() and not (out / "loss_curve.png").exists():
+                plot_loss_curve(out / "metrics.csv", out / "loss_curve.png")
+            accelerator.end_training()
+            return resume_from
     elif out.exists() and any(checkpoint_dir(out).glob("step_*")) and accelerator.is_main_process:
         raise FileExistsError(f"{out} already holds checkpoints; pass --train.resume=true to continue, "
                               f"or choose another --train.output_dir")
+    policy = build_policy(cfg, demos, resume_from)
+    optimizer = make_optimizer(policy, cfg.train)
+    if resume_from is not None:
+        load_training_state(resume_from / "training_state", optimizer)
+        accelerator.print(f"resuming from {resume_from.name} at step {start_step}")
     scheduler = make_lr_schedule(optimizer, cfg.train, start_step)
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
-    logger = ScalarLogger(out, enabled=accelerator.is_main_process)
+    logger = ScalarLogger(out, enabled=accelerator.is_main_process, start_step=start_step)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.yaml").write_text(to_yaml(cfg))
         accelerator.print(f"policy: {count_parameters(policy) / 1e6:.2f}M parameters "
                           f"({count_parameters(policy, trainable_only=True) / 1e6:.2f}M trainable); "
                           f"{len(demos)} training frames")
-    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + accelerator.process_index + start_step)
+    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + accelerator.process_index)
+    window_loss, window_steps = 0.0, 0  # the loss summed over the steps since the last log row
+    if resume_from is not None:  # last: nothing may draw random numbers between this and the first batch
+        load_rng_state(resume_from / "training_state", accelerator.process_index, generator)
+        window_loss, window_steps = saved.get("window_loss", 0.0), saved.get("window_steps", 0)
     step = start_step
-    started = time.time()
-    window_loss, window_start = 0.0, time.time()
+    started = window_start = time.time()
     progress = tqdm(total=cfg.train.steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     policy.train()
     while step < cfg.train.steps:
@@ -162,20 +284,25 @@ def train(cfg: TrainRunConfig) -> Path:
         optimizer.step()
         scheduler.step()
         step += 1
-        window_loss += loss.item()
+        window_loss, window_steps = window_loss + loss.item(), window_steps + 1
         progress.update(1)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            n = step % cfg.train.log_every or cfg.train.log_every
-            scalars = {"loss": window_loss / n, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
-                       "s_per_step": (time.time() - window_start) / n}
+            scalars = {"loss": window_loss / window_steps, "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "s_per_step": (time.time() - window_start) / window_steps}
             logger.log(step, scalars)
             progress.set_postfix(loss=f"{scalars['loss']:.4f}")
-            window_loss, window_start = 0.0, time.time()
-        out_of_time = cfg.train.time_limit_s > 0 and time.time() - started > cfg.train.time_limit_s
-        if step % cfg.train.save_every == 0 or step == cfg.train.steps or out_of_time:
-            save_checkpoint(accelerator, policy, optimizer, step, cfg.train.output_dir)
+            window_loss, window_steps, window_start = 0.0, 0, time.time()
+        out_of_time = 0 < cfg.train.time_limit_s < time.time() - started and step < cfg.train.steps
         if out_of_time:
-            accelerator.print(f"time limit {cfg.train.time_limit_s:.0f}s reached at step {step}; stopping")
+            record["history"] = record.get("history", []) + [
+                {"step": step, "event": f"stopped by train.time_limit_s={cfg.train.time_limit_s:g}"}]
+            accelerator.print(f"time limit train.time_limit_s={cfg.train.time_limit_s:g}s reached at step {step} of "
+                              f"{cfg.train.steps}: stopping with a partial run (rerun with --train.resume=true to "
+                              f"finish it)")
+        if step % cfg.train.save_every == 0 or step == cfg.train.steps or out_of_time:
+            save_checkpoint(accelerator, policy, optimizer, step, cfg.train.output_dir, generator,
+                            {**record, "window_loss": window_loss, "window_steps": window_steps}, cfg.train.keep_last)
+        if out_of_time:
             break
     progress.close()
     logger.close()
