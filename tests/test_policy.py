@@ -90,6 +90,37 @@ def test_bad_observations_are_rejected(trained, demos):
         Observation(obs.images, state, obs.instruction, obs.embodiment)
 
 
+@pytest.mark.parametrize("extra", [1, -1])
+def test_state_of_the_wrong_width_is_refused(trained, demos, extra):
+    """A state one dim wider or narrower than the embodiment's is an error naming the expected width, in predict
+    and in training (both normalise the state), never silently sliced."""
+    policy = load_policy(trained)
+    obs = observation(demos)
+    width = obs.state.shape[1]
+    state = torch.cat([obs.state, torch.ones(2, 1)], dim=1) if extra > 0 else obs.state[:, :-1]
+    bad = Observation(obs.images, state, obs.instruction, obs.embodiment)
+    message = f"state has {width + extra} dims; expected {width} for embodiment '{demos.embodiment}'"
+    with pytest.raises(ValueError, match=message):
+        policy.predict(bad, num_steps=2)
+    batch = demos.sample(2, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=message):
+        policy({**batch, "state": state})
+
+
+def test_mixed_embodiment_state_is_padded_to_the_widest():
+    from vla.data.normalize import Normalizer, compute_stats
+
+    stats = {name: {"action": compute_stats(torch.randn(20, 2)), "state": compute_stats(torch.randn(20, dim))}
+             for name, dim in (("wide", 3), ("narrow", 2))}
+    norm = Normalizer(stats, "zscore", max_action_dim=2, max_state_dim=4)
+    state = torch.tensor([[0.1, 0.2, 0.3], [0.1, 0.2, 0.0]])
+    assert norm.normalize_state(state, ["wide", "narrow"]).shape == (2, 4)
+    with pytest.raises(ValueError, match="'narrow' has values beyond its 2 dims"):
+        norm.normalize_state(state.flip(0), ["wide", "narrow"])
+    with pytest.raises(ValueError, match=r"expected 3 for embodiment 'narrow' \(2\) / 'wide' \(3\)"):
+        norm.normalize_state(torch.zeros(2, 4), ["wide", "narrow"])
+
+
 def test_training_writes_logs_and_resumes(trained, tiny_run_config):
     out = trained.parent.parent
     assert trained.name == "step_0000010"
