@@ -176,3 +176,57 @@ def test_backbone_rebuilds_from_saved_structure_without_weights(tiny_dirs, tmp_p
     rebuilt = VLMBackbone(BackboneConfig(family="paligemma", pretrained=str(tmp_path / "structure")),
                           load_weights=False)
     assert [n for n, _ in rebuilt.named_parameters()] == [n for n, _ in backbone.named_parameters()]
+
+
+# ---- what is loaded must be what the family expects -------------------------------------------------
+
+
+def copy_checkpoint(tiny_dirs: dict[str, Path], family: str, to: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny_dirs[family], to))
+
+
+@pytest.mark.parametrize("family, other, model_type", [("paligemma", "smolvlm", "idefics3"),
+                                                       ("smolvlm", "paligemma", "paligemma")])
+def test_folder_of_another_family_is_refused(tiny_dirs: dict[str, Path], family: str, other: str,
+                                             model_type: str) -> None:
+    """A folder loaded as the wrong family is refused (HF would build the family's model with every weight random),
+    from the hub folder and when rebuilding a policy checkpoint's backbone from its saved structure."""
+    for load_weights in (True, False):
+        with pytest.raises(ValueError, match=f"is a '{model_type}' model .*backbone.family is '{family}'"):
+            VLMBackbone(BackboneConfig(family, pretrained=str(tiny_dirs[other])), load_weights=load_weights)
+
+
+def test_model_type_of_an_unsupported_vlm_is_named(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    folder = copy_checkpoint(tiny_dirs, "paligemma", tmp_path / "qwen")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_5_vl"}))
+    message = "is a 'qwen2_5_vl' model .*backbone.family is 'paligemma'.*smolvlm \\(idefics3\\)"
+    with pytest.raises(ValueError, match=message):
+        VLMBackbone(BackboneConfig("paligemma", pretrained=str(folder)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_missing_pretrained_weights_are_refused(tiny_dirs: dict[str, Path], family: str, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_checkpoint(tiny_dirs, family, tmp_path / family)
+    weights = load_file(folder / "model.safetensors")
+    dropped = [k for k in weights if "layers.0." in k and "vision" not in k]  # the first LLM layer
+    assert dropped
+    save_file({k: v for k, v in weights.items() if k not in dropped}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"lacks {len(dropped)} pretrained weights the {family} model needs"):
+        VLMBackbone(BackboneConfig(family, pretrained=str(folder)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_folder_without_image_processor_says_how_to_add_one(tiny_dirs: dict[str, Path], family: str,
+                                                             tmp_path: Path) -> None:
+    folder = copy_checkpoint(tiny_dirs, family, tmp_path / family)
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(ValueError, match=r"no image processor \(preprocessor_config.json\).*save_pretrained"):
+        VLMBackbone(BackboneConfig(family, pretrained=str(folder)))

@@ -136,6 +136,26 @@ def test_memory_mask_hides_padding_and_future():
                                 [True, False, True, True, True]]
 
 
+# ---- sampling range --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("clip, reached", [(1.0, 1.0), (5.0, 2.5), (None, 2.5)])
+def test_samplers_clip_to_the_range_they_are_given(clip, reached):
+    """DDIM and flow Euler driven towards clean actions at +-2.5 reach them unless the clip range is narrower
+    (quantile normalisation: 1; zscore: model.zscore_clip std, or none)."""
+    from vla.action_heads.diffusion import ActionDiffusion, DiffusionConfig
+
+    target = torch.tensor([2.5, -2.5]).repeat(D // 2)  # (D,)
+    shape, cpu = (2, H, D), torch.device("cpu")
+    ddim = ActionDiffusion(DiffusionConfig(prediction_type="sample"))  # the network predicts the clean actions
+    ddim_out = ddim.sample(lambda x, t: target.expand_as(x), shape, cpu, torch.float32, num_steps=5, clip=clip)
+    flow = FlowMatching(FlowMatchingConfig(num_steps=5))  # the velocity field of the straight path to target
+    flow_out = flow.sample(lambda x, t: (x - target) / t[:, None, None], shape, cpu, torch.float32, clip=clip)
+    expected = (target.sign() * reached).expand(shape)
+    torch.testing.assert_close(ddim_out, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(flow_out, expected, atol=1e-4, rtol=0)
+
+
 # ---- BAC -------------------------------------------------------------------------------------------
 
 
@@ -146,13 +166,14 @@ def test_bac_threshold_zero_is_exact_and_caching_stays_close(name):
     full = sample(head, cond, 30, bac=False)
     calibrate_head(head, cond, 30, threshold=0.0)
     assert head.bac_schedules[30].computed_fraction() == 1.0
-    assert torch.equal(sample(head, cond, 30), full)
+    assert torch.equal(sample(head, cond, 30, bac=True), full)
     schedule = calibrate_head(head, cond, 30, threshold=BAC_THRESHOLD)
-    cached = sample(head, cond, 30)
+    cached = sample(head, cond, 30, bac=True)
     assert schedule.computed_fraction() < 1.0, schedule.recompute  # it does skip work
     assert (cached - full).abs().mean() < BAC_MEAN_TOLERANCE
     assert (cached - full).abs().max() < BAC_MAX_TOLERANCE
     assert torch.equal(sample(head, cond, 30, bac=False), full)  # bac=False ignores the schedule
+    assert torch.equal(sample(head, cond, 30), full)  # and so does the default: caching only when asked
 
 
 @pytest.mark.parametrize("name", ["dit", "dita"])
@@ -166,7 +187,7 @@ def test_bac_tolerance_picks_the_largest_threshold_within_it(name):
     schedule = calibrate_head(head, cond, 30, tolerance=tolerance, seed=3)
     assert schedule.error <= tolerance and schedule.tolerance == tolerance
     assert schedule.computed_fraction() < 1.0  # the random heads tolerate some caching at this bound
-    assert float((sample(head, cond, 30) - full).abs().mean()) == pytest.approx(schedule.error, abs=1e-6)
+    assert float((sample(head, cond, 30, bac=True) - full).abs().mean()) == pytest.approx(schedule.error, abs=1e-6)
     # every grid threshold measured: the bisection found the largest one that fits
     errors = {t: calibrate_head(head, cond, 30, threshold=t, seed=3).error for t in THRESHOLD_GRID}
     assert schedule.threshold == max(t for t, e in errors.items() if e <= tolerance), errors

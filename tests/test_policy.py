@@ -90,6 +90,149 @@ def test_bad_observations_are_rejected(trained, demos):
         Observation(obs.images, state, obs.instruction, obs.embodiment)
 
 
+@pytest.mark.parametrize("extra", [1, -1])
+def test_state_of_the_wrong_width_is_refused(trained, demos, extra):
+    """A state one dim wider or narrower than the embodiment's is an error naming the expected width, in predict
+    and in training (both normalise the state), never silently sliced."""
+    policy = load_policy(trained)
+    obs = observation(demos)
+    width = obs.state.shape[1]
+    state = torch.cat([obs.state, torch.ones(2, 1)], dim=1) if extra > 0 else obs.state[:, :-1]
+    bad = Observation(obs.images, state, obs.instruction, obs.embodiment)
+    message = f"state has {width + extra} dims; expected {width} for embodiment '{demos.embodiment}'"
+    with pytest.raises(ValueError, match=message):
+        policy.predict(bad, num_steps=2)
+    batch = demos.sample(2, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=message):
+        policy({**batch, "state": state})
+
+
+def test_mixed_embodiment_state_is_padded_to_the_widest():
+    from vla.data.normalize import Normalizer, compute_stats
+
+    stats = {name: {"action": compute_stats(torch.randn(20, 2)), "state": compute_stats(torch.randn(20, dim))}
+             for name, dim in (("wide", 3), ("narrow", 2))}
+    norm = Normalizer(stats, "zscore", max_action_dim=2, max_state_dim=4)
+    state = torch.tensor([[0.1, 0.2, 0.3], [0.1, 0.2, 0.0]])
+    assert norm.normalize_state(state, ["wide", "narrow"]).shape == (2, 4)
+    with pytest.raises(ValueError, match="'narrow' has values beyond its 2 dims"):
+        norm.normalize_state(state.flip(0), ["wide", "narrow"])
+    with pytest.raises(ValueError, match=r"expected 3 for embodiment 'narrow' \(2\) / 'wide' \(3\)"):
+        norm.normalize_state(torch.zeros(2, 4), ["wide", "narrow"])
+
+
+@pytest.mark.parametrize("mode", ["zscore", "quantile"])
+@pytest.mark.parametrize("head_name", ["dit", "flow"])
+def test_zscore_policy_acts_beyond_one_std_and_quantile_clips(tiny_run_config, demos, mode, head_name):
+    """A head whose denoiser leads to normalised actions at 2.5 gives mean + 2.5 std in robot units under zscore
+    (samples clip at model.zscore_clip std), and q99 under quantile (samples clip to [-1, 1])."""
+    from vla.action_heads import DiTHeadConfig, FlowHeadConfig
+    from vla.action_heads.diffusion import DiffusionConfig
+    from vla.data.normalize import Normalizer
+
+    small = dict(horizon=4, hidden=32, depth=1, heads=2)
+    head = (DiTHeadConfig(diffusion=DiffusionConfig(prediction_type="sample"), **small) if head_name == "dit"
+            else FlowHeadConfig(**small))
+    model = dataclasses.replace(tiny_run_config.model, head=head, normalization=mode)
+    normalizer = Normalizer.from_demos(demos, mode, model.max_action_dim, model.max_state_dim)
+    policy = VLAPolicy(model, normalizer).eval()
+    target = 2.5
+    if head_name == "dit":  # predicts the clean actions
+        policy.head.net.forward = lambda noisy, t, tokens, cache=None: torch.full_like(noisy, target)
+    else:  # the velocity of the straight path to the target
+        policy.head.net.forward = lambda x, t, *args: (x - target) / t[:, None, None]
+    actions = policy.predict(observation(demos), generator=torch.Generator().manual_seed(0), num_steps=4).actions
+    reached = target if mode == "zscore" else 1.0
+    expected = normalizer.unnormalize_action(torch.full((model.max_action_dim,), reached), demos.embodiment)
+    torch.testing.assert_close(actions, expected.expand_as(actions), atol=1e-3, rtol=1e-4)
+    if mode == "zscore":
+        one_std = normalizer.unnormalize_action(torch.ones(model.max_action_dim), demos.embodiment)
+        assert (actions > one_std + 1e-3).any()
+
+
+def test_zscore_clip_is_configurable():
+    from vla.config import ModelConfig
+    from vla.policy import sample_clip
+
+    assert sample_clip("quantile", ModelConfig(zscore_clip=3.0)) == 1.0
+    assert sample_clip("zscore", ModelConfig(zscore_clip=3.0)) == 3.0
+    assert sample_clip("zscore", ModelConfig(zscore_clip=0.0)) is None  # no clip
+    with pytest.raises(ValueError, match="zscore_clip must be >= 0"):
+        ModelConfig(zscore_clip=-1.0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_with_bac(trained, tmp_path_factory):
+    """The tiny checkpoint plus a BAC schedule for its default step count that caches hard (every block computed
+    at the first step only), so that sampling with it visibly differs from sampling without it. The blocks'
+    adaLN-Zero modulations, still near zero after 10 steps, are randomised so that the blocks matter."""
+    from vla.action_heads.bac import BACSchedule
+
+    policy = load_policy(trained)
+    with torch.no_grad():
+        for block in policy.head.net.blocks:
+            block.ada[-1].weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    steps, blocks = policy.head.config.diffusion.num_inference_steps, policy.head.num_cached_blocks()
+    policy.head.add_bac_schedule(BACSchedule(steps, 0.5, [[0]] * blocks, [[0.0] * steps] * blocks))
+    path = tmp_path_factory.mktemp("bac") / "ckpt"
+    policy.save_pretrained(path)
+    return path
+
+
+def test_predict_local_policy_and_eval_sample_alike_by_default(checkpoint_with_bac):
+    """Same checkpoint (with a BAC schedule), same seed, default settings: policy.predict, LocalPolicy (vla-deploy,
+    vla-serve) and the vla-eval rollout give identical actions; BAC only when asked."""
+    import numpy as np
+
+    from vla.config import EvalConfig
+    from vla.deploy.protocol import ObservationMessage
+    from vla.deploy.runner import LocalPolicy
+    from vla.eval.rollout import run_episode
+    from vla.sim.metaworld_env import MetaWorldEnv
+
+    policy = load_policy(checkpoint_with_bac)
+    calls = []
+
+    class Recording:  # what the rollout asks the policy for, and what it gets
+        config = policy.config
+
+        def predict(self, obs, **options):
+            calls.append((obs, policy.predict(obs, **options)))
+            return calls[-1][1]
+
+    seed = 100_000
+    env = MetaWorldEnv("reach", seed=seed, image_size=policy.config.image_size, camera=policy.config.cameras[0],
+                       max_steps=1)
+    try:
+        run_episode(Recording(), env, seed, EvalConfig(tasks=["reach"]), [], record=False)
+    finally:
+        env.close()
+    obs, evaluated = calls[0]
+    default = policy.predict(obs, generator=torch.Generator().manual_seed(seed)).actions
+    cached = policy.predict(obs, generator=torch.Generator().manual_seed(seed), bac=True).actions
+    assert (cached - default).abs().max() > 1e-4  # the schedule does change the actions
+    assert torch.equal(evaluated.actions, default)
+    message = ObservationMessage(obs.images[0].numpy(), obs.state[0].numpy(), obs.instruction[0], obs.embodiment[0])
+    local = LocalPolicy.from_checkpoint(str(checkpoint_with_bac), seed=seed).infer(message)
+    assert np.array_equal(local, default[0].numpy())
+    local_cached = LocalPolicy.from_checkpoint(str(checkpoint_with_bac), seed=seed, bac=True).infer(message)
+    assert np.array_equal(local_cached, cached[0].numpy())  # --bac true: the same cached actions everywhere
+
+
+def test_eval_summary_records_the_sampling_settings(checkpoint_with_bac, tmp_path):
+    from vla.eval.cli import main
+
+    main([f"--checkpoint={checkpoint_with_bac}", "--tasks=[reach]", "--episodes_per_task=1", "--max_steps=2",
+          "--bac=true", "--seed_start=7", f"--output_dir={tmp_path}"])
+    settings = json.loads((tmp_path / "summary.json").read_text())["settings"]
+    steps = load_policy(checkpoint_with_bac).config.head.diffusion.num_inference_steps
+    assert {k: settings[k] for k in ("num_inference_steps", "bac", "bac_threshold", "seed_start", "n_obs_steps")} \
+        == {"num_inference_steps": steps, "bac": True, "bac_threshold": 0.5, "seed_start": 7, "n_obs_steps": 1}
+    with pytest.raises(ValueError, match="no BAC schedule is calibrated for 3 steps"):
+        main([f"--checkpoint={checkpoint_with_bac}", "--num_inference_steps=3", "--bac=true",
+              f"--output_dir={tmp_path}"])
+
+
 def test_training_writes_logs_and_resumes(trained, tiny_run_config, tmp_path):
     assert trained.name == "step_0000010"
     out = tmp_path / "run"
@@ -134,6 +277,8 @@ def test_vla_eval_cli_with_adaptive_ensemble(trained, tmp_path, capsys):
           "--schedule.mode=adaptive", "--num_inference_steps=2", f"--output_dir={tmp_path}"])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["settings"]["schedule"]["mode"] == "adaptive"
+    assert summary["settings"]["num_inference_steps"] == 2 and summary["settings"]["bac"] is False
+    assert summary["settings"]["bac_threshold"] is None
     assert summary["tasks"]["reach"]["mean_episode_length"] == 6  # untrained: runs to max_steps
     assert "reach" in capsys.readouterr().out
 

@@ -30,6 +30,9 @@ class ModelConfig:
     # images are then [B, n_obs_steps * len(cameras), S, S, 3], time-major
     n_obs_steps: int = 1
     normalization: str = "quantile"  # quantile: q01..q99 -> [-1, 1]; zscore: mean/std
+    # zscore only: sampled actions are clipped to +-this many std of the training actions (0 = no clip);
+    # quantile always clips to [-1, 1] (q01..q99), the range its training targets are clamped to
+    zscore_clip: float = 5.0
 
     def __post_init__(self) -> None:
         if self.n_obs_steps < 1:
@@ -40,6 +43,8 @@ class ModelConfig:
                              f"model.backbone.freeze_language=false, or use head.denoiser=separate")
         if self.normalization not in NORMALIZATION_MODES:
             raise ValueError(f"model.normalization must be one of {NORMALIZATION_MODES}; got {self.normalization!r}")
+        if not self.zscore_clip >= 0:
+            raise ValueError(f"model.zscore_clip must be >= 0 (0 = no clip); got {self.zscore_clip}")
 
 
 @dataclass
@@ -90,8 +95,10 @@ class EvalConfig:
     episodes_per_task: int = 20
     seed_start: int = 100_000  # demos use seeds from 0; evaluation never reuses them
     max_steps: int = 200
-    num_inference_steps: int = 10  # denoising steps (DDIM or flow Euler)
-    bac: bool = False  # block-wise adaptive caching with the checkpoint's schedule for num_inference_steps
+    num_inference_steps: int = 0  # denoising steps (DDIM or flow Euler); 0 = the checkpoint's default
+    # block-wise adaptive caching with the checkpoint's schedule for num_inference_steps; off unless asked,
+    # as in policy.predict, vla-deploy and vla-serve
+    bac: bool = False
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # chunk execution / ensembling
     videos_per_task: int = 2
     privileged_state: bool = False  # diagnostics: the simulator adds the object position (policy must expect it)
@@ -99,8 +106,9 @@ class EvalConfig:
     checkpoint: str = ""  # for vla-eval
 
     def __post_init__(self) -> None:
-        if self.num_inference_steps < 1:
-            raise ValueError(f"eval.num_inference_steps must be >= 1; got {self.num_inference_steps}")
+        if self.num_inference_steps < 0:
+            raise ValueError(f"eval.num_inference_steps must be >= 1 (or 0 for the checkpoint's default); "
+                             f"got {self.num_inference_steps}")
 
 
 def parse(config_class: type, args: list[str] | None = None):

@@ -18,14 +18,20 @@ from vla.data.normalize import Normalizer
 from vla.types import ActionChunk, Cond, Observation, validate_images
 
 
+def sample_clip(mode: str, config: ModelConfig) -> float | None:
+    """The range heads clip sampled normalised actions to: 1 for quantile (q01..q99 -> [-1, 1]), model.zscore_clip
+    standard deviations for zscore (None = no clip when it is 0)."""
+    return 1.0 if mode == "quantile" else (config.zscore_clip or None)
+
+
 class VLAPolicy(nn.Module):
     def __init__(self, config: ModelConfig, normalizer: Normalizer, backbone: VLMBackbone | None = None):
         super().__init__()
         self.config = config
         self.normalizer = normalizer
         self.backbone = backbone if backbone is not None else VLMBackbone(config.backbone)
-        self.head = build_head(config.head, cond_dim=self.backbone.hidden_size,
-                               action_dim=config.max_action_dim, state_dim=config.max_state_dim)
+        self.head = build_head(config.head, cond_dim=self.backbone.hidden_size, action_dim=config.max_action_dim,
+                               state_dim=config.max_state_dim, action_clip=sample_clip(normalizer.mode, config))
 
     @property
     def embodiments(self) -> list[str]:
@@ -64,6 +70,8 @@ class VLAPolicy(nn.Module):
 
         prefix_actions [B, P, D] (robot units) and prefix_weights [P]: real-time chunking; heads
         that denoise (dit, dita, flow) inpaint the chunk's first P actions towards them.
+        sample_options go to the head: num_steps (None: the head's default), bac (False by default:
+        block caching only when asked, with the schedule calibrated for num_steps); see `sampling_settings`.
         """
         device = next(self.parameters()).device
         obs = obs.to(device)
@@ -82,6 +90,16 @@ class VLAPolicy(nn.Module):
             actions[i, :, : chunk.shape[-1]] = chunk
             mask[i, : chunk.shape[-1]] = True
         return ActionChunk(actions=actions, mask=mask)
+
+    def sampling_settings(self, num_steps: int | None = None, bac: bool = False) -> dict:
+        """What `predict(num_steps=num_steps, bac=bac)` samples with: the step count actually used (None / 0 ->
+        the head's default), BAC on or off and the threshold of the schedule it uses (an error when bac=True and
+        no schedule is calibrated for those steps), and the observation history length."""
+        steps = num_steps or self.head.default_steps()
+        cache = self.head.block_cache(steps, True) if bac else None
+        return {"num_inference_steps": steps, "bac": bool(bac),
+                "bac_threshold": cache.schedule.threshold if cache is not None else None,
+                "n_obs_steps": self.config.n_obs_steps}
 
     def _normalize_actions(self, actions: Tensor, embodiment: list[str]) -> tuple[Tensor, Tensor]:
         """(normalised actions [B, H, D_max], dim mask [B, D_max]), one normaliser call per embodiment."""

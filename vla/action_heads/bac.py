@@ -208,21 +208,24 @@ class CachedSampling:
                              f"(its denoising runs inside the backbone's LLM, e.g. dita with denoiser=shared), so BAC "
                              f"cannot be calibrated or used for it (sample with bac=False, evaluate with --bac false)")
 
-    def block_cache(self, num_steps: int, bac: bool | BlockCache | None) -> BlockCache | None:
+    def block_cache(self, num_steps: int, bac: bool | BlockCache) -> BlockCache | None:
         """The cache for one sampling call.
 
-        bac=None: use the schedule for num_steps if one was calibrated; True: require it; False: no
-        caching; a BlockCache instance (calibration) is used as is.
+        bac=False (the default of every sampling path): no caching, whatever schedules the head holds;
+        True: cache with the schedule calibrated for num_steps (an error without one); a BlockCache
+        instance (calibration) is used as is.
         """
-        if bac is True or isinstance(bac, BlockCache):
-            self.require_cached_blocks()
         if isinstance(bac, BlockCache):
+            self.require_cached_blocks()
             return bac
+        if not bac:
+            return None
+        self.require_cached_blocks()
         schedule = self.bac_schedules.get(num_steps)
-        if bac is True and schedule is None:
+        if schedule is None:
             raise ValueError(f"bac=True but no BAC schedule is calibrated for {num_steps} steps; "
-                             f"calibrated step counts: {sorted(self.bac_schedules)}")
-        return BlockCache(schedule) if schedule is not None and bac is not False else None
+                             f"calibrated step counts: {sorted(self.bac_schedules)} (vla-eval calibrate-bac)")
+        return BlockCache(schedule)
 
 
 def save_schedules(schedules: dict[int, BACSchedule], path: str | Path) -> None:

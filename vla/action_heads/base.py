@@ -61,12 +61,18 @@ class TransformerHeadConfig(HeadConfig):
             raise ValueError(f"head.horizon must be >= 1; got {self.horizon}")
 
 
-def build_head(config: HeadConfig, cond_dim: int, action_dim: int, state_dim: int) -> ActionHead:
-    """Instantiate the head a registered config describes (its class is `config.head_class`)."""
+def build_head(config: HeadConfig, cond_dim: int, action_dim: int, state_dim: int,
+               action_clip: float | None = 1.0) -> ActionHead:
+    """Instantiate the head a registered config describes (its class is `config.head_class`).
+
+    action_clip: sampled normalised actions are clipped to [-action_clip, action_clip]; None: no clip
+    (see `ActionHead.action_clip`)."""
     head_class = getattr(type(config), "head_class", None)
     if head_class is None:
         raise TypeError(f"{type(config).__name__} has no `head_class`; set it to its ActionHead subclass")
-    return head_class(config, cond_dim=cond_dim, action_dim=action_dim, state_dim=state_dim)
+    head = head_class(config, cond_dim=cond_dim, action_dim=action_dim, state_dim=state_dim)
+    head.action_clip = action_clip
+    return head
 
 
 def register_head(name: str):
@@ -85,12 +91,17 @@ def head_config_class(name: str) -> type[HeadConfig]:
 
 
 class ActionHead(nn.Module, ABC):
-    """Maps backbone conditioning to a chunk of normalised actions [B, H, D]."""
+    """Maps backbone conditioning to a chunk of normalised actions [B, H, D].
+
+    action_clip: the range [-action_clip, action_clip] samples are clipped to (None: no clip). It follows the
+    normalisation, not the weights: 1 for quantile (targets lie in [-1, 1]), wider for zscore; the policy sets it.
+    """
 
     def __init__(self, config: HeadConfig, action_dim: int):
         super().__init__()
         self.config = config
         self.action_dim = action_dim
+        self.action_clip: float | None = 1.0
 
     @property
     def reads_language_cache(self) -> bool:
@@ -110,6 +121,10 @@ class ActionHead(nn.Module, ABC):
     @abstractmethod
     def sample(self, cond: Cond, generator: torch.Generator | None = None, **options) -> Tensor:
         """Sample one chunk per batch element: [B, H, D] normalised actions."""
+
+    def default_steps(self) -> int | None:
+        """Sampling steps when the caller gives none (None: the head does not sample iteratively)."""
+        return None
 
 
 def masked_mse(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:

@@ -38,7 +38,7 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]  # (noisy actions [B, H, D], times
 
 
 class ActionDiffusion:
-    """Noise schedule for actions normalised to [-1, 1] (samples are clipped to that range)."""
+    """Noise schedule for normalised actions; sampling clips each step's clean-action estimate to ±`clip`."""
 
     def __init__(self, config: DiffusionConfig):
         self.config = config
@@ -63,10 +63,14 @@ class ActionDiffusion:
 
     def sample(self, denoise: Denoiser, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
                generator: torch.Generator | None = None, num_steps: int | None = None,
-               inpaint: Inpainting | None = None) -> Tensor:
-        """Run DDIM from pure noise to clean actions of `shape` [B, H, D]; `inpaint` pins the first actions."""
+               inpaint: Inpainting | None = None, clip: float | None = 1.0) -> Tensor:
+        """Run DDIM from pure noise to clean actions of `shape` [B, H, D]; `inpaint` pins the first actions.
+
+        clip: every step's clean-action estimate (and so the result) is clipped to [-clip, clip]; None: no clip.
+        """
         # A fresh scheduler per call: DDIM's set_timesteps mutates it, and deployment may sample from two threads.
-        scheduler = DDIMScheduler.from_config(self.train_scheduler.config)
+        scheduler = DDIMScheduler.from_config(self.train_scheduler.config, clip_sample=clip is not None,
+                                              clip_sample_range=1.0 if clip is None else clip)
         scheduler.set_timesteps(num_steps or self.config.num_inference_steps, device=device)
         x = torch.randn(shape, generator=generator, device=generator.device if generator else device, dtype=dtype)
         x = x.to(device)

@@ -86,12 +86,15 @@ class DiTHead(CachedSampling, ActionHead):
         tokens = self.cond_tokens(cond, drop).repeat_interleave(k, dim=0)  # (B*k, K, C)
         return denoising_loss(self.diffusion.noisy_batch, lambda x, t: self.net(x, t, tokens), actions, valid, k)
 
+    def default_steps(self) -> int:
+        return self.config.diffusion.num_inference_steps
+
     @torch.no_grad()
     def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
-               bac: bool | BlockCache | None = None, **options) -> Tensor:
+               bac: bool | BlockCache = False, **options) -> Tensor:
         """[B, H, D] by DDIM with num_steps steps (default: diffusion.num_inference_steps); bac: see
         CachedSampling.block_cache; options prefix / prefix_weights: real-time chunking (inpaint.py)."""
-        num_steps = num_steps or self.config.diffusion.num_inference_steps
+        num_steps = num_steps or self.default_steps()
         cache = self.block_cache(num_steps, bac)
         tokens = self.cond_tokens(cond)
         b, scale = tokens.shape[0], self.config.cfg_scale
@@ -107,7 +110,7 @@ class DiTHead(CachedSampling, ActionHead):
 
         shape = (b, self.config.horizon, self.action_dim)
         return self.diffusion.sample(denoise, shape, tokens.device, tokens.dtype, generator, num_steps,
-                                     inpaint=make_inpainting(options, generator))
+                                     inpaint=make_inpainting(options, generator), clip=self.action_clip)
 
 
 DiTHeadConfig.head_class = DiTHead

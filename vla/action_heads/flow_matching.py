@@ -40,7 +40,7 @@ Velocity = Callable[[Tensor, Tensor], Tensor]  # (x_t [B, H, D], t [B]) -> veloc
 
 
 class FlowMatching:
-    """Training pairs and Euler sampling for actions normalised to [-1, 1] (samples are clipped)."""
+    """Training pairs and Euler sampling for normalised actions (samples are clipped to ±`clip`)."""
 
     def __init__(self, config: FlowMatchingConfig):
         self.config = config
@@ -60,8 +60,11 @@ class FlowMatching:
 
     def sample(self, velocity: Velocity, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
                generator: torch.Generator | None = None, num_steps: int | None = None,
-               inpaint: Inpainting | None = None) -> Tensor:
-        """Euler-integrate from noise at t = 1 to actions at t = 0: [B, H, D]; `inpaint` pins the first actions."""
+               inpaint: Inpainting | None = None, clip: float | None = 1.0) -> Tensor:
+        """Euler-integrate from noise at t = 1 to actions at t = 0: [B, H, D]; `inpaint` pins the first actions.
+
+        clip: the result is clipped to [-clip, clip]; None: no clip.
+        """
         steps = num_steps or self.config.num_steps
         x = torch.randn(shape, generator=generator, device=generator.device if generator else device, dtype=dtype)
         x = x.to(device)
@@ -72,4 +75,4 @@ class FlowMatching:
             if inpaint is not None:
                 level = 1.0 - (k + 1) * dt  # x now sits at this time: x_t = t * noise + (1 - t) * actions
                 x = inpaint.apply(x, (lambda a, n, s=level: s * n + (1 - s) * a) if k + 1 < steps else None)
-        return x.clamp(-1.0, 1.0)
+        return x if clip is None else x.clamp(-clip, clip)

@@ -117,7 +117,7 @@ class PrefixHead(CachedSampling, ActionHead):
 
     @torch.no_grad()
     def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
-               bac: bool | BlockCache | None = None, **options) -> Tensor:
+               bac: bool | BlockCache = False, **options) -> Tensor:
         """[B, H, D] with num_steps sampler steps (default: `default_steps()`); the prefix is encoded once
         and reused by every step. bac: see CachedSampling.block_cache; options prefix / prefix_weights:
         real-time chunking (inpaint.py)."""
@@ -127,4 +127,4 @@ class PrefixHead(CachedSampling, ActionHead):
         shape = (real.shape[0], self.config.horizon, self.action_dim)
         return self.process.sample(lambda x, t: self.denoise(x, t, memory, real, extra, cache), shape,
                                    extra.device, extra.dtype, generator, num_steps,
-                                   inpaint=make_inpainting(options, generator))
+                                   inpaint=make_inpainting(options, generator), clip=self.action_clip)

@@ -10,7 +10,9 @@ cognition token sits right after each sample's instruction. Its last-layer hidde
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -22,6 +24,7 @@ from transformers import (
     DynamicCache,
     Idefics3ForConditionalGeneration,
     PaliGemmaForConditionalGeneration,
+    PretrainedConfig,
     PreTrainedModel,
 )
 
@@ -35,6 +38,7 @@ class _Family:
     """How one model family is laid out: HF class, submodule names and prompt template."""
 
     model_cls: type[PreTrainedModel]
+    model_types: tuple[str, ...]  # `model_type` in the config.json of this family's checkpoints
     vision_modules: tuple[str, ...]
     language_module: str
     position_offset: int  # PaliGemma counts positions from 1
@@ -49,6 +53,7 @@ class _Family:
 _FAMILIES = {
     "paligemma": _Family(
         model_cls=PaliGemmaForConditionalGeneration,
+        model_types=("paligemma",),
         vision_modules=("vision_tower", "multi_modal_projector"),
         language_module="language_model",
         position_offset=1,
@@ -61,6 +66,7 @@ _FAMILIES = {
     ),
     "smolvlm": _Family(  # SmolVLM checkpoints are Idefics3 models; layout follows its chat template
         model_cls=Idefics3ForConditionalGeneration,
+        model_types=("idefics3",),
         vision_modules=("vision_model", "connector"),
         language_module="text_model",
         position_offset=0,
@@ -104,8 +110,9 @@ class VLMBackbone(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.family = _FAMILIES[cfg.family]
-        self.processor = _load(AutoProcessor, cfg)
-        full = _load(self.family.model_cls, cfg) if load_weights else _from_config(self.family.model_cls, cfg)
+        _check_family(cfg)
+        self.processor = _load_processor(cfg)
+        full = _load_weights(self.family.model_cls, cfg) if load_weights else _from_config(self.family.model_cls, cfg)
         self.vlm = full.model  # drop the LM head: only hidden states are needed
         self._full_config = full.config
         self.hidden_size: int = full.config.text_config.hidden_size
@@ -273,15 +280,68 @@ class VLMBackbone(nn.Module):
         return additive_mask(allowed & token_mask[:, None, :], dtype).unsqueeze(1)
 
 
+# Weights of the HF model the wrapper drops (it keeps only `.model`), so a checkpoint may lack them.
+_UNUSED_WEIGHTS = ("lm_head.",)
+
+
+def _check_family(cfg: BackboneConfig) -> None:
+    """Raise a ValueError unless the folder's config.json `model_type` belongs to `cfg.family`.
+
+    Without this, HF builds the family's class from a foreign config and initialises every weight at random.
+    """
+    try:
+        model_type = PretrainedConfig.get_config_dict(cfg.pretrained)[0].get("model_type")
+    except (OSError, ValueError) as err:
+        raise OSError(f"could not read the config.json of the {cfg.family} backbone {cfg.pretrained!r}: {err}") from err
+    expected = _FAMILIES[cfg.family].model_types
+    if model_type not in expected:
+        known = ", ".join(f"{name} ({'/'.join(f.model_types)})" for name, f in _FAMILIES.items())
+        raise ValueError(f"backbone {cfg.pretrained!r} is a {model_type!r} model (config.json model_type), but "
+                         f"backbone.family is {cfg.family!r}, which loads model_type {'/'.join(expected)}; "
+                         f"set backbone.family to match (families and their model types: {known})")
+
+
+def _load_weights(cls: type, cfg: BackboneConfig):
+    """The pretrained model; a ValueError when any weight the backbone uses is missing from the checkpoint or has
+    another shape (HF would initialise it at random with only a warning)."""
+    full, info = _load(cls, cfg, output_loading_info=True)
+    missing = [k for k in info["missing_keys"] if not k.startswith(_UNUSED_WEIGHTS)]
+    mismatched = [k for k, *_ in info.get("mismatched_keys", [])]
+    if missing or mismatched:
+        raise ValueError(f"backbone {cfg.pretrained!r} lacks {len(missing)} pretrained weights the {cfg.family} model "
+                         f"needs (e.g. {missing[:3]}) and has {len(mismatched)} of another shape (e.g. "
+                         f"{mismatched[:3]}); they would start random. Is it a complete {cfg.family} checkpoint?")
+    return full
+
+
+def _load_processor(cfg: BackboneConfig):
+    """The checkpoint's processor; a ValueError saying how to add an image processor when the folder has none."""
+    folder = Path(cfg.pretrained)
+    processor = None if folder.is_dir() and not _has_image_processor(folder) else _load(AutoProcessor, cfg)
+    if getattr(processor, "image_processor", None) is None:
+        raise ValueError(f"backbone {cfg.pretrained!r} has no image processor (preprocessor_config.json), which sets "
+                         f"the image size, mean and std. Save the processor of the model it was made from into the "
+                         f"folder: AutoProcessor.from_pretrained(HUB_ID).save_pretrained({cfg.pretrained!r})")
+    return processor
+
+
+def _has_image_processor(folder: Path) -> bool:
+    """Whether a local model folder holds an image processor config (its own file, or inside processor_config.json)."""
+    if (folder / "preprocessor_config.json").is_file():
+        return True
+    combined = folder / "processor_config.json"
+    return combined.is_file() and "image_processor" in json.loads(combined.read_text())
+
+
 def _from_config(cls: type, cfg: BackboneConfig):
     config = _load(AutoConfig, cfg)
     return cls._from_config(config)
 
 
-def _load(cls: type, cfg: BackboneConfig):
-    """cls.from_pretrained(cfg.pretrained), with an OSError naming the path when it fails."""
+def _load(cls: type, cfg: BackboneConfig, **kwargs):
+    """cls.from_pretrained(cfg.pretrained, **kwargs), with an OSError naming the path when it fails."""
     try:
-        return cls.from_pretrained(cfg.pretrained)
+        return cls.from_pretrained(cfg.pretrained, **kwargs)
     except (OSError, ValueError) as err:  # a missing local folder surfaces as HFValidationError, a ValueError
         raise OSError(
             f"could not load the {cfg.family} backbone from {cfg.pretrained!r} with {cls.__name__}: {err}"

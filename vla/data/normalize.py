@@ -109,14 +109,24 @@ class Normalizer:
         return torch.where(valid, actions[..., :dim] * scale + center, center)
 
     def normalize_state(self, state: Tensor, embodiments: list[str]) -> Tensor:
-        """state [B, S] with one embodiment per row -> [B, max_state_dim], padded with zeros."""
+        """state [B, S] with one embodiment per row -> [B, max_state_dim], padded with zeros.
+
+        S must be the embodiment's state width (in a batch mixing embodiments: the widest of them, the
+        narrower rows zero-padded); a wider or narrower state is an error, never sliced.
+        """
         if state.ndim != 2 or len(embodiments) != state.shape[0]:
             raise ValueError(f"normalize_state needs state [B, S] and B embodiments; got shape {list(state.shape)} "
                              f"and {len(embodiments)} embodiments")
+        dims = {e: self.state_dim(e) for e in sorted(set(embodiments))}
+        width = max(dims.values())
+        if state.shape[1] != width:
+            raise ValueError(f"state has {state.shape[1]} dims; expected {width} for embodiment "
+                             f"{' / '.join(f'{e!r} ({d})' for e, d in dims.items())}")
         out = state.new_zeros(state.shape[0], self.max_state_dim)
-        for embodiment in set(embodiments):
+        for embodiment, dim in dims.items():
             rows = torch.tensor([e == embodiment for e in embodiments], device=state.device)
-            dim = self.state_dim(embodiment)
+            if state[rows, dim:].any():
+                raise ValueError(f"state of {embodiment!r} has values beyond its {dim} dims (padding must be zero)")
             out[rows, :dim] = self._normalize(state[rows, :dim], embodiment, "state")
         return out
 

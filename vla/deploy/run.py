@@ -39,6 +39,7 @@ class DeployConfig:
     instruction: str = ""  # default: the simulated task's instruction
     episodes: int = 1
     num_inference_steps: int = 0  # diffusion / flow steps; 0 = the checkpoint's default
+    bac: bool = False  # block caching with the checkpoint's schedule (vla-eval calibrate-bac); off unless asked
     seed: int = 0
     loop: LoopConfig = field(default_factory=LoopConfig)
     output_dir: str = "outputs/deploy"
@@ -60,7 +61,8 @@ def make_policy(cfg: DeployConfig):
         return RemotePolicy(cfg.server, token)  # the server sets its own number of sampling steps
     from vla.deploy.runner import LocalPolicy
 
-    return LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, seed=cfg.seed)
+    return LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, seed=cfg.seed,
+                                       bac=cfg.bac)
 
 
 def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:

@@ -27,13 +27,19 @@ def policy_spec(policy) -> PolicySpec:
 
 
 class LocalPolicy:
-    """A VLAPolicy in this process. Thread-safe: one inference at a time."""
+    """A VLAPolicy in this process. Thread-safe: one inference at a time.
 
-    def __init__(self, policy, num_steps: int | None = None, seed: int = 0, device: str | None = None):
+    bac: block caching with the checkpoint's schedule for num_steps; off unless asked, as in predict and vla-eval.
+    """
+
+    def __init__(self, policy, num_steps: int | None = None, seed: int = 0, device: str | None = None,
+                 bac: bool = False):
         self.policy = policy.eval()
         if device:
             self.policy.to(device)
         self.num_steps = num_steps
+        self.bac = bac
+        self.sampling = policy.sampling_settings(num_steps, bac)  # what it samples with; fails now without a schedule
         self.generator = torch.Generator().manual_seed(seed)
         self.spec = policy_spec(policy)
         self._lock = threading.Lock()
@@ -52,7 +58,7 @@ class LocalPolicy:
         batch = Observation(images=torch.from_numpy(np.array(obs.images))[None],  # a copy: wire buffers are read-only
                             state=torch.from_numpy(np.asarray(obs.state, dtype=np.float32))[None],
                             instruction=[obs.instruction], embodiment=[obs.embodiment])
-        options = {"num_steps": self.num_steps} if self.num_steps else {}
+        options = {"num_steps": self.num_steps, "bac": self.bac}
         if obs.prefix is not None:
             options |= {"prefix_actions": torch.from_numpy(np.array(obs.prefix))[None],
                         "prefix_weights": torch.from_numpy(np.array(obs.prefix_weights))}

@@ -42,6 +42,7 @@ class ServerConfig:
     token_env: str = "VLA_SERVER_TOKEN"
     max_message_mb: float = 8.0  # bigger requests close the connection (WebSocket code 1009)
     num_inference_steps: int = 0  # 0 = the checkpoint's default
+    bac: bool = False  # block caching with the checkpoint's schedule (vla-eval calibrate-bac); off unless asked
     device: str = ""  # "" = cuda when available, else cpu
     inference_timeout_s: float = 10.0  # an inference running longer is answered with an error; health: unhealthy
     client_timeout_s: float = 10.0  # keepalive: a client that does not answer a ping within this is dropped
@@ -212,7 +213,8 @@ def main(args: list[str] | None = None) -> None:
     if not cfg.checkpoint:
         raise SystemExit("vla-serve needs --checkpoint PATH")
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    policy = LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, device=device)
+    policy = LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, device=device,
+                                         bac=cfg.bac)
     policy.warmup()
     asyncio.run(PolicyServer(policy, token, cfg.host, cfg.port, cfg.max_message_mb, cfg.inference_timeout_s,
                              cfg.client_timeout_s).serve())

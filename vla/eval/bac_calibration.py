@@ -5,8 +5,9 @@
     vla-eval calibrate-bac ... --steps='[100, 10]' --tolerance 0.01   # threshold searched per step count
     vla-eval --checkpoint ... --num_inference_steps 10 --bac true
 
-Writes <checkpoint>/bac_schedule.json; `policy.predict(..., num_steps=n)` then caches with the
-schedule for n steps (unless called with bac=False).
+Writes <checkpoint>/bac_schedule.json. Sampling uses a schedule only when asked: `policy.predict(...,
+num_steps=n, bac=True)`, `vla-eval --bac true`, `vla-deploy --bac true`, `vla-serve --bac true` cache with
+the schedule for n steps; without it every path samples uncached.
 """
 
 from __future__ import annotations

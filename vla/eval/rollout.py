@@ -58,7 +58,7 @@ def run_episode(policy, env: MetaWorldEnv, seed: int, cfg: EvalConfig, latencies
         if schedule.needs_chunk(steps):
             start = time.perf_counter()
             chunk = policy.predict(observation_batch(obs, EMBODIMENT, history), generator=generator,
-                                   num_steps=cfg.num_inference_steps, bac=cfg.bac)
+                                   num_steps=cfg.num_inference_steps or None, bac=cfg.bac)
             latencies.append(time.perf_counter() - start)
             schedule.add(chunk.actions[0, :, chunk.mask[0]].numpy(), start_step=steps)
         obs, success, done = env.step(schedule.action(steps))
@@ -74,6 +74,7 @@ def evaluate(policy, cfg: EvalConfig, image_size: int, camera: str) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     policy.eval()
+    sampling = policy.sampling_settings(cfg.num_inference_steps, cfg.bac)  # fails now if bac has no schedule
     episodes: list[Episode] = []
     latencies: list[float] = []
     total = len(cfg.tasks) * cfg.episodes_per_task
@@ -87,14 +88,16 @@ def evaluate(policy, cfg: EvalConfig, image_size: int, camera: str) -> dict:
                 progress.update(1)
                 progress.set_postfix(task=task, success=np.mean([e.success for e in episodes if e.task == task]))
             env.close()
-    summary = summarize(episodes, latencies, cfg) | {"provenance": provenance(cfg)}
+    summary = summarize(episodes, latencies, cfg, sampling) | {"provenance": provenance(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_success(summary, out / "success.png")
     write_video([e for e in episodes if e.frames], out / "rollouts.mp4")
     return summary
 
 
-def summarize(episodes: list[Episode], latencies: list[float], cfg: EvalConfig) -> dict:
+def summarize(episodes: list[Episode], latencies: list[float], cfg: EvalConfig, sampling: dict) -> dict:
+    """Per-task results plus the exact settings sampled with; sampling: `VLAPolicy.sampling_settings` (steps
+    actually used, BAC and its threshold, n_obs_steps)."""
     tasks = {}
     for task in cfg.tasks:
         mine = [e for e in episodes if e.task == task]
@@ -109,7 +112,8 @@ def summarize(episodes: list[Episode], latencies: list[float], cfg: EvalConfig) 
         "tasks": tasks,
         "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
         "chunk_latency_ms": percentiles_ms(latencies),
-        "settings": {"num_inference_steps": cfg.num_inference_steps, "bac": cfg.bac,
+        # each episode's simulator and sampling noise are seeded with its own seed (tasks.*.seeds), from seed_start
+        "settings": {**sampling, "seed_start": cfg.seed_start, "episodes_per_task": cfg.episodes_per_task,
                      "schedule": dataclasses.asdict(cfg.schedule), "max_steps": cfg.max_steps},
     }
 
