@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -116,3 +117,26 @@ def test_data_embodiment_names_the_dataset_instead_of_its_robot_type(tiny_run_co
     assert Normalizer.from_demos(demos, model.normalization, model.max_action_dim,
                                  model.max_state_dim).embodiments == ["my_arm"]
     assert load_demos(model, tiny_run_config.data).embodiment == EMBODIMENT  # "" = the dataset's robot_type
+
+
+def test_dataset_action_kind_is_recorded_or_required(tiny_demo_config, tiny_demos_path, tmp_path):
+    """vla-demos records that Meta-World actions are ee_delta; a dataset that does not say (here: the same dataset
+    without vla's sidecar file) needs --data.action_kind, and the description travels with the statistics."""
+    from vla.data.embodiment import EMBODIMENT_FILE
+
+    demos = load_chunked_demos(str(tiny_demos_path), tiny_demo_config.repo_id, CHUNK)
+    assert (demos.info.action_kind, demos.info.fps) == ("ee_delta", 80.0)
+    assert demos.info.action_names == ["dx", "dy", "dz", "gripper"]
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_demos_path, bare)
+    (bare / EMBODIMENT_FILE).unlink()
+    with pytest.raises(ValueError, match="does not say what its actions are: pass --data.action_kind"):
+        load_chunked_demos(str(bare), tiny_demo_config.repo_id, CHUNK)
+    with pytest.raises(ValueError, match="action kind must be one of"):
+        load_chunked_demos(str(bare), tiny_demo_config.repo_id, CHUNK, action_kind="joints")
+    with pytest.raises(ValueError, match="contradicts the dataset"):
+        load_chunked_demos(str(tiny_demos_path), tiny_demo_config.repo_id, CHUNK, action_kind="joint_position")
+    named = load_chunked_demos(str(bare), tiny_demo_config.repo_id, CHUNK, action_kind="joint_position")
+    norm = Normalizer.from_demos(named, "quantile")
+    norm.save(tmp_path / "norm_stats.json")
+    assert Normalizer.load(tmp_path / "norm_stats.json").info == {named.embodiment: named.info}

@@ -5,6 +5,7 @@ Every fault test asserts how the episode ended (arm held or stopped) and the log
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from vla.deploy.chunking import ScheduleConfig
-from vla.deploy.loop import ControlLoop, LoopConfig
+from vla.deploy.loop import ControlLoop, LoopConfig, check_compatible
 from vla.deploy.protocol import ObservationMessage, PolicySpec
 from vla.deploy.realtime import EStop, RateTimer
 from vla.deploy.safety import SafetyConfig, SafetyLayer
@@ -32,8 +33,8 @@ class ScriptedPolicy:
 
     def __init__(self, fault: str | None = None, fault_after: int = 0, horizon: int = 8, latency_s: float = 0.005,
                  n_obs_steps: int = 1):
-        self.spec = PolicySpec(cameras=["main"], image_size=32, horizon=horizon, state_dims={"fake_arm": 7},
-                               action_dims={"fake_arm": 7}, n_obs_steps=n_obs_steps)
+        self.spec = PolicySpec.for_robot(FakeArm(control_hz=100.0).spec, ["main"], 32, horizon)  # make_loop's arm
+        self.spec.n_obs_steps = n_obs_steps
         self.images: list[np.ndarray] = []
         self.fault, self.fault_after, self.latency_s = fault, fault_after, latency_s
         self.calls = 0
@@ -711,3 +712,35 @@ def test_simulated_hand_stays_in_the_workspace_box(direction):
         robot.disconnect()
     far = RobotState(state=np.zeros(7, np.float32), timestamp=0.0, tcp_position=np.array([0.0, 0.7, 0.03]))
     assert "20.0 mm outside the workspace box" in layer.workspace_violation(far)
+
+
+def test_policy_and_robot_must_agree_on_action_names_kind_and_rate():
+    """A 7-D joint policy must not drive a 7-D end-effector arm, nor play its chunks at another rate than the
+    demonstrations were recorded at (unless asked, with a warning)."""
+    arm = FakeArm(control_hz=100.0)
+    cameras = {"main": FakeCamera("main")}
+    spec = PolicySpec.for_robot(arm.spec, ["main"], 32, 8)
+    check_compatible(spec, arm, cameras)
+    other_kind = dataclasses.replace(spec, action_kinds={"fake_arm": "ee_delta"})
+    with pytest.raises(ValueError, match="trained on ee_delta actions, the robot is commanded with joint_position"):
+        check_compatible(other_kind, arm, cameras)
+    renamed = dataclasses.replace(spec, action_names={"fake_arm": ["x", "y", "z", "roll", "pitch", "yaw", "grip"]})
+    with pytest.raises(ValueError, match=r"the policy's actions are \['x', .*the robot takes \['joint_0'"):
+        check_compatible(renamed, arm, cameras)
+    slow = dataclasses.replace(spec, fps={"fake_arm": 10.0})
+    with pytest.raises(ValueError, match="recorded at 10 fps, the robot executes actions at 100 Hz.*10.00x.*"
+                                         "--loop.allow_rate_mismatch"):
+        check_compatible(slow, arm, cameras)
+    check_compatible(slow, arm, cameras, allow_rate_mismatch=True)
+    with pytest.raises(ValueError, match="does not record the action names, kind and fps"):
+        check_compatible(dataclasses.replace(spec, action_kinds={}), arm, cameras)
+
+
+def test_checkpoint_spec_carries_the_training_data_description(tiny_checkpoint):
+    from vla.deploy.runner import LocalPolicy
+
+    spec = LocalPolicy.from_checkpoint(str(tiny_checkpoint)).spec
+    name = next(iter(spec.state_dims))
+    assert (spec.action_kinds[name], spec.fps[name], spec.action_names[name]) == \
+        ("ee_delta", 80.0, ["dx", "dy", "dz", "gripper"])
+    assert PolicySpec.from_dict(spec.to_dict()) == spec  # as the server sends it

@@ -33,7 +33,7 @@ from vla.robot_io.config import (
 from vla.robot_io.lerobot_arm import LeRobotArm, LeRobotArmConfig
 from vla.robot_io.opencv import OpenCVCamera, OpenCVConfig
 from vla.robot_io.realsense import RealSenseCamera, RealSenseConfig
-from vla.robot_io.ur import URConfig, URRobot
+from vla.robot_io.ur import URConfig, URRobot, ur_spec
 
 HOME = [0.0, -1.57, 1.57, -1.57, -1.57, 0.0]
 
@@ -410,8 +410,7 @@ class ScriptedURPolicy:
     """A fake policy for a 7-D UR: each chunk steps every joint 1 mrad further per action."""
 
     def __init__(self, horizon: int = 4):
-        self.spec = PolicySpec(cameras=["corner"], image_size=32, horizon=horizon, state_dims={"ur5e": 7},
-                               action_dims={"ur5e": 7})
+        self.spec = PolicySpec.for_robot(ur_spec(URConfig(host="x", control_hz=100.0)), ["corner"], 32, horizon)
 
     def infer(self, obs: ObservationMessage) -> np.ndarray:
         assert obs.images.shape == (1, 32, 32, 3) and obs.embodiment == "ur5e"
@@ -481,7 +480,8 @@ def test_loop_rate_override_reaches_the_safety_layer_and_the_ur_driver(rtde, rea
                                        safety=SafetyConfig(max_frame_age_s=0.2, policy_timeout_s=1.0)))
     policy = FarURPolicy()
     if command == "speedl":
-        policy.spec.action_dims = {"ur5e": 4}
+        policy.spec = PolicySpec.for_robot(ur_spec(URConfig(host="x", command="speedl", control_hz=100.0)),
+                                           ["corner"], 32, policy.spec.horizon)
     summary = deploy(cfg, policy=policy)
     assert summary["control_hz"] == 100.0 and summary["episodes"][0]["stopped"] is None
     if command == "servoj":

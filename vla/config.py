@@ -56,6 +56,9 @@ class DataConfig:
     image_shift: int = 4  # random-shift augmentation in pixels (DrQ); 0 = off
     # the embodiment name the dataset's frames are trained (and normalised) under; "" = the dataset's robot_type
     embodiment: str = ""
+    # joint_position | ee_delta: what the dataset's actions are; "" = as recorded in its meta/vla_embodiment.json
+    # (vla-demos and vla-record write it); neither is an error
+    action_kind: str = ""
 
 
 @dataclass

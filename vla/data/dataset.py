@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from vla.data.embodiment import EmbodimentInfo, read_action_kind
+
 
 @dataclass
 class ChunkedDemos:
@@ -41,6 +43,12 @@ class ChunkedDemos:
     state_names: list[str]
     action_names: list[str]
     fps: float
+    action_kind: str  # joint_position | ee_delta
+
+    @property
+    def info(self) -> EmbodimentInfo:
+        """What deploy checks a robot against: action / state names, action kind, fps."""
+        return EmbodimentInfo(list(self.action_names), list(self.state_names), self.action_kind, self.fps)
 
     def __len__(self) -> int:
         return self.state.shape[0]
@@ -109,11 +117,13 @@ def _feature_names(features: dict, key: str) -> list[str]:
 
 
 def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action_dim: int | None = None,
-                       expected_state_dim: int | None = None, embodiment: str = "") -> ChunkedDemos:
+                       expected_state_dim: int | None = None, embodiment: str = "",
+                       action_kind: str = "") -> ChunkedDemos:
     """Read a LeRobot dataset through LeRobotDataset with action delta_timestamps, into memory.
 
     `embodiment` names the robot the frames belong to (normalisation statistics are kept under it);
-    empty: the dataset's robot_type ("unknown" when it has none).
+    empty: the dataset's robot_type ("unknown" when it has none). `action_kind`: joint_position | ee_delta, or
+    empty for the kind recorded with the dataset (`vla.data.embodiment.read_action_kind`).
 
     Chunks and pad flags are exactly what LeRobotDataset(repo_id, root, delta_timestamps=
     {"action": [i / fps for i in range(chunk_size)]})[i] gives; a few frames are checked against it.
@@ -123,6 +133,7 @@ def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive; got {chunk_size}")
     meta = LeRobotDatasetMetadata(repo_id, root=root)
+    action_kind = read_action_kind(root, action_kind)
     check_dim("action", meta.features["action"]["shape"][0], expected_action_dim)
     check_dim("state", meta.features["observation.state"]["shape"][0], expected_state_dim)
     dataset = LeRobotDataset(repo_id, root=root, delta_timestamps={"action": [i / meta.fps for i in range(chunk_size)]})
@@ -136,7 +147,7 @@ def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action
         episode_index=columns["episode_index"], task_index=columns["task_index"], tasks=list(meta.tasks.index),
         embodiment=embodiment or meta.robot_type or "unknown", camera_keys=list(meta.camera_keys),
         state_names=_feature_names(meta.features, "observation.state"),
-        action_names=_feature_names(meta.features, "action"), fps=float(meta.fps))
+        action_names=_feature_names(meta.features, "action"), fps=float(meta.fps), action_kind=action_kind)
 
 
 def _read_columns(dataset: Any, camera_keys: list[str]) -> dict[str, Tensor]:

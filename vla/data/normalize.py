@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor
 
+from vla.data.embodiment import EmbodimentInfo
+
 if TYPE_CHECKING:
     from vla.data.dataset import ChunkedDemos
 
@@ -51,6 +53,9 @@ class Normalizer:
     mode: Mode
     max_action_dim: int
     max_state_dim: int
+    # embodiment -> the training data's action / state names, action kind and fps (what deploy checks an arm
+    # against); empty in normalisers built by hand
+    info: dict[str, EmbodimentInfo] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -70,7 +75,7 @@ class Normalizer:
         state_stats = compute_stats(demos.state)
         return cls(stats={demos.embodiment: {"action": action_stats, "state": state_stats}}, mode=mode,
                    max_action_dim=max_action_dim or demos.actions.shape[-1],
-                   max_state_dim=max_state_dim or demos.state.shape[-1])
+                   max_state_dim=max_state_dim or demos.state.shape[-1], info={demos.embodiment: demos.info})
 
     @property
     def embodiments(self) -> list[str]:
@@ -133,7 +138,7 @@ class Normalizer:
     def save(self, path: str | Path) -> None:
         """Write mode, padded dims and statistics as JSON."""
         payload = {"mode": self.mode, "max_action_dim": self.max_action_dim, "max_state_dim": self.max_state_dim,
-                   "stats": self.stats}
+                   "stats": self.stats, "embodiments": {name: info.to_dict() for name, info in self.info.items()}}
         Path(path).write_text(json.dumps(payload, indent=1))
 
     @classmethod
@@ -143,8 +148,9 @@ class Normalizer:
         missing = [k for k in ("mode", "max_action_dim", "max_state_dim", "stats") if k not in payload]
         if missing:
             raise ValueError(f"normalisation file {path} lacks {missing}")
+        info = {name: EmbodimentInfo(**fields) for name, fields in payload.get("embodiments", {}).items()}
         return cls(stats=payload["stats"], mode=payload["mode"], max_action_dim=payload["max_action_dim"],
-                   max_state_dim=payload["max_state_dim"])
+                   max_state_dim=payload["max_state_dim"], info=info)
 
     def _stats_for(self, embodiment: str, kind: str) -> dict[str, list[float]]:
         if embodiment not in self.stats:

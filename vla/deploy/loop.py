@@ -51,6 +51,9 @@ class LoopConfig:
     # real-time chunking (Black et al., arXiv 2506.07339): a diffusion / flow head generates the next chunk
     # inpainted onto the actions still queued, so consecutive chunks join without a jump (async only)
     rtc: bool = False
+    # run although the robot executes actions at another rate than the training data's fps (the policy's
+    # chunks then play faster or slower than demonstrated); off: that mismatch is an error
+    allow_rate_mismatch: bool = False
 
     def __post_init__(self) -> None:
         if self.rtc and self.schedule.mode != "receding":
@@ -131,11 +134,31 @@ def chunk_problem(actions: np.ndarray) -> str | None:
     return f"chunk contains NaN or inf ({int(bad.sum())} values, first at action {step}, dim {dim})"
 
 
-def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera]) -> None:
-    """Refuse to start (ValueError naming the mismatch) when the robot or cameras do not fit the policy."""
+def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera],
+                     allow_rate_mismatch: bool = False) -> None:
+    """Refuse to start (ValueError naming the mismatch) when the robot or cameras do not fit the policy: the
+    embodiment, state and action widths, the action names and kind (joint targets vs tool displacements), the
+    rate the actions were recorded at against the robot's (unless allow_rate_mismatch), the cameras."""
     name = robot.spec.embodiment
     if name not in spec.state_dims:
         raise ValueError(f"the policy was not trained on embodiment {name!r}; it knows {sorted(spec.state_dims)}")
+    if name not in spec.action_kinds:
+        raise ValueError(f"{name}: the checkpoint does not record the action names, kind and fps of its training "
+                         f"data (made by an older vla?), so the arm cannot be checked against it: retrain")
+    if spec.action_kinds[name] != robot.spec.action_kind:
+        raise ValueError(f"{name}: the policy was trained on {spec.action_kinds[name]} actions, the robot is "
+                         f"commanded with {robot.spec.action_kind} actions")
+    if spec.action_names[name] != robot.spec.action_names:
+        raise ValueError(f"{name}: the policy's actions are {spec.action_names[name]}, the robot takes "
+                         f"{robot.spec.action_names}")
+    rate = robot.spec.action_rate
+    if abs(spec.fps[name] - rate) > 1e-6 * rate:
+        message = (f"{name}: the training data was recorded at {spec.fps[name]:g} fps, the robot executes actions "
+                   f"at {rate:g} Hz, so every chunk would play {rate / spec.fps[name]:.2f}x as fast as demonstrated")
+        if not allow_rate_mismatch:
+            raise ValueError(f"{message}; set the robot's control rate to {spec.fps[name]:g} Hz, or pass "
+                             f"--loop.allow_rate_mismatch true to run anyway")
+        log.warning("%s (--loop.allow_rate_mismatch)", message)
     if spec.state_dims[name] != robot.spec.state_dim:
         raise ValueError(f"{name}: the policy expects state [{spec.state_dims[name]}], the robot gives "
                          f"[{robot.spec.state_dim}] ({robot.spec.state_names})")
@@ -154,7 +177,7 @@ class ControlLoop:
             raise ValueError(f"loop.control_hz={config.control_hz:g} but the robot is set up for "
                              f"{robot.spec.control_hz:g} Hz (its safety limits and driver timing use that rate): set "
                              f"the rate once, on the robot config (deploy.py applies --loop.control_hz to it)")
-        check_compatible(policy.spec, robot, cameras)
+        check_compatible(policy.spec, robot, cameras, config.allow_rate_mismatch)
         self.robot, self.cameras, self.policy, self.config = robot, cameras, policy, config
         self.instruction = instruction
         self.estop = estop or EStop()

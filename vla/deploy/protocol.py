@@ -16,10 +16,14 @@ Replies:   {"type": "chunk", "actions": float32 [H, D], "latency_ms": float}
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import msgpack
 import numpy as np
+
+if TYPE_CHECKING:
+    from vla.robot_io.base import RobotSpec
 
 NDARRAY_EXT = 1
 ALLOWED_DTYPES = {"|u1", "<u2", "<i4", "<i8", "<f4", "<f8", "|b1"}
@@ -45,6 +49,11 @@ class PolicySpec:
     state_dims: dict[str, int]
     action_dims: dict[str, int]
     n_obs_steps: int = 1
+    # per embodiment, from the training data: action names [D], action kind (joint_position | ee_delta) and the
+    # fps its actions were recorded at; the deploy loop checks the arm against them
+    action_names: dict[str, list[str]] = field(default_factory=dict)
+    action_kinds: dict[str, str] = field(default_factory=dict)
+    fps: dict[str, float] = field(default_factory=dict)
 
     @property
     def image_slots(self) -> int:
@@ -56,6 +65,15 @@ class PolicySpec:
     @classmethod
     def from_dict(cls, data: dict) -> PolicySpec:
         return cls(**data)
+
+    @classmethod
+    def for_robot(cls, robot: RobotSpec, cameras: list[str], image_size: int, horizon: int) -> PolicySpec:
+        """The spec of a policy made for exactly this robot (a teleoperator, a scripted or test policy)."""
+        name = robot.embodiment
+        return cls(cameras=list(cameras), image_size=image_size, horizon=horizon,
+                   state_dims={name: robot.state_dim}, action_dims={name: robot.action_dim},
+                   action_names={name: list(robot.action_names)}, action_kinds={name: robot.action_kind},
+                   fps={name: robot.action_rate})
 
 
 @dataclass

@@ -40,6 +40,7 @@ class EpisodeRecorder:
                  fps: float):
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+        from vla.data.embodiment import write_action_kind
         from vla.data.features import lerobot_features  # vla.data pulls in torch: only when recording
 
         if Path(root).exists():
@@ -48,6 +49,7 @@ class EpisodeRecorder:
         self.dataset = LeRobotDataset.create(
             repo_id=repo_id, fps=round(fps), root=root, robot_type=spec.embodiment, use_videos=False,
             features=lerobot_features(cameras, image_size, spec.state_names, spec.action_names))
+        write_action_kind(root, spec.action_kind)  # LeRobot's metadata has no place for it
         self.frames = 0
         self.episodes = 0
 
@@ -125,9 +127,7 @@ class TeleopPolicy:
 
     def __init__(self, read_action, spec: RobotSpec, cameras: list[str], image_size: int):
         self.read_action = read_action
-        self.spec = PolicySpec(cameras=cameras, image_size=image_size, horizon=1,
-                               state_dims={spec.embodiment: spec.state_dim},
-                               action_dims={spec.embodiment: spec.action_dim})
+        self.spec = PolicySpec.for_robot(spec, cameras, image_size, horizon=1)
 
     def infer(self, obs: ObservationMessage) -> np.ndarray:
         return np.asarray(self.read_action(), np.float32)[None]
@@ -153,7 +153,7 @@ def record(cfg: RecordConfig, estop: EStop | None = None) -> Path:
     estop = estop or EStop()
     with device_session(cfg.robot, cfg.cameras, estop) as session:
         robot, names = session.robot, sorted(session.cameras)
-        recorder = EpisodeRecorder(cfg.root, cfg.repo_id, robot.spec, names, cfg.image_size, robot.spec.control_hz)
+        recorder = EpisodeRecorder(cfg.root, cfg.repo_id, robot.spec, names, cfg.image_size, robot.spec.action_rate)
         session.on_exit.append(recorder.finalize)
         policy = TeleopPolicy(cfg.teleop.make(robot), robot.spec, names, cfg.image_size)
         loop_cfg = LoopConfig(max_steps=cfg.max_steps, async_inference=False, safety=cfg.safety,

@@ -84,7 +84,7 @@ def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
             from vla.deploy.record import EpisodeRecorder
 
             recorder = EpisodeRecorder(cfg.record_root, cfg.record_repo_id, robot.spec, policy.spec.cameras,
-                                       policy.spec.image_size, robot.spec.control_hz)
+                                       policy.spec.image_size, robot.spec.action_rate)
             session.on_exit.append(recorder.finalize)
         loop = ControlLoop(robot, session.cameras, policy, cfg.loop, instruction, estop, recorder=recorder)
         session.on_exit.insert(0, loop.close)

@@ -16,13 +16,16 @@ from vla.types import Observation
 
 
 def policy_spec(policy) -> PolicySpec:
-    """The observation a VLAPolicy expects, per embodiment it was trained on."""
+    """The observation a VLAPolicy expects, and what its training data was, per embodiment it was trained on."""
     normalizer = policy.normalizer
+    info = normalizer.info
     return PolicySpec(
         cameras=list(policy.config.cameras), image_size=policy.config.image_size, horizon=policy.config.head.horizon,
         state_dims={e: normalizer.state_dim(e) for e in normalizer.embodiments},
         action_dims={e: normalizer.action_dim(e) for e in normalizer.embodiments},
         n_obs_steps=policy.config.n_obs_steps,
+        action_names={e: i.action_names for e, i in info.items()},
+        action_kinds={e: i.action_kind for e, i in info.items()}, fps={e: i.fps for e, i in info.items()},
     )
 
 

@@ -80,6 +80,14 @@ class RobotSpec:
     control_hz: float
     limits: Limits = field(default_factory=Limits)
     ee_delta_scale: float = 1.0
+    # the rate each action is meant for when it is not control_hz: a simulator that advances a fixed simulated
+    # time per action (Meta-World: 1/80 s) whatever the wall-clock rate it is stepped at
+    action_fps: float | None = None
+
+    @property
+    def action_rate(self) -> float:
+        """Actions per second of robot time, which must match the training data's fps."""
+        return self.action_fps or self.control_hz
 
     @property
     def action_dim(self) -> int:

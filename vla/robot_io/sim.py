@@ -29,11 +29,19 @@ class SimRobotConfig:
 
 
 def sim_spec(control_hz: float) -> RobotSpec:
-    from vla.sim.metaworld_env import ACTION_NAMES, ACTION_SCALE_M, EMBODIMENT, HAND_HIGH, HAND_LOW, STATE_NAMES
+    from vla.sim.metaworld_env import (
+        ACTION_NAMES,
+        ACTION_SCALE_M,
+        CONTROL_FPS,
+        EMBODIMENT,
+        HAND_HIGH,
+        HAND_LOW,
+        STATE_NAMES,
+    )
 
     return RobotSpec(
         embodiment=EMBODIMENT, action_kind="ee_delta", action_names=list(ACTION_NAMES), state_names=list(STATE_NAMES),
-        control_hz=control_hz, ee_delta_scale=ACTION_SCALE_M,
+        control_hz=control_hz, ee_delta_scale=ACTION_SCALE_M, action_fps=CONTROL_FPS,
         limits=Limits(action_low=[-1.0] * 4, action_high=[1.0] * 4,
                       workspace_low=list(HAND_LOW), workspace_high=list(HAND_HIGH)),
     )

@@ -22,6 +22,7 @@ from typing import Any
 import draccus
 from tqdm import tqdm
 
+from vla.data.embodiment import write_action_kind
 from vla.data.features import lerobot_features
 from vla.sim.metaworld_env import (
     ACTION_NAMES,
@@ -148,6 +149,7 @@ def generate_demos(cfg: DemoConfig) -> Path:
         for task in cfg.tasks:
             seeds_used[task], failed_seeds[task] = _record_task(dataset, cfg, task, bar)
     dataset.finalize()
+    write_action_kind(path, "ee_delta")  # Meta-World's actions are hand displacements
     generation = {"config": cfg.cache_key(), "embodiment": EMBODIMENT, "fps": CONTROL_FPS,
                   "seeds_used": seeds_used, "failed_seeds": failed_seeds}
     (path / GENERATION_FILE).write_text(json.dumps(generation, indent=1))

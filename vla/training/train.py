@@ -60,7 +60,7 @@ def last_checkpoint(output_dir: str | Path) -> Path:
 def load_demos(model: ModelConfig, data: DataConfig) -> ChunkedDemos:
     demos = load_chunked_demos(data.root, data.repo_id, chunk_size=model.head.horizon,
                                expected_action_dim=data.action_dim, expected_state_dim=data.state_dim,
-                               embodiment=data.embodiment)
+                               embodiment=data.embodiment, action_kind=data.action_kind)
     check_observation_spec(model, demos)
     return demos
 
