@@ -301,6 +301,7 @@ def test_dataset_with_other_image_size_is_rejected_before_training(tiny_run_conf
 def test_two_process_training_on_cpu(tiny_run_config, tmp_path):
     """The same loop under torchrun: 2 ranks over gloo, one checkpoint written by rank 0."""
     import os
+    import socket
     import subprocess
     import sys
 
@@ -309,8 +310,11 @@ def test_two_process_training_on_cpu(tiny_run_config, tmp_path):
     out = tmp_path / "ddp"
     cfg = with_train(tiny_run_config, output_dir=str(out), steps=4, log_every=2, save_every=4)
     (tmp_path / "run.yaml").write_text(to_yaml(cfg))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "vla.training.train",
-               f"--config_path={tmp_path / 'run.yaml'}"]
+    with socket.socket() as probe:  # a free port, not torchrun's default 29500, which another job may hold
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m",
+               "vla.training.train", f"--config_path={tmp_path / 'run.yaml'}"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
