@@ -722,16 +722,18 @@ def test_policy_and_robot_must_agree_on_action_names_kind_and_rate():
     spec = PolicySpec.for_robot(arm.spec, ["main"], 32, 8)
     check_compatible(spec, arm, cameras)
     other_kind = dataclasses.replace(spec, action_kinds={"fake_arm": "ee_delta"})
-    with pytest.raises(ValueError, match="trained on ee_delta actions, the robot is commanded with joint_position"):
+    with pytest.raises(ValueError, match="trained with action kind ee_delta, the robot has joint_position"):
         check_compatible(other_kind, arm, cameras)
     renamed = dataclasses.replace(spec, action_names={"fake_arm": ["x", "y", "z", "roll", "pitch", "yaw", "grip"]})
-    with pytest.raises(ValueError, match=r"the policy's actions are \['x', .*the robot takes \['joint_0'"):
+    with pytest.raises(ValueError, match=r"action names \['x', .*the robot has \['joint_0'"):
         check_compatible(renamed, arm, cameras)
     slow = dataclasses.replace(spec, fps={"fake_arm": 10.0})
     with pytest.raises(ValueError, match="recorded at 10 fps, the robot executes actions at 100 Hz.*10.00x.*"
                                          "--loop.allow_rate_mismatch"):
         check_compatible(slow, arm, cameras)
     check_compatible(slow, arm, cameras, allow_rate_mismatch=True)
+    with pytest.raises(ValueError, match="trained with state width 6, the robot has 7"):
+        check_compatible(dataclasses.replace(spec, state_dims={"fake_arm": 6}), arm, cameras)
     with pytest.raises(ValueError, match="does not record the action names, kind and fps"):
         check_compatible(dataclasses.replace(spec, action_kinds={}), arm, cameras)
 

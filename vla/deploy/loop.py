@@ -145,13 +145,15 @@ def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera],
     if name not in spec.action_kinds:
         raise ValueError(f"{name}: the checkpoint does not record the action names, kind and fps of its training "
                          f"data (made by an older vla?), so the arm cannot be checked against it: retrain")
-    if spec.action_kinds[name] != robot.spec.action_kind:
-        raise ValueError(f"{name}: the policy was trained on {spec.action_kinds[name]} actions, the robot is "
-                         f"commanded with {robot.spec.action_kind} actions")
-    if spec.action_names[name] != robot.spec.action_names:
-        raise ValueError(f"{name}: the policy's actions are {spec.action_names[name]}, the robot takes "
-                         f"{robot.spec.action_names}")
-    rate = robot.spec.action_rate
+    robot_spec = robot.spec
+    for what, trained, robot_value in (("state width", spec.state_dims[name], robot_spec.state_dim),
+                                       ("action width", spec.action_dims[name], robot_spec.action_dim),
+                                       ("action kind", spec.action_kinds[name], robot_spec.action_kind),
+                                       ("action names", spec.action_names[name], robot_spec.action_names)):
+        if trained != robot_value:
+            raise ValueError(f"{name}: the policy was trained with {what} {trained}, the robot has {robot_value} "
+                             f"(state {robot_spec.state_names}, actions {robot_spec.action_names})")
+    rate = robot_spec.action_rate
     if abs(spec.fps[name] - rate) > 1e-6 * rate:
         message = (f"{name}: the training data was recorded at {spec.fps[name]:g} fps, the robot executes actions "
                    f"at {rate:g} Hz, so every chunk would play {rate / spec.fps[name]:.2f}x as fast as demonstrated")
@@ -159,12 +161,6 @@ def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera],
             raise ValueError(f"{message}; set the robot's control rate to {spec.fps[name]:g} Hz, or pass "
                              f"--loop.allow_rate_mismatch true to run anyway")
         log.warning("%s (--loop.allow_rate_mismatch)", message)
-    if spec.state_dims[name] != robot.spec.state_dim:
-        raise ValueError(f"{name}: the policy expects state [{spec.state_dims[name]}], the robot gives "
-                         f"[{robot.spec.state_dim}] ({robot.spec.state_names})")
-    if spec.action_dims[name] != robot.spec.action_dim:
-        raise ValueError(f"{name}: the policy outputs actions [{spec.action_dims[name]}], the robot takes "
-                         f"[{robot.spec.action_dim}] ({robot.spec.action_names})")
     missing = [c for c in spec.cameras if c not in cameras]
     if missing:
         raise ValueError(f"the policy needs cameras {spec.cameras}; missing {missing} (have {sorted(cameras)})")
