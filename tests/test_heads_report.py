@@ -13,7 +13,7 @@ def fake_summary(success: float) -> dict:
     return {"mean_success_rate": success, "tasks": {"reach": {"success_rate": 1.0},
                                                    "button-press-topdown": {"success_rate": 2 * success - 1}},
             "train_s_per_step": 0.2, "chunk_latency_ms": {"p50": 30.0, "p99": 40.0},
-            "parameters": {"head": 1_000_000, "total": 2_000_000}}
+            "parameters": {"head": 1_000_000, "total": 2_000_000}, "provenance": {"commit": "c0ffee" * 6 + "abcd"}}
 
 
 def test_report_has_mean_std_table_bac_rows_and_plot(tmp_path):
@@ -27,6 +27,7 @@ def test_report_has_mean_std_table_bac_rows_and_plot(tmp_path):
                                                                      ("tolerance", 0.01, 0.08, 0.7, 0.008, 20.0)]]
     report = write_report(cfg, runs, bac).read_text()
     assert "| `flow` | **75 ± 7%** |" in report  # seeds at 70% and 80%
+    assert "Made by `vla-eval heads` at commit c0ffeec0ff;" in report
     assert "| `dit` | 10 | off | - | 80% | 30.0 | 20.0 / 25.0 | 100% | 0.0000 |" in report
     assert "| `dit` | 10 | tolerance 0.01 | 0.08 | 80% | 20.0 (1.5x) | 20.0 / 25.0 | 70% | 0.0080 |" in report
     assert "| `dit` | 10 | threshold 0.25 | 0.25 | 80% | 10.0 (3.0x) |" in report

@@ -52,7 +52,14 @@ def pct(ms: tuple[float, float]) -> str:
     return f"{100 * ms[0]:.0f} ± {100 * ms[1]:.0f}%"
 
 
-def markdown(cfg, rows: list[dict], bac_rows: list[dict]) -> str:
+def origin(runs: dict) -> str:
+    """Which commits made the runs (from their provenance), for the report's header."""
+    commits = sorted({str((run.get("provenance") or {}).get("commit"))[:10] for run in runs.values()})
+    return f"Made by `vla-eval heads` at commit {', '.join(commits)}; the raw figures, with the full config, " \
+           "command, library versions and machine, are in `heads_results.json`."
+
+
+def markdown(cfg, rows: list[dict], bac_rows: list[dict], runs: dict | None = None) -> str:
     tasks = cfg.eval.tasks
     lines = [
         "# Continuous action heads: " + " vs ".join(cfg.heads) + ", and block-wise adaptive caching",
@@ -67,6 +74,7 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict]) -> str:
         "sampling, batch 1, CPU) in closed loop, averaged over seeds; train s/step is the median over 50-step "
         "windows, averaged over seeds. Measured on a 2-core CPU shared with another job, so timings are noisy.",
         "",
+        *([origin(runs), ""] if runs else []),
         "| head | success | " + " | ".join(tasks) + " | per seed | train s/step | latency p50 / p99 (ms) | "
         "head params | total params |",
         "|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|",
@@ -160,6 +168,6 @@ def write_report(cfg, runs: dict, bac_rows: list[dict]) -> Path:
     out = Path(cfg.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = head_rows(cfg, runs)
-    (out / "heads.md").write_text(markdown(cfg, rows, bac_rows))
+    (out / "heads.md").write_text(markdown(cfg, rows, bac_rows, runs))
     plot(rows, bac_rows, out / "heads.png")
     return out / "heads.md"
