@@ -352,6 +352,28 @@ def test_workspace_box_limits_cartesian_moves():
     assert SafetyLayer(spec, SafetyConfig()).check(np.zeros(3), at_edge).action is None  # wrong width
 
 
+def test_rejected_actions_do_not_move_the_tracked_tool_target():
+    """In reject mode a refused action never reaches the arm, so it must not shift the target the box is checked
+    from; arms that do not integrate their own target (UR speedL / moveL) are checked from the measured tool."""
+    import dataclasses
+
+    from vla.robot_io.sim import sim_spec
+
+    spec = sim_spec(30.0)
+    layer = SafetyLayer(spec, SafetyConfig(workspace_margin_m=0.0, on_violation="reject"))
+    near = RobotState(state=np.zeros(7, np.float32), timestamp=0.0, tcp_position=np.array([0.495, 0.7, 0.2]))
+    assert layer.check(np.array([1.0, 0.0, 0.0, 2.0]), near).action is None  # gripper beyond its bound
+    inside = RobotState(state=np.zeros(7, np.float32), timestamp=0.0, tcp_position=np.array([0.48, 0.7, 0.2]))
+    assert layer.check(np.array([1.0, 0.0, 0.0, 0.0]), inside).action[0] == pytest.approx(1.0)  # 1 cm: fine
+    clip = SafetyLayer(spec, SafetyConfig(workspace_margin_m=0.0))
+    clip.check(np.array([1.0, 0.0, 0.0, 0.0]), inside)  # target 0.49, the simulator's hand lags at 0.48
+    assert clip.check(np.array([1.0, 0.0, 0.0, 0.0]), inside).action[0] == pytest.approx(1.0)  # 0.49 -> 0.50
+    assert clip.check(np.array([1.0, 0.0, 0.0, 0.0]), inside).action[0] == pytest.approx(0.0)  # at the wall
+    measured = SafetyLayer(dataclasses.replace(spec, integrates_ee_deltas=False), SafetyConfig(workspace_margin_m=0.0))
+    for _ in range(3):  # every check starts from the measured tool at 0.48
+        assert measured.check(np.array([1.0, 0.0, 0.0, 0.0]), inside).action[0] == pytest.approx(1.0)
+
+
 # --- server and client ---
 
 

@@ -58,14 +58,16 @@ class ActionSchedule:
         start, _ = self.chunks[-1]
         return step + lead >= start + self.config.execute_steps
 
-    def add(self, chunk: np.ndarray, start_step: int) -> None:
-        """Chunk [H, D] predicted from the observation of `start_step`."""
+    def add(self, chunk: np.ndarray, start_step: int) -> bool:
+        """Queue chunk [H, D] predicted from the observation of `start_step`; False when it is older than the
+        newest queued chunk (and is not used)."""
         chunk = np.asarray(chunk, dtype=np.float32)
         if chunk.ndim != 2 or chunk.shape[0] != self.horizon:
             raise ValueError(f"chunk must be [H={self.horizon}, D]; got {list(chunk.shape)}")
         if self.chunks and start_step < self.chunks[-1][0]:
-            return  # an older prediction that finished after a newer one: the newer one wins
+            return False  # an older prediction that finished after a newer one: the newer one wins
         self.chunks.append((start_step, chunk))
+        return True
 
     def drop(self, start_steps: set[int]) -> None:
         """Forget the chunks predicted from the observations of these steps (they are too old to execute)."""

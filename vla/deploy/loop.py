@@ -13,8 +13,9 @@ The arm is stopped on every way out. Per-step timing goes to a CSV.
 
 Validity of a chunk: a chunk of H actions is executed only within H control periods of wall-clock time from
 its start: the tick whose observation it was computed from (asynchronous), or the moment it arrived
-(synchronous: the arm was held from the observation until then). Older chunks are dropped, never executed,
-even when ticks were skipped after an overrun. A chunk with a NaN or inf anywhere is rejected whole.
+(synchronous: the arm was held from the observation until then). Older chunks are dropped, never executed.
+The window is wall-clock time: after an overrun that skipped ticks, a chunk's next actions still play one per
+tick (so later than planned), but never past the window. A chunk with a NaN or inf anywhere is rejected whole.
 Policy timeout: the run stops once a request has gone unanswered for safety.policy_timeout_s, or once the
 arm has had no usable action for that long (policy errors, rejected chunks, actions the safety layer refused).
 """
@@ -329,18 +330,22 @@ class ControlLoop:
 
     def _collect(self, report: EpisodeReport) -> None:
         result = self.worker.poll()
-        if result is None or result.episode != self.episode or result.step < self._first_valid_step:
-            return  # none yet, left over from the last episode, or planned before a camera outage
+        if result is None or result.episode != self.episode:
+            return  # none yet, or left over from the last episode
         observed_at = self._observed_at.pop(result.step, None)
+        if result.step < self._first_valid_step:
+            return  # planned before a camera outage
         if result.error:
             log.error("policy failed on the observation of step %d: %s", result.step, result.error)
+            self._chunk_problem = f"the policy raised {result.error}"
             return
         report.inference_s.append(result.latency_s)
         self.latency_s = result.latency_s if not self.latency_s else 0.8 * self.latency_s + 0.2 * result.latency_s
         problem = chunk_problem(result.actions)
         if problem is None:
             try:
-                self.schedule.add(result.actions, result.step)
+                if not self.schedule.add(result.actions, result.step):
+                    return  # an older prediction than the newest queued one: not used, nothing to track
             except ValueError as error:
                 problem = str(error)
         if problem is not None:

@@ -57,9 +57,11 @@ class SafetyLayer:
         """A new episode: the arm starts at rest."""
         self._last_velocity: np.ndarray | None = None  # joint velocity of the previous command; None = at rest
         self._velocity: np.ndarray | None = None  # joint velocity of the command being checked
-        # Cartesian-delta arms: the tool target the accepted deltas add up to (a simulator's mocap, a speedL
-        # integral); None = start from the measured TCP. Bounding it, not the lagging measured TCP, prevents windup
+        # Cartesian-delta arms that add each delta to a target of their own (RobotSpec.integrates_ee_deltas: a
+        # simulator's mocap): the target the accepted deltas add up to; None = start from the measured TCP.
+        # Bounding it, not the lagging measured TCP, prevents windup. Other arms start from the measured TCP.
         self._target: np.ndarray | None = None
+        self._pending_target: np.ndarray | None = None  # the target of the action being checked
 
     def held(self) -> None:
         """The arm was held (zero velocity): the next command accelerates from rest."""
@@ -83,15 +85,17 @@ class SafetyLayer:
         else:
             action = self._workspace(action, state, events)
         if events and self.config.on_violation == "reject":
-            self._velocity = None
+            self._velocity = self._pending_target = None
             return self._reject("; ".join(events))
         for event in events:
             self._log_clip(event)
         if not np.isfinite(action).all():  # belt and braces: nothing non-finite ever reaches the arm
-            self._velocity = None
+            self._velocity = self._pending_target = None
             return self._reject("the limited action is not finite")
-        if self._velocity is not None:
+        if self._velocity is not None:  # only an accepted action moves the arm: commit what it leads to
             self._last_velocity, self._velocity = self._velocity, None
+        if self._pending_target is not None:
+            self._target, self._pending_target = self._pending_target, None
         return Verdict(action.astype(np.float32), events)
 
     def _joint_limits(self, action: np.ndarray, state: RobotState, events: list[str]) -> np.ndarray:
@@ -124,15 +128,16 @@ class SafetyLayer:
         if limits.workspace_low is None or state.tcp_position is None:
             return action
         scale = self.spec.ee_delta_scale
-        start = self._target if self._target is not None else np.asarray(state.tcp_position, dtype=np.float64)
+        measured = np.asarray(state.tcp_position, dtype=np.float64)
+        start = self._target if self.spec.integrates_ee_deltas and self._target is not None else measured
         target = start + action[:3] * scale
         margin = self.config.workspace_margin_m
         low, high = np.asarray(limits.workspace_low) + margin, np.asarray(limits.workspace_high) - margin
         # a target already outside the box may still move back in: only forbid moving further out
         low, high = np.minimum(low, start), np.maximum(high, start)
         inside = self._bound(target, low, high, "workspace", ["x", "y", "z"], events)
-        if np.isfinite(inside).all():
-            self._target = inside
+        if self.spec.integrates_ee_deltas and np.isfinite(inside).all():
+            self._pending_target = inside
         action = action.copy()
         action[:3] = (inside - start) / scale
         return action

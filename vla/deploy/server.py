@@ -138,7 +138,7 @@ class PolicyServer:
         observation = validate_observation(message.get("observation"), self.policy.spec)
         self._check_available()
         start = time.perf_counter()
-        try:  # one inference at a time; other connections queue here, within the same deadline
+        try:  # one inference at a time; other connections queue here, at most inference_timeout_s
             await asyncio.wait_for(self._infer_lock.acquire(), self.inference_timeout_s)
         except TimeoutError:
             raise PolicyUnavailable(f"the server is busy: no inference finished within inference_timeout_s="
@@ -147,9 +147,8 @@ class PolicyServer:
             self._check_available()
             self.busy = True
             running = self._start_inference(observation)
-            remaining = self.inference_timeout_s - (time.perf_counter() - start)
-            try:
-                actions = await asyncio.wait_for(asyncio.shield(running), max(remaining, 0.0))
+            try:  # a hang is judged from the inference's own start: time queued above does not count
+                actions = await asyncio.wait_for(asyncio.shield(running), self.inference_timeout_s)
             except TimeoutError:
                 self.hung = (f"an inference has run past inference_timeout_s={self.inference_timeout_s:g}; the policy "
                              f"takes no requests until it returns")
@@ -182,8 +181,9 @@ class PolicyServer:
         def run() -> None:
             try:
                 result, error = self.policy.infer(observation), None
-            except Exception as exc:
-                result, error = None, exc
+            except BaseException as exc:  # anything (even SystemExit in the policy) must settle the future
+                result = None
+                error = exc if isinstance(exc, Exception) else RuntimeError(f"{type(exc).__name__}: {exc}")
             try:
                 loop.call_soon_threadsafe(settle, result, error)
             except RuntimeError:  # the server's event loop is gone

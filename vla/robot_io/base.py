@@ -83,6 +83,9 @@ class RobotSpec:
     # the rate each action is meant for when it is not control_hz: a simulator that advances a fixed simulated
     # time per action (Meta-World: 1/80 s) whatever the wall-clock rate it is stepped at
     action_fps: float | None = None
+    # an ee_delta arm that adds each displacement to a target of its own rather than to its measured position (a
+    # simulator's mocap target): the safety layer then bounds that target, which runs ahead of the measured tool
+    integrates_ee_deltas: bool = False
 
     @property
     def action_rate(self) -> float:

@@ -42,6 +42,7 @@ def sim_spec(control_hz: float) -> RobotSpec:
     return RobotSpec(
         embodiment=EMBODIMENT, action_kind="ee_delta", action_names=list(ACTION_NAMES), state_names=list(STATE_NAMES),
         control_hz=control_hz, ee_delta_scale=ACTION_SCALE_M, action_fps=CONTROL_FPS,
+        integrates_ee_deltas=True,
         limits=Limits(action_low=[-1.0] * 4, action_high=[1.0] * 4,
                       workspace_low=list(HAND_LOW), workspace_high=list(HAND_HIGH)),
     )
