@@ -318,7 +318,18 @@ def test_two_process_training_on_cpu(tiny_run_config, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert read_metrics(out / "metrics.csv")["step"] == [2.0, 4.0]
+    metrics = read_metrics(out / "metrics.csv")
+    assert metrics["step"] == [2.0, 4.0]
+    # the LR schedule advances once per optimiser step, however many ranks there are
+    from vla.training.train import make_lr_schedule
+
+    schedule = make_lr_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.train.optim.lr),
+                                cfg.train, 0)
+    expected = []
+    for _ in range(4):
+        schedule.step()
+        expected.append(schedule.get_last_lr()[0])
+    assert metrics["lr"] == pytest.approx([expected[1], expected[3]])
     assert load_policy(out / "checkpoints" / "last").predict(observation_from_demos(cfg)).actions.shape[1] == 4
 
 

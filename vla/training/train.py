@@ -180,6 +180,13 @@ def make_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, done_st
         optimizer, cfg.optim.warmup_steps, cfg.steps, min_lr_rate=cfg.optim.min_lr_ratio, last_epoch=done_steps - 1)
 
 
+def on_any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every rank when `flag` is True on any, so that every rank takes the same branch."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum") > 0)
+
+
 def make_batch(demos: ChunkedDemos, batch_size: int, image_shift: int, generator: torch.Generator,
                n_obs_steps: int = 1) -> dict:
     batch = demos.sample(batch_size, generator, n_obs_steps)
@@ -211,9 +218,11 @@ def save_checkpoint(accelerator: Accelerator, policy: VLAPolicy, optimizer, step
             tmp_link.unlink()
         tmp_link.symlink_to(target.name)
         os.replace(tmp_link, link)
-        if keep_last > 0:
-            for old in sorted(folder.glob("step_*"))[:-keep_last]:
-                shutil.rmtree(old)
+        # checkpoints after this one belong to an abandoned attempt (a crash before `last` moved): never kept
+        abandoned = [p for p in folder.glob("step_*") if p.name > target.name]
+        older = sorted(p for p in folder.glob("step_*") if p.name < target.name)
+        for old in abandoned + (older[:max(len(older) - keep_last + 1, 0)] if keep_last > 0 else []):
+            shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return target
 
@@ -245,7 +254,7 @@ def train(cfg: TrainRunConfig) -> Path:
                 plot_loss_curve(out / "metrics.csv", out / "loss_curve.png")
             accelerator.end_training()
             return resume_from
-    elif out.exists() and any(checkpoint_dir(out).glob("step_*")) and accelerator.is_main_process:
+    elif out.exists() and any(checkpoint_dir(out).glob("step_*")):  # every rank sees it and stops
         raise FileExistsError(f"{out} already holds checkpoints; pass --train.resume=true to continue, "
                               f"or choose another --train.output_dir")
     policy = build_policy(cfg, demos, resume_from)
@@ -254,7 +263,9 @@ def train(cfg: TrainRunConfig) -> Path:
         load_training_state(resume_from / "training_state", optimizer)
         accelerator.print(f"resuming from {resume_from.name} at step {start_step}")
     scheduler = make_lr_schedule(optimizer, cfg.train, start_step)
-    policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
+    # the scheduler stays outside accelerate.prepare: prepared, it steps once per process per optimiser step
+    # (split_batches=False), so N ranks would run the warmup and decay N times too fast
+    policy, optimizer = accelerator.prepare(policy, optimizer)
     logger = ScalarLogger(out, enabled=accelerator.is_main_process, start_step=start_step)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +287,7 @@ def train(cfg: TrainRunConfig) -> Path:
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with accelerator.autocast():
             loss = policy(batch)["loss"]
-        if not math.isfinite(loss.item()):
+        if on_any_rank(accelerator, not math.isfinite(loss.item())):  # all ranks stop together
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; last checkpoint: {last}")
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -292,7 +303,9 @@ def train(cfg: TrainRunConfig) -> Path:
             logger.log(step, scalars)
             progress.set_postfix(loss=f"{scalars['loss']:.4f}")
             window_loss, window_steps, window_start = 0.0, 0, time.time()
-        out_of_time = 0 < cfg.train.time_limit_s < time.time() - started and step < cfg.train.steps
+        # decided together: a rank that saves while another trains on would deadlock at the barriers
+        out_of_time = (cfg.train.time_limit_s > 0 and step < cfg.train.steps
+                       and on_any_rank(accelerator, time.time() - started > cfg.train.time_limit_s))
         if out_of_time:
             record["history"] = record.get("history", []) + [
                 {"step": step, "event": f"stopped by train.time_limit_s={cfg.train.time_limit_s:g}"}]
