@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import logging
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ class PolicyServer:
         self.served = 0
         self.hung: str | None = None  # why the policy is unavailable while an inference is stuck
         self._infer_lock = asyncio.Lock()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()  # (observation, event loop, future) for the thread
+        self._inference_thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._server = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -170,32 +173,39 @@ class PolicyServer:
             raise PolicyUnavailable(f"policy unavailable: {self.hung}")
 
     def _start_inference(self, observation) -> asyncio.Future:
-        """Run policy.infer in a daemon thread (a hung one must not keep the process alive at exit)."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        """Hand policy.infer to the inference thread; the future settles with its answer or its error."""
+        if self._inference_thread is None:
+            # one persistent thread: a new thread per call pays torch's per-thread start-up (an OpenMP team) on
+            # every request; a daemon, so a hung policy does not keep the process alive at exit
+            self._inference_thread = threading.Thread(target=self._run_inferences, name="inference", daemon=True)
+            self._inference_thread.start()
+        future = asyncio.get_running_loop().create_future()
+        self._jobs.put((observation, asyncio.get_running_loop(), future))
+        return future
 
-        def settle(result, error) -> None:
-            if not future.done():
-                future.set_exception(error) if error is not None else future.set_result(result)
-
-        def run() -> None:
+    def _run_inferences(self) -> None:
+        """The inference thread: one job at a time (the lock and the hung state keep the queue at most one deep)."""
+        while True:
+            observation, loop, future = self._jobs.get()
             try:
                 result, error = self.policy.infer(observation), None
             except BaseException as exc:  # anything (even SystemExit in the policy) must settle the future
                 result = None
                 error = exc if isinstance(exc, Exception) else RuntimeError(f"{type(exc).__name__}: {exc}")
             try:
-                loop.call_soon_threadsafe(settle, result, error)
+                loop.call_soon_threadsafe(_settle, future, result, error)
             except RuntimeError:  # the server's event loop is gone
                 pass
-
-        threading.Thread(target=run, name="inference", daemon=True).start()
-        return future
 
     def _recovered(self, _future) -> None:
         log.warning("the hung inference returned; the policy takes requests again")
         self.hung = None
         self.busy = False
+
+
+def _settle(future: asyncio.Future, result, error: BaseException | None) -> None:
+    if not future.done():
+        future.set_exception(error) if error is not None else future.set_result(result)
 
 
 def main(args: list[str] | None = None) -> None:
