@@ -323,10 +323,11 @@ def test_two_process_training_on_cpu(tiny_run_config, tmp_path):
     # the LR schedule advances once per optimiser step, however many ranks there are
     from vla.training.train import make_lr_schedule
 
-    schedule = make_lr_schedule(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.train.optim.lr),
-                                cfg.train, 0)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.train.optim.lr)
+    schedule = make_lr_schedule(optimizer, cfg.train, 0)
     expected = []
     for _ in range(4):
+        optimizer.step()
         schedule.step()
         expected.append(schedule.get_last_lr()[0])
     assert metrics["lr"] == pytest.approx([expected[1], expected[3]])
