@@ -15,6 +15,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import draccus
 
@@ -95,13 +96,16 @@ def same_origin(recorded: dict | None, config) -> list[str]:
     return reasons
 
 
-def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields whose values differ between two nested dicts."""
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += differing_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
+def flat_config(config) -> dict[str, Any]:
+    """{"train.optim.lr": 0.0005, ...}: every leaf of a config (dataclass or plain dict) under its dotted name."""
+    def walk(node, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, value in node.items() for k, v in walk(value, f"{prefix}{key}.").items()}
+    return {key.rstrip("."): value for key, value in walk(as_plain(config) or {}, "").items()}
+
+
+def differing_keys(old, new) -> list[str]:
+    """Dotted names of the fields whose values differ between two configs (or nested dicts)."""
+    old, new = flat_config(old), flat_config(new)
+    return [key for key in sorted(set(old) | set(new)) if old.get(key, "<unset>") != new.get(key, "<unset>")]

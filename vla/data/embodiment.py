@@ -29,16 +29,22 @@ class EmbodimentInfo:
     fps: float
 
     def __post_init__(self) -> None:
-        if self.action_kind not in ACTION_KINDS:
-            raise ValueError(f"action kind must be one of {ACTION_KINDS}; got {self.action_kind!r}")
+        check_action_kind(self.action_kind)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def check_action_kind(action_kind: str) -> str:
+    """`action_kind`, or a ValueError unless it is one of ACTION_KINDS."""
+    if action_kind not in ACTION_KINDS:
+        raise ValueError(f"action kind must be one of {ACTION_KINDS}; got {action_kind!r}")
+    return action_kind
+
+
 def write_action_kind(dataset_root: str | Path, action_kind: str) -> None:
     """Record beside a LeRobot dataset what kind of actions it holds (read back by `read_action_kind`)."""
-    EmbodimentInfo([], [], action_kind, 0.0)  # validates the kind
+    check_action_kind(action_kind)
     path = Path(dataset_root) / EMBODIMENT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"action_kind": action_kind}))
@@ -56,5 +62,4 @@ def read_action_kind(dataset_root: str | Path, configured: str = "") -> str:
         raise ValueError(f"the dataset at {dataset_root} does not say what its actions are: pass "
                          f"--data.action_kind joint_position (target joint positions) or ee_delta (tool "
                          f"displacements), so that deploy.py can refuse an arm that takes the other kind")
-    EmbodimentInfo([], [], kind, 0.0)  # validates the kind
-    return kind
+    return check_action_kind(kind)

@@ -212,7 +212,6 @@ class ControlLoop:
         report, timer = EpisodeReport(), RateTimer(self.hz)
         self._last_action = self._last_fresh_frame = time.perf_counter()
         self._first_valid_step = 0  # chunks from observations before this step are stale (see _hold_stale)
-        self._observed_at: dict[int, float] = {}  # step -> tick time of the observation sent to the policy
         self._expires_at: dict[int, float] = {}  # chunk start step -> wall-clock time it goes stale
         self._chunk_problem: str | None = None  # why the policy's latest chunk was unusable, if it was
         try:
@@ -257,7 +256,6 @@ class ControlLoop:
         self._last_fresh_frame = time.perf_counter()
         self._remember_frames()
         if self.schedule.needs_chunk(step, lead=self._lead_steps()) and not self.worker.busy:
-            self._observed_at[step] = report.tick_starts[-1]
             self.worker.submit(self.episode, step, self._observation(state, step))
             if not self.config.async_inference:
                 state = self._wait_holding(report)
@@ -330,11 +328,8 @@ class ControlLoop:
 
     def _collect(self, report: EpisodeReport) -> None:
         result = self.worker.poll()
-        if result is None or result.episode != self.episode:
-            return  # none yet, or left over from the last episode
-        observed_at = self._observed_at.pop(result.step, None)
-        if result.step < self._first_valid_step:
-            return  # planned before a camera outage
+        if result is None or result.episode != self.episode or result.step < self._first_valid_step:
+            return  # none yet, left over from the last episode, or planned before a camera outage
         if result.error:
             log.error("policy failed on the observation of step %d: %s", result.step, result.error)
             self._chunk_problem = f"the policy raised {result.error}"
@@ -354,8 +349,9 @@ class ControlLoop:
             self._chunk_problem = problem
             return
         self._chunk_problem = None
-        # synchronous: the arm was held from the observation until now, so the chunk's first action is for now
-        start = observed_at if self.config.async_inference and observed_at is not None else time.perf_counter()
+        # asynchronous: the chunk starts at the tick whose observation it used; synchronous: the arm was held from
+        # the observation until now, so the chunk's first action is for now
+        start = report.tick_starts[result.step] if self.config.async_inference else time.perf_counter()
         self._expires_at[result.step] = start + self.policy.spec.horizon * self.period
 
     def _lead_steps(self) -> int:

@@ -179,8 +179,9 @@ class PolicyServer:
             # every request; a daemon, so a hung policy does not keep the process alive at exit
             self._inference_thread = threading.Thread(target=self._run_inferences, name="inference", daemon=True)
             self._inference_thread.start()
-        future = asyncio.get_running_loop().create_future()
-        self._jobs.put((observation, asyncio.get_running_loop(), future))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((observation, loop, future))
         return future
 
     def _run_inferences(self) -> None:

@@ -8,7 +8,7 @@ Each (head, seed) is one pipeline run (`vla.pipeline.run_pipeline`: demos and th
 cached, training resumes from its last checkpoint) in <output_dir>/<head>_s<seed>; a run whose
 summary.json exists is reused, so a crash costs at most the run in progress. A run (finished or not)
 made at another commit or with other settings is never reused or resumed unless `reuse_stale` is
-set; the report then lists those runs. A name in `heads`
+set; the report's header names every commit its runs were made at. A name in `heads`
 is a registered head or a `variants` entry (a registered head with options of its own, such as
 dita with `denoiser: shared` or a two-frame history). Then, on the first seed's checkpoint of each
 head in `bac.heads`, BAC schedules are calibrated in memory on demo frames, with the fixed
@@ -104,7 +104,8 @@ class HeadsBenchmarkConfig:
     bac: BACBenchConfig = field(default_factory=BACBenchConfig)
     output_dir: str = "outputs/bench/heads"
     report_dir: str = "docs/results"
-    # reuse (or resume) runs and evaluations made at another commit or with other settings; the report lists them
+    # reuse (or resume) runs and evaluations made at another commit or with other settings; the report's header
+    # names the commits its runs were made at
     reuse_stale: bool = False
 
     def __post_init__(self) -> None:

@@ -17,10 +17,8 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
@@ -32,6 +30,7 @@ from vla.data.augment import random_shift
 from vla.data.dataset import ChunkedDemos, load_chunked_demos
 from vla.data.normalize import Normalizer
 from vla.policy import VLAPolicy
+from vla.provenance import differing_keys, flat_config
 from vla.training.checkpoint import (
     load_rng_state,
     load_training_state,
@@ -95,15 +94,6 @@ RUN_CONTROL_FIELDS = frozenset({"train.output_dir", "train.resume", "train.resum
                                 "data.root"})  # the dataset's content is compared by fingerprint instead
 
 
-def flat_config(cfg) -> dict[str, Any]:
-    """{"train.optim.lr": 0.0005, ...}: every leaf of a config dataclass under its dotted name."""
-    def walk(node, prefix: str) -> dict[str, Any]:
-        if not isinstance(node, dict):
-            return {prefix: node}
-        return {k: v for key, value in node.items() for k, v in walk(value, f"{prefix}{key}.").items()}
-    return {key.rstrip("."): value for key, value in walk(yaml.safe_load(to_yaml(cfg)), "").items()}
-
-
 def dataset_fingerprint(demos: ChunkedDemos) -> str:
     """sha256 of what the training frames are: every action, state, pad flag, episode and task, a strided
     sample of the images (all of them would cost seconds), the instructions, embodiment and camera layout."""
@@ -125,12 +115,9 @@ def run_record(cfg: TrainRunConfig, demos: ChunkedDemos, num_processes: int) -> 
 
 def run_differences(saved: dict, current: dict) -> list[str]:
     """Human-readable differences between two run records, e.g. ["train.steps: 3000 in the checkpoint, 4000 now"]."""
-    diffs = []
-    keys = list(current["config"]) + [k for k in saved["config"] if k not in current["config"]]
-    for key in keys:
-        old, new = saved["config"].get(key, "<unset>"), current["config"].get(key, "<unset>")
-        if old != new:
-            diffs.append(f"{key}: {old!r} in the checkpoint, {new!r} now")
+    old, new = saved["config"], current["config"]
+    diffs = [f"{key}: {old.get(key, '<unset>')!r} in the checkpoint, {new.get(key, '<unset>')!r} now"
+             for key in differing_keys(old, new)]
     if saved["dataset"] != current["dataset"]:
         diffs.append(f"dataset content: {saved['frames']} frames (sha256 {saved['dataset'][:12]}) in the checkpoint, "
                      f"{current['frames']} frames (sha256 {current['dataset'][:12]}) now")
