@@ -7,7 +7,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
+from fakes import FakeRobotiqServer, FakeRTDE  # noqa: E402
 
 # --- Tiny Meta-World demo dataset (vla.sim.demos / vla.data) ---
 
@@ -95,3 +98,24 @@ def train_on_batch():
         return losses
 
     return train
+
+
+# --- Fake device SDKs and servers (tests/fakes.py) ---
+
+
+@pytest.fixture
+def rtde(monkeypatch) -> FakeRTDE:
+    """A fake ur_rtde in sys.modules: URRobot talks to it as to a controller."""
+    ur = FakeRTDE()
+    control, receive = ur.modules()
+    monkeypatch.setitem(sys.modules, "rtde_control", control)
+    monkeypatch.setitem(sys.modules, "rtde_receive", receive)
+    return ur
+
+
+@pytest.fixture
+def robotiq_server():
+    """A fake Robotiq URCap socket server on localhost (an active, open 2F gripper)."""
+    server = FakeRobotiqServer()
+    yield server
+    server.close()

@@ -18,6 +18,7 @@ import cv2
 import draccus
 import numpy as np
 import pytest
+from fakes import HOME  # tests/fakes.py
 
 from vla.deploy.loop import ControlLoop, LoopConfig
 from vla.deploy.protocol import ObservationMessage, PolicySpec
@@ -34,8 +35,6 @@ from vla.robot_io.lerobot_arm import LeRobotArm, LeRobotArmConfig
 from vla.robot_io.opencv import OpenCVCamera, OpenCVConfig
 from vla.robot_io.realsense import RealSenseCamera, RealSenseConfig
 from vla.robot_io.ur import URConfig, URRobot, ur_spec
-
-HOME = [0.0, -1.57, 1.57, -1.57, -1.57, 0.0]
 
 # --- a fake pyrealsense2 ---
 
@@ -233,78 +232,7 @@ def test_opencv_config_checks_resolution():
         OpenCVConfig(width=640)
 
 
-# --- a fake ur_rtde ---
-
-
-class FakeRTDE:
-    """Stands in for ur_rtde's rtde_control and rtde_receive modules. `calls` lists (method, args) of every
-    control command; servoJ moves the fake joints to the target at once; `refuse` names commands that fail."""
-
-    def __init__(self):
-        self.calls: list[tuple[str, tuple]] = []
-        self.hosts: list[str] = []
-        self.q = list(HOME)
-        self.tcp = [0.3, -0.2, 0.4, 0.0, 3.14, 0.0]
-        self.protective = self.emergency = False
-        self.safety_mode, self.connected = 1, True
-        self.refuse: set[str] = set()
-
-    def modules(self) -> tuple[types.ModuleType, types.ModuleType]:
-        ur = self
-
-        class RTDEControlInterface:
-            def __init__(self, host):
-                ur.hosts.append(host)
-
-            def __getattr__(self, name):
-                def command(*args):
-                    ur.calls.append((name, args))
-                    if name == "servoJ":
-                        ur.q = list(args[0])
-                    return name not in ur.refuse
-
-                return command
-
-        class RTDEReceiveInterface:
-            def __init__(self, host):
-                ur.hosts.append(host)
-
-            def getActualQ(self):  # noqa: N802 (the SDK's names)
-                return list(ur.q)
-
-            def getActualTCPPose(self):  # noqa: N802
-                return list(ur.tcp)
-
-            def isProtectiveStopped(self):  # noqa: N802
-                return ur.protective
-
-            def isEmergencyStopped(self):  # noqa: N802
-                return ur.emergency
-
-            def getSafetyMode(self):  # noqa: N802
-                return ur.safety_mode
-
-            def isConnected(self):  # noqa: N802
-                return ur.connected
-
-            def disconnect(self):
-                ur.calls.append(("receive.disconnect", ()))
-
-        control, receive = types.ModuleType("rtde_control"), types.ModuleType("rtde_receive")
-        control.RTDEControlInterface, receive.RTDEReceiveInterface = RTDEControlInterface, RTDEReceiveInterface
-        return control, receive
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.calls]
-
-
-@pytest.fixture
-def rtde(monkeypatch) -> FakeRTDE:
-    ur = FakeRTDE()
-    control, receive = ur.modules()
-    monkeypatch.setitem(sys.modules, "rtde_control", control)
-    monkeypatch.setitem(sys.modules, "rtde_receive", receive)
-    return ur
+# --- UR arms over a fake ur_rtde (the `rtde` fixture, tests/conftest.py) ---
 
 
 def make_ur(**options) -> URRobot:
@@ -319,25 +247,25 @@ def make_ur(**options) -> URRobot:
 def test_ur_servoj_sends_joint_targets_for_one_control_period(rtde):
     robot = make_ur(command="servoj", control_hz=50.0, servo_lookahead_s=0.05, servo_gain=500.0)
     assert isinstance(robot, Robot) and rtde.hosts == ["10.0.0.2", "10.0.0.2"]
-    assert robot.spec.action_kind == "joint_position" and robot.spec.action_dim == 7
+    assert robot.spec.action_kind == "joint_position" and robot.spec.action_dim == 6
     target = np.array(HOME) + 0.01
-    robot.send_action(np.append(target, 0.7))
+    robot.send_action(target)
     name, (q, speed, acceleration, dt, lookahead, gain) = rtde.calls[-1]
     assert name == "servoJ" and np.allclose(q, target) and (dt, lookahead, gain) == (0.02, 0.05, 500.0)
     state = robot.get_state()
-    assert state.state.shape == (7,) and state.state.dtype == np.float32
-    assert np.allclose(state.joint_positions, target) and state.state[6] == pytest.approx(0.7)
+    assert state.state.shape == (6,) and state.state.dtype == np.float32
+    assert np.allclose(state.joint_positions, target) and np.allclose(state.state, target)
     assert np.allclose(state.tcp_position, rtde.tcp[:3]) and state.fault is None
 
 
 def test_ur_speedl_and_movel_send_tool_motion(rtde):
     robot = make_ur(command="speedl", control_hz=20.0, ee_delta_scale=0.01, tool_acceleration=0.3)
-    assert robot.spec.action_kind == "ee_delta" and robot.spec.action_names == ["dx", "dy", "dz", "gripper"]
-    robot.send_action(np.array([1.0, -0.5, 0.0, 0.0]))
+    assert robot.spec.action_kind == "ee_delta" and robot.spec.action_names == ["dx", "dy", "dz"]
+    robot.send_action(np.array([1.0, -0.5, 0.0]))
     name, (xd, acceleration, _) = rtde.calls[-1]
     assert name == "speedL" and np.allclose(xd, [0.2, -0.1, 0.0, 0, 0, 0]) and acceleration == 0.3  # 1 cm/step at 20 Hz
 
-    robot = make_ur(command="movel", ee_delta_scale=0.01, tool_speed=0.05, gripper=False)
+    robot = make_ur(command="movel", ee_delta_scale=0.01, tool_speed=0.05)
     assert robot.spec.action_dim == 3
     robot.send_action(np.array([0.0, 0.0, -1.0]))
     name, (pose, speed, acceleration, asynchronous) = rtde.calls[-1]
@@ -351,7 +279,7 @@ def test_ur_hold_decelerates_and_stop_ends_the_script_once(rtde, command, stop_c
     robot = make_ur(command=command, stop_deceleration=1.5)
     robot.hold()
     assert rtde.calls == []  # nothing moving: nothing to stop
-    robot.send_action(np.append(HOME, 0.0) if command == "servoj" else np.zeros(4))
+    robot.send_action(np.array(HOME) if command == "servoj" else np.zeros(3))
     robot.hold()
     robot.hold()
     assert rtde.names()[1:] == [stop_call] and rtde.calls[1][1] == (1.5,)
@@ -370,7 +298,7 @@ def test_ur_reset_restarts_the_script_and_moves_home(rtde):
     robot.reset()
     assert rtde.names()[-2:] == ["reuploadScript", "moveJ"]
     assert rtde.calls[-1][1] == (HOME, 0.3, 0.4)
-    robot.send_action(np.append(HOME, 0.0))
+    robot.send_action(np.array(HOME))
     assert rtde.names()[-1] == "servoJ"
 
 
@@ -390,7 +318,7 @@ def test_ur_refused_command_becomes_a_fault(rtde, caplog):
     robot = make_ur()
     rtde.refuse.add("servoJ")
     with caplog.at_level(logging.ERROR):
-        robot.send_action(np.append(HOME, 0.0))
+        robot.send_action(np.array(HOME))
     assert robot.get_state().fault == "the controller refused servoJ" and "refused servoJ" in caplog.text
 
 
@@ -407,7 +335,7 @@ def test_ur_config_is_checked():
 
 
 class ScriptedURPolicy:
-    """A fake policy for a 7-D UR: each chunk steps every joint 1 mrad further per action."""
+    """A fake policy for a UR without a gripper: each chunk steps every joint 1 mrad further per action."""
 
     def __init__(self, horizon: int = 4):
         self.spec = PolicySpec.for_robot(ur_spec(URConfig(host="x", control_hz=100.0)), ["corner"], 32, horizon)
@@ -416,7 +344,6 @@ class ScriptedURPolicy:
         assert obs.images.shape == (1, 32, 32, 3) and obs.embodiment == "ur5e"
         steps = 0.001 * np.arange(1, self.spec.horizon + 1)[:, None]
         chunk = np.tile(obs.state, (self.spec.horizon, 1)) + steps
-        chunk[:, 6] = 0.5
         return chunk.astype(np.float32)
 
 
@@ -459,8 +386,8 @@ class FarURPolicy(ScriptedURPolicy):
     """Asks every joint to move 0.5 rad per action: far beyond one control period of joint speed."""
 
     def infer(self, obs: ObservationMessage) -> np.ndarray:
-        if self.spec.action_dims["ur5e"] == 4:  # speedL: a tool step of 2 units (clipped to 1) along x
-            return np.tile(np.float32([2.0, 0.0, 0.0, 0.5]), (self.spec.horizon, 1))
+        if self.spec.action_dims["ur5e"] == 3:  # speedL: a tool step of 2 units (clipped to 1) along x
+            return np.tile(np.float32([2.0, 0.0, 0.0]), (self.spec.horizon, 1))
         chunk = super().infer(obs)
         chunk[:, :6] = obs.state[:6] + 0.5 * np.arange(1, self.spec.horizon + 1)[:, None]
         return chunk
@@ -680,7 +607,7 @@ def test_ur_controller_watchdog_is_armed_and_kicked_every_tick(rtde):
     """If this PC freezes, the UR controller stops the arm on its own: the watchdog is set and kicked."""
     robot = make_ur(watchdog_hz=20.0)
     assert ("setWatchdog", (20.0,)) in rtde.calls
-    robot.send_action(np.array(HOME + [0.0]))
+    robot.send_action(np.array(HOME))
     robot.hold()
     assert rtde.names().count("kickWatchdog") == 2
 

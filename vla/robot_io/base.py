@@ -37,6 +37,7 @@ class RobotState:
     joint_positions: float [J] or None (arms commanded in Cartesian space may leave it out).
     tcp_position: float [3] tool centre point xyz in metres (the workspace box is checked on it) or None.
     fault: None when healthy, else why the arm cannot move (e.g. "protective stop").
+    gripper_object_detected: the gripper's fingers stopped on an object; None without a gripper that tells.
     """
 
     state: np.ndarray
@@ -44,6 +45,7 @@ class RobotState:
     joint_positions: np.ndarray | None = None
     tcp_position: np.ndarray | None = None
     fault: str | None = None
+    gripper_object_detected: bool | None = None
 
 
 @dataclass

@@ -9,9 +9,11 @@ The state is always the 6 actual joint positions (rad) [+ gripper]; the TCP posi
 safety layer's workspace box. A protective / emergency stop, any safety mode other than normal
 or reduced, a lost RTDE connection or a command the controller refused becomes `RobotState.fault`.
 
-There is no gripper driver yet: with `gripper: true` the last dimension of the action is kept
-and reported back in the state, but nothing moves. ur_rtde is an optional extra, imported when
-the arm is made.
+`gripper: robotiq` adds a Robotiq 2F gripper (vla.robot_io.robotiq, through the URCap on the same
+controller): the last action dimension is its opening, sent without blocking the loop, and the
+last state dimension is the measured opening; a gripper fault or a lost gripper connection is a
+robot fault. On stop() the gripper keeps its grip (opening would drop what it holds). ur_rtde is
+an optional extra, imported when the arm is made.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vla.robot_io.base import Limits, RobotSpec, RobotState
+from vla.robot_io.robotiq import RobotiqConfig, RobotiqGripper
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = 'pip install -e ".[robot]"'
 COMMANDS = ("servoj", "speedl", "movel")
+GRIPPERS = ("none", "robotiq")
 JOINTS = ["base", "shoulder", "elbow", "wrist_1", "wrist_2", "wrist_3"]
 HEALTHY_SAFETY_MODES = {1: "normal", 2: "reduced"}
 SAFETY_MODES = {3: "protective stop", 4: "recovery", 5: "safeguard stop", 6: "system emergency stop",
@@ -54,7 +58,8 @@ class URConfig:
     embodiment: str = "ur5e"
     command: str = "servoj"  # servoj | speedl | movel
     control_hz: float = 30.0
-    gripper: bool = True  # the action and state end with a gripper dimension in [0, 1] (not driven yet)
+    gripper: str = "none"  # none | robotiq: the action and state end with the gripper's opening
+    robotiq: RobotiqConfig = field(default_factory=RobotiqConfig)  # used with gripper: robotiq
     home: list[float] = field(default_factory=list)  # 6 joint positions reset() moves to; empty: stay
     home_speed: float = 0.5  # rad/s of the leading joint on the way home
     home_acceleration: float = 0.5
@@ -79,6 +84,8 @@ class URConfig:
     def __post_init__(self) -> None:
         if self.command not in COMMANDS:
             raise ValueError(f"ur command must be one of {COMMANDS}; got {self.command!r}")
+        if self.gripper not in GRIPPERS:
+            raise ValueError(f"ur gripper must be one of {GRIPPERS}; got {self.gripper!r}")
         if self.home and len(self.home) != 6:
             raise ValueError(f"ur home must be 6 joint positions (rad) or empty; got {len(self.home)}: {self.home}")
         if not 0.03 <= self.servo_lookahead_s <= 0.2 or not 100 <= self.servo_gain <= 2000:
@@ -93,17 +100,18 @@ class URConfig:
 
 
 def ur_spec(c: URConfig) -> RobotSpec:
-    gripper = ["gripper"] if c.gripper else []
+    gripper = ["gripper"] if c.gripper != "none" else []
+    gripper_low, gripper_high = c.robotiq.value_range
     limits = Limits(joint_position_low=c.joint_position_low, joint_position_high=c.joint_position_high,
                     joint_velocity=c.joint_velocity, joint_acceleration=c.joint_acceleration,
                     workspace_low=c.workspace_low, workspace_high=c.workspace_high)
     if c.command == "servoj":
-        limits.action_low = c.joint_position_low + [0.0] * len(gripper)
-        limits.action_high = c.joint_position_high + [1.0] * len(gripper)
+        limits.action_low = c.joint_position_low + [gripper_low] * len(gripper)
+        limits.action_high = c.joint_position_high + [gripper_high] * len(gripper)
         return RobotSpec(embodiment=c.embodiment, action_kind="joint_position", action_names=JOINTS + gripper,
                          state_names=JOINTS + gripper, control_hz=c.control_hz, limits=limits)
-    limits.action_low = [-1.0] * 3 + [0.0] * len(gripper)
-    limits.action_high = [1.0] * 3 + [1.0] * len(gripper)
+    limits.action_low = [-1.0] * 3 + [gripper_low] * len(gripper)
+    limits.action_high = [1.0] * 3 + [gripper_high] * len(gripper)
     return RobotSpec(embodiment=c.embodiment, action_kind="ee_delta", action_names=["dx", "dy", "dz"] + gripper,
                      state_names=JOINTS + gripper, control_hz=c.control_hz, limits=limits,
                      ee_delta_scale=c.ee_delta_scale)
@@ -122,7 +130,8 @@ class URRobot:
         self._rtde_control, self._rtde_receive = import_ur_rtde()
         self.control = None  # rtde_control.RTDEControlInterface once connected
         self.receive = None  # rtde_receive.RTDEReceiveInterface once connected
-        self.gripper = 0.0  # last commanded gripper value (placeholder)
+        self.gripper = (RobotiqGripper(config.robotiq, config.robotiq.host or config.host)
+                        if config.gripper == "robotiq" else None)
         self.stopped = False
         self._moving = False  # a motion command went out since the last stop
         self._command_fault: str | None = None
@@ -137,8 +146,12 @@ class URRobot:
                                f"in remote control, and reachable?") from error
         if self.config.watchdog_hz > 0:
             self._check(self.control.setWatchdog(self.config.watchdog_hz), "setWatchdog")
-        if self.config.gripper:
-            log.warning("UR: the gripper dimension of the action is recorded but no gripper is driven")
+        if self.gripper is not None:
+            try:
+                self.gripper.connect()  # activation (or a clear refusal) happens here, before the arm moves
+            except Exception:
+                self.disconnect()
+                raise
         log.info("UR at %s connected; commanding with %s at %.0f Hz", host, self.config.command, self.config.control_hz)
 
     def reset(self) -> None:
@@ -150,6 +163,8 @@ class URRobot:
             control.reuploadScript()
             self.stopped = False
         self._command_fault = None
+        if self.gripper is not None:
+            self.gripper.reset()
         if self.config.home:
             log.info("UR: moving home to %s", self.config.home)
             self._check(control.moveJ(list(self.config.home), self.config.home_speed, self.config.home_acceleration),
@@ -159,9 +174,14 @@ class URRobot:
         receive = self._receive()
         q = np.asarray(receive.getActualQ(), dtype=np.float64)
         tcp = np.asarray(receive.getActualTCPPose()[:3], dtype=np.float64)
-        state = np.concatenate([q, [self.gripper]]) if self.config.gripper else q
-        return RobotState(state=state.astype(np.float32), timestamp=time.monotonic(), joint_positions=q,
-                          tcp_position=tcp, fault=self._fault(receive))
+        fault = self._fault(receive)
+        if self.gripper is None:
+            return RobotState(state=q.astype(np.float32), timestamp=time.monotonic(), joint_positions=q,
+                              tcp_position=tcp, fault=fault)
+        gripper = self.gripper.state()
+        return RobotState(state=np.append(q, gripper.value).astype(np.float32), timestamp=time.monotonic(),
+                          joint_positions=q, tcp_position=tcp, fault=fault or gripper.fault,
+                          gripper_object_detected=gripper.object_detected)
 
     def send_action(self, action: np.ndarray) -> None:
         """action [D] as in `spec`: joint targets (rad) for servoj, a tool displacement for speedl / movel."""
@@ -171,9 +191,9 @@ class URRobot:
         if action.shape != (self.spec.action_dim,):
             raise ValueError(f"UR action must be [{self.spec.action_dim}] ({self.spec.action_names}); "
                              f"got {list(action.shape)}")
-        if self.config.gripper:
-            self.gripper = float(action[-1])
         getattr(self, f"_{self.config.command}")(action)
+        if self.gripper is not None:
+            self.gripper.command(float(action[-1]))
         self._moving = True
         self._kick()
 
@@ -201,6 +221,8 @@ class URRobot:
         try:
             self.stop()
         finally:
+            if self.gripper is not None:
+                self.gripper.disconnect()
             for interface in (self.control, self.receive):
                 if interface is not None:
                     interface.disconnect()

@@ -1,0 +1,212 @@
+"""The Robotiq 2F driver against a fake URCap socket server, alone and composed into the UR arm, and a
+simulated UR cell (fake RTDE + fake Robotiq + fake camera) running whole episodes through deploy()."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from fakes import HOME, FakeRobotiqServer  # tests/fakes.py
+
+from vla.deploy.loop import LoopConfig, check_compatible
+from vla.deploy.protocol import ObservationMessage, PolicySpec
+from vla.deploy.run import DeployConfig, deploy
+from vla.deploy.safety import SafetyConfig
+from vla.robot_io.config import FakeCameraConfig, URArmConfig
+from vla.robot_io.robotiq import RobotiqConfig, RobotiqGripper
+from vla.robot_io.ur import URConfig, ur_spec
+
+
+def wait_for(condition, timeout_s: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def connected_gripper(server: FakeRobotiqServer, **options) -> RobotiqGripper:
+    gripper = RobotiqGripper(RobotiqConfig(port=server.port, rate_hz=100.0, **options), "127.0.0.1")
+    gripper.connect()
+    return gripper
+
+
+def test_opening_maps_both_ways_and_either_end_can_mean_open():
+    config = RobotiqConfig()
+    assert config.to_position(0.0) == 0 and config.to_position(1.0) == 255 and config.to_position(7.0) == 255
+    inverted = RobotiqConfig(value_open=1.0, value_closed=0.0, position_open=3, position_closed=230)
+    assert inverted.to_position(1.0) == 3 and inverted.to_position(0.0) == 230
+    assert inverted.to_value(230) == pytest.approx(0.0) and inverted.to_value(3) == pytest.approx(1.0)
+    assert inverted.to_value(inverted.to_position(0.25)) == pytest.approx(0.25, abs=0.005)
+    with pytest.raises(ValueError, match="must differ"):
+        RobotiqConfig(value_open=1.0, value_closed=1.0)
+    with pytest.raises(ValueError, match="position_open .* below position_closed"):
+        RobotiqConfig(position_open=200, position_closed=10)
+    with pytest.raises(ValueError, match="2f-140"):
+        RobotiqConfig(model="hand-e")
+
+
+def test_commands_go_out_and_the_opening_and_object_come_back(robotiq_server):
+    robotiq_server.object_at = 150
+    gripper = connected_gripper(robotiq_server, speed=200, force=50)
+    try:
+        assert gripper.state().value == 0.0 and not gripper.state().object_detected
+        gripper.command(1.0)
+        assert wait_for(lambda: gripper.state().object_detected)
+        state = gripper.state()
+        assert state.position == 150 and state.value == pytest.approx(150 / 255) and state.fault is None
+        assert "SET POS 255 SPE 200 FOR 50 GTO 1" in robotiq_server.requests
+        sent = len(robotiq_server.positions_requested())
+        time.sleep(0.1)
+        assert len(robotiq_server.positions_requested()) == sent  # an unchanged target is not re-sent
+        gripper.command(0.0)
+        assert wait_for(lambda: gripper.state().position == 0)
+        assert robotiq_server.positions_requested() == [255, 0]
+    finally:
+        gripper.disconnect()
+
+
+def test_the_loop_never_waits_on_a_slow_gripper(robotiq_server):
+    gripper = connected_gripper(robotiq_server)
+    robotiq_server.delay_s = 0.2  # every answer now takes 200 ms
+    try:
+        start = time.perf_counter()
+        for i in range(100):
+            gripper.command(i % 2)
+            gripper.state()
+        assert time.perf_counter() - start < 0.1
+    finally:
+        gripper.disconnect()
+
+
+def test_an_inactive_gripper_is_activated_or_refused(robotiq_server):
+    robotiq_server.vars.update(ACT=0, STA=0)
+    with pytest.raises(RuntimeError, match="not activated: activate it from the teach pendant"):
+        connected_gripper(robotiq_server, activate=False)
+    gripper = connected_gripper(robotiq_server)
+    try:
+        assert robotiq_server.vars["STA"] == 3 and robotiq_server.requests.count("SET ACT 1") == 1
+        assert robotiq_server.requests.index("SET ACT 0") < robotiq_server.requests.index("SET ACT 1")
+        assert gripper.state().fault is None
+    finally:
+        gripper.disconnect()
+
+
+def test_a_wrong_port_says_where_it_looked():
+    free = FakeRobotiqServer()
+    port = free.port
+    free.close()
+    gripper = RobotiqGripper(RobotiqConfig(port=port), "127.0.0.1")
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}.*URCap"):
+        gripper.connect()
+
+
+def test_a_fault_code_and_a_dropped_connection_become_faults(robotiq_server):
+    gripper = connected_gripper(robotiq_server)
+    try:
+        robotiq_server.vars["FLT"] = 14
+        assert wait_for(lambda: gripper.state().fault is not None)
+        assert gripper.state().fault == "Robotiq gripper fault 0x0e: overcurrent triggered"
+        robotiq_server.vars["FLT"] = 0
+        assert wait_for(lambda: gripper.state().fault is None)
+        robotiq_server.drop()
+        assert wait_for(lambda: gripper.state().fault is not None)
+        assert "connection lost" in gripper.state().fault
+        gripper.reset()  # the next episode reconnects
+        assert gripper.state().fault is None
+        gripper.command(1.0)
+        assert wait_for(lambda: gripper.state().position == 255)
+    finally:
+        gripper.disconnect()
+
+
+# --- composed into the UR arm ---
+
+
+def ur_with_gripper(server: FakeRobotiqServer, **options) -> URArmConfig:
+    robotiq = RobotiqConfig(port=server.port, rate_hz=100.0)
+    return URArmConfig(host="127.0.0.1", gripper="robotiq", robotiq=robotiq, watchdog_hz=0.0, **options)
+
+
+def test_the_ur_arm_drives_its_gripper_and_reports_its_faults(rtde, robotiq_server):
+    robot = ur_with_gripper(robotiq_server).make()
+    assert robot.spec.action_names[-1] == "gripper" and robot.spec.limits.action_high[-1] == 1.0
+    robot.connect()
+    try:
+        robot.send_action(np.append(HOME, 1.0))
+        assert rtde.names()[-1] == "servoJ" and len(rtde.calls[-1][1][0]) == 6  # the arm gets the joints only
+        assert wait_for(lambda: robot.get_state().state[6] == 1.0)  # the measured opening, in policy units
+        robotiq_server.vars["FLT"] = 8
+        assert wait_for(lambda: robot.get_state().fault is not None)
+        assert "maximum operating temperature" in robot.get_state().fault
+    finally:
+        robot.disconnect()
+
+
+def test_a_gripper_that_is_not_there_stops_the_arm_connecting(rtde):
+    free = FakeRobotiqServer()
+    free.close()
+    robot = ur_with_gripper(free).make()
+    with pytest.raises(ConnectionError, match="Robotiq gripper"):
+        robot.connect()
+    assert robot.control is None and "servoJ" not in rtde.names()  # RTDE closed again, nothing sent
+
+
+def test_a_policy_without_a_gripper_cannot_drive_a_gripper_config(rtde, robotiq_server):
+    robot = ur_with_gripper(robotiq_server).make()
+    spec = PolicySpec.for_robot(ur_spec(URConfig(host="x")), ["corner"], 32, 4)  # trained without the gripper
+    with pytest.raises(ValueError, match="drives a gripper .* trained without a gripper dimension"):
+        check_compatible(spec, robot, {"corner": None})
+
+
+# --- a simulated UR cell through deploy() ---
+
+
+class PickPolicy:
+    """Keeps the arm where it is and closes the gripper for the first `close_chunks` chunks, then opens it."""
+
+    def __init__(self, close_chunks: int = 8, horizon: int = 4):
+        robot = ur_spec(URConfig(host="x", gripper="robotiq", control_hz=50.0))
+        self.spec = PolicySpec.for_robot(robot, ["corner"], 32, horizon)
+        self.close_chunks, self.calls, self.states = close_chunks, 0, []
+
+    def infer(self, obs: ObservationMessage) -> np.ndarray:
+        assert obs.images.shape == (1, 32, 32, 3)
+        self.calls += 1
+        self.states.append(obs.state.copy())
+        chunk = np.tile(obs.state, (self.spec.horizon, 1))
+        chunk[:, 6] = 1.0 if self.calls <= self.close_chunks else 0.0
+        return chunk
+
+
+def ur_cell(server: FakeRobotiqServer, tmp_path, **options) -> DeployConfig:
+    return DeployConfig(checkpoint="unused", robot=ur_with_gripper(server, control_hz=50.0),
+                        cameras=[FakeCameraConfig(name="corner", size=48)], instruction="pick up the cube",
+                        output_dir=str(tmp_path),
+                        loop=LoopConfig(max_steps=80, safety=SafetyConfig(max_frame_age_s=0.2, policy_timeout_s=1.0)),
+                        **options)
+
+
+def test_a_ur_cell_closes_and_opens_its_gripper_from_the_policys_actions(rtde, robotiq_server, tmp_path):
+    robotiq_server.object_at = 180
+    policy = PickPolicy()
+    summary = deploy(ur_cell(robotiq_server, tmp_path), policy=policy)
+    episode = summary["episodes"][0]
+    assert episode["stopped"] is None and episode["steps"] == 80
+    assert robotiq_server.positions_requested() == [255, 0]  # closed, then opened: each sent once
+    opening = [state[6] for state in policy.states]  # what the policy saw of the gripper
+    assert max(opening) == pytest.approx(180 / 255) and opening[-1] < 0.5  # it held the object, then let go
+    assert len([c for c in rtde.names() if c == "servoJ"]) >= 60 and rtde.names()[-1] == "receive.disconnect"
+    assert (tmp_path / "summary.json").exists()
+
+
+def test_a_gripper_fault_mid_episode_stops_the_arm(rtde, robotiq_server, tmp_path):
+    import threading
+
+    threading.Timer(0.4, lambda: robotiq_server.vars.update(FLT=14)).start()
+    summary = deploy(ur_cell(robotiq_server, tmp_path), policy=PickPolicy())
+    stopped = summary["episodes"][0]["stopped"]
+    assert stopped == "robot fault: Robotiq gripper fault 0x0e: overcurrent triggered"
+    assert summary["episodes"][0]["steps"] < 80 and "stopScript" in rtde.names()
