@@ -413,6 +413,15 @@ class ControlLoop:
         return f"stop: {reason}"
 
 
+def write_action_log(report: EpisodeReport, action_names: list[str], path: Path) -> None:
+    """Every action that passed the safety layer: step, the step its chunk was planned at, one column per dim."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "chunk_step", *action_names])
+        writer.writerows([step, chunk_step, *np.round(action, 6).tolist()] for step, chunk_step, action in report.sent)
+
+
 def write_step_log(report: EpisodeReport, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:

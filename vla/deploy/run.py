@@ -4,9 +4,13 @@
     python deploy.py --server ws://gpu-box:8765 --robot.type ur --robot.host 192.168.1.10 \\
         --cameras '[{type: realsense, name: corner, serial: "123456"}]' --instruction "push the puck"
 
+Bring-up (docs/bringup.md): `--dry_run true` runs everything but sends no motion command to the arm,
+`--speed_scale 0.25` runs with every speed limit at a quarter.
+
 Writes <output_dir>/summary.json (per episode: steps, success, holds, jitter, latency), and per
-episode a per-step timing CSV and a timing plot (held ticks in red). Ctrl-C, SIGTERM or
-q / space / Esc in the terminal is the e-stop.
+episode a per-step timing CSV, the actions sent (or, in a dry run, that would have been sent) as a
+CSV, and a timing plot (held ticks in red). Ctrl-C, SIGTERM or q / space / Esc in the terminal is
+the e-stop.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import draccus
 
-from vla.deploy.loop import ControlLoop, LoopConfig, write_step_log
+from vla.deploy.loop import ControlLoop, LoopConfig, write_action_log, write_step_log
 from vla.deploy.realtime import EStop
 from vla.deploy.report import plot_timing
 from vla.deploy.session import device_session
@@ -45,10 +49,15 @@ class DeployConfig:
     output_dir: str = "outputs/deploy"
     record_root: str = ""  # also write every episode (frames, state, executed actions) to a LeRobot dataset here
     record_repo_id: str = "local/rollouts"
+    dry_run: bool = False  # run the whole loop, safety layer included, and send no motion command to the arm
+    speed_scale: float = 1.0  # (0, 1]: every speed limit (joints, tool step, the driver's own speeds) times this
 
     def __post_init__(self) -> None:
         if bool(self.checkpoint) == bool(self.server):
             raise ValueError("give exactly one of --checkpoint PATH (in-process) or --server ws://HOST:PORT")
+        if not 0 < self.speed_scale <= 1:
+            raise ValueError(f"--speed_scale must be in (0, 1] (it only ever slows the arm down); got "
+                             f"{self.speed_scale}")
 
 
 def make_policy(cfg: DeployConfig):
@@ -74,7 +83,7 @@ def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
     robot_config = cfg.robot
     if cfg.loop.control_hz:  # one rate: the robot's spec (safety limits) and driver timing are built from it
         robot_config = dataclasses.replace(cfg.robot, control_hz=cfg.loop.control_hz)
-    with device_session(robot_config, cfg.cameras, estop) as session:
+    with device_session(robot_config, cfg.cameras, estop, cfg.dry_run, cfg.speed_scale) as session:
         robot = session.robot
         instruction = cfg.instruction or getattr(robot, "instruction", "")
         if not instruction:
@@ -95,13 +104,15 @@ def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
             if recorder is not None:
                 recorder.end_episode(keep=True)
             write_step_log(report, out / f"steps_episode_{i}.csv")
+            write_action_log(report, robot.spec.action_names, out / f"actions_episode_{i}.csv")
             plot_timing(report.rows, loop.period, out / f"timing_episode_{i}.png",
                         f"episode {i}: {report.steps} steps at {loop.hz:g} Hz, success={report.success}")
             episodes.append(report.summary(loop.period))
             log.info("episode %d: %s", i, json.dumps(episodes[-1]))
             if report.stopped:
                 break
-    summary = {"control_hz": hz, "async_inference": cfg.loop.async_inference, "episodes": episodes}
+    summary = {"control_hz": hz, "async_inference": cfg.loop.async_inference, "dry_run": cfg.dry_run,
+               "speed_scale": cfg.speed_scale, "episodes": episodes}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -116,6 +127,9 @@ def main(args: list[str] | None = None) -> None:
         print(f"episode {i}: {episode['steps']} steps, success={episode['success']}, stopped={episode['stopped']}, "
               f"held {sum(episode['held_ticks'].values())} ticks | jitter p50 {jitter['p50']:.2f} ms "
               f"p99 {jitter['p99']:.2f} ms | inference p50 {latency['p50']:.1f} ms")
+    if summary["dry_run"]:
+        print(f"dry run: no action was sent; the actions that would have been are in {cfg.output_dir}/"
+              f"actions_episode_<i>.csv")
     stopped = [e["stopped"] for e in summary["episodes"] if e["stopped"] and not e["stopped"].startswith("e-stop")]
     if stopped:
         raise SystemExit(f"the arm was stopped: {stopped[0]}")  # non-zero exit for supervisors; e-stop exits 0

@@ -9,6 +9,7 @@ rejected: a rejected action makes the loop hold the arm.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,6 +44,34 @@ class Verdict:
 
     action: np.ndarray | None
     events: list[str] = field(default_factory=list)
+
+
+def scale_speed_limits(spec: RobotSpec, speed_scale: float) -> RobotSpec:
+    """A copy of `spec` whose speed limits are `speed_scale` times its own (a slow first run): joint velocity and
+    acceleration, and for Cartesian-delta arms the bound on the tool step per action (a speed: the step is taken
+    every control period). Position limits and the workspace box stay. Refuses an arm with no speed limit to
+    scale, which would otherwise run at full speed while its operator believes it slowed down."""
+    if not 0 < speed_scale <= 1:
+        raise ValueError(f"speed_scale must be in (0, 1] (it only ever lowers limits); got {speed_scale}")
+    limits = dataclasses.replace(spec.limits)
+
+    def scale(values: list[float]) -> list[float]:
+        return [v * speed_scale for v in values]
+
+    if spec.action_kind == "joint_position":
+        if limits.joint_velocity is None:
+            raise ValueError(f"speed_scale needs joint velocity limits, and {spec.embodiment} has none: set the robot "
+                             f"config's joint_velocity")
+        limits.joint_velocity = scale(limits.joint_velocity)
+        if limits.joint_acceleration is not None:
+            limits.joint_acceleration = scale(limits.joint_acceleration)
+    else:
+        if limits.action_low is None or limits.action_high is None:
+            raise ValueError(f"speed_scale needs bounds on the tool step (action_low / action_high), and "
+                             f"{spec.embodiment} has none")
+        limits.action_low = scale(limits.action_low[:3]) + limits.action_low[3:]
+        limits.action_high = scale(limits.action_high[:3]) + limits.action_high[3:]
+    return dataclasses.replace(spec, limits=limits)
 
 
 class SafetyLayer:

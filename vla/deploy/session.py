@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from vla.deploy.dry_run import DryRunRobot
 from vla.deploy.realtime import EStop
+from vla.deploy.safety import scale_speed_limits
 from vla.robot_io.base import Camera, Robot
 from vla.robot_io.config import CameraConfig, RobotConfig
 
@@ -32,10 +34,20 @@ def make_cameras(configs: list[CameraConfig], robot: Robot) -> dict[str, Camera]
 
 
 @contextmanager
-def device_session(robot_config: RobotConfig, camera_configs: list[CameraConfig], estop: EStop) -> Iterator[Session]:
+def device_session(robot_config: RobotConfig, camera_configs: list[CameraConfig], estop: EStop,
+                   dry_run: bool = False, speed_scale: float = 1.0) -> Iterator[Session]:
     """Connect the arm and cameras and arm the e-stop; on every way out stop the arm first, then run
-    `session.on_exit` (loop threads, dataset writers), disconnect everything and restore signal handlers."""
+    `session.on_exit` (loop threads, dataset writers), disconnect everything and restore signal handlers.
+
+    dry_run: the arm is read, never commanded (vla.deploy.dry_run). speed_scale < 1: the driver's own speeds and
+    the safety layer's speed limits are that fraction of the configured ones."""
+    if speed_scale != 1.0:
+        robot_config = robot_config.with_speed_scale(speed_scale)
     robot = robot_config.make()
+    if speed_scale != 1.0:
+        robot.spec = scale_speed_limits(robot.spec, speed_scale)
+    if dry_run:
+        robot = DryRunRobot(robot)
     robot.connect()
     session = Session(robot, {})
     try:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -27,6 +28,11 @@ class RobotConfig(draccus.ChoiceRegistry, ABC):
     @abstractmethod
     def make(self) -> Robot:
         """Build the (unconnected) robot this config describes."""
+
+    def with_speed_scale(self, speed_scale: float) -> RobotConfig:
+        """This config with the driver's own motion speeds scaled (deploy.py --speed_scale); the safety layer's
+        limits are scaled separately (vla.deploy.safety.scale_speed_limits). Default: the driver has none."""
+        return self
 
 
 @dataclass
@@ -85,6 +91,15 @@ class URArmConfig(URConfig, RobotConfig):
         from vla.robot_io.ur import URRobot
 
         return URRobot(self)
+
+    def with_speed_scale(self, speed_scale: float) -> RobotConfig:
+        """The move home, moveL's tool speed, the acceleration of speedL / moveL and the gripper's speed."""
+        gripper_speed = max(1, round(self.robotiq.speed * speed_scale))
+        return dataclasses.replace(self, home_speed=self.home_speed * speed_scale,
+                                   home_acceleration=self.home_acceleration * speed_scale,
+                                   tool_speed=self.tool_speed * speed_scale,
+                                   tool_acceleration=self.tool_acceleration * speed_scale,
+                                   robotiq=dataclasses.replace(self.robotiq, speed=gripper_speed))
 
 
 @RobotConfig.register_subclass("lerobot")

@@ -52,6 +52,8 @@ class FakeArm:
     stop() was called. fault_at_step: report a protective stop from that many actions on.
     """
 
+    reset_moves_arm = False
+
     def __init__(self, joints: int = 6, control_hz: float = 50.0, embodiment: str = "fake_arm",
                  fault_at_step: int | None = None):
         names = [f"joint_{i}" for i in range(joints)]

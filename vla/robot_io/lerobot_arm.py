@@ -97,6 +97,8 @@ class LeRobotArm:
     from `config` with make_robot_from_config.
     """
 
+    reset_moves_arm = False  # reset() only reconnects after a stop
+
     def __init__(self, config: LeRobotArmConfig, robot=None):
         if robot is None:
             from lerobot.robots.utils import make_robot_from_config

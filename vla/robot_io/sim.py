@@ -51,6 +51,8 @@ def sim_spec(control_hz: float) -> RobotSpec:
 class SimRobot:
     """A Meta-World Sawyer. `episode_done` / `success` tell the loop when the task ended."""
 
+    reset_moves_arm = False  # a new simulated scene; no real arm moves (a dry run still resets)
+
     def __init__(self, config: SimRobotConfig):
         self.config = config
         self.spec = sim_spec(config.control_hz)

@@ -136,6 +136,10 @@ class URRobot:
         self._moving = False  # a motion command went out since the last stop
         self._command_fault: str | None = None
 
+    @property
+    def reset_moves_arm(self) -> bool:
+        return bool(self.config.home)
+
     def connect(self) -> None:
         host = self.config.host
         try:

@@ -1,5 +1,6 @@
-"""The Robotiq 2F driver against a fake URCap socket server, alone and composed into the UR arm, and a
-simulated UR cell (fake RTDE + fake Robotiq + fake camera) running whole episodes through deploy()."""
+"""A UR cell without hardware: the Robotiq 2F driver against a fake URCap socket server, alone and composed into
+the UR arm, and a simulated cell (fake RTDE + fake Robotiq + fake camera) running whole episodes through deploy(),
+with the bring-up flags --dry_run and --speed_scale."""
 
 from __future__ import annotations
 
@@ -181,8 +182,8 @@ class PickPolicy:
         return chunk
 
 
-def ur_cell(server: FakeRobotiqServer, tmp_path, **options) -> DeployConfig:
-    return DeployConfig(checkpoint="unused", robot=ur_with_gripper(server, control_hz=50.0),
+def ur_cell(server: FakeRobotiqServer, tmp_path, robot_options: dict | None = None, **options) -> DeployConfig:
+    return DeployConfig(checkpoint="unused", robot=ur_with_gripper(server, control_hz=50.0, **(robot_options or {})),
                         cameras=[FakeCameraConfig(name="corner", size=48)], instruction="pick up the cube",
                         output_dir=str(tmp_path),
                         loop=LoopConfig(max_steps=80, safety=SafetyConfig(max_frame_age_s=0.2, policy_timeout_s=1.0)),
@@ -210,3 +211,57 @@ def test_a_gripper_fault_mid_episode_stops_the_arm(rtde, robotiq_server, tmp_pat
     stopped = summary["episodes"][0]["stopped"]
     assert stopped == "robot fault: Robotiq gripper fault 0x0e: overcurrent triggered"
     assert summary["episodes"][0]["steps"] < 80 and "stopScript" in rtde.names()
+
+
+# --- bring-up flags ---
+
+MOTION = {"servoJ", "speedL", "moveL", "moveJ"}
+
+
+def test_a_dry_run_reads_everything_and_moves_nothing(rtde, robotiq_server, tmp_path):
+    policy = PickPolicy()
+    summary = deploy(ur_cell(robotiq_server, tmp_path, robot_options={"home": HOME}, dry_run=True), policy=policy)
+    episode = summary["episodes"][0]
+    assert summary["dry_run"] and episode["stopped"] is None and episode["steps"] == 80
+    assert policy.calls >= 10 and not MOTION & set(rtde.names())  # the policy ran; no motion command, not even home
+    assert robotiq_server.positions_requested() == []  # nor a gripper command
+    rows = (tmp_path / "actions_episode_0.csv").read_text().splitlines()
+    assert rows[0] == "step,chunk_step,base,shoulder,elbow,wrist_1,wrist_2,wrist_3,gripper"
+    assert len(rows) > 60 and rows[1].endswith(",1.0")  # what would have been sent: close the gripper
+
+
+class ReachingPolicy(PickPolicy):
+    """Asks every joint to move 0.5 rad per action: far beyond one control period of joint speed."""
+
+    def infer(self, obs: ObservationMessage) -> np.ndarray:
+        chunk = super().infer(obs)
+        chunk[:, :6] = obs.state[:6] + 0.5 * np.arange(1, self.spec.horizon + 1)[:, None]
+        return chunk
+
+
+def test_speed_scale_slows_every_limit_down(rtde, robotiq_server, tmp_path):
+    cfg = ur_cell(robotiq_server, tmp_path, robot_options={"home": HOME, "home_speed": 0.4}, speed_scale=0.25)
+    summary = deploy(cfg, policy=ReachingPolicy())
+    assert summary["speed_scale"] == 0.25 and summary["episodes"][0]["stopped"] is None
+    servo = [args[0] for name, args in rtde.calls if name == "servoJ"]
+    steps = np.abs(np.diff(np.array([HOME] + servo), axis=0))
+    assert len(servo) >= 60 and steps.max() <= 0.25 * 1.0 / 50.0 + 1e-6  # a quarter of 1 rad/s at 50 Hz
+    assert steps.max() > 0.9 * 0.25 / 50.0  # and the policy did push against that limit
+    move_home = next(args for name, args in rtde.calls if name == "moveJ")
+    assert move_home[1] == pytest.approx(0.1)  # a quarter of the home speed
+    assert "SET POS 255 SPE 64 FOR 100 GTO 1" in robotiq_server.requests  # a quarter of the gripper's speed
+
+
+def test_speed_scale_refuses_what_it_cannot_slow_down():
+    from vla.deploy.safety import scale_speed_limits
+    from vla.robot_io.base import Limits, RobotSpec
+    from vla.robot_io.sim import sim_spec
+
+    with pytest.raises(ValueError, match="speed_scale must be in"):
+        DeployConfig(checkpoint="x", speed_scale=1.5)
+    unlimited = RobotSpec("so101_follower", "joint_position", ["a.pos"], ["a.pos"], 30.0, Limits())
+    with pytest.raises(ValueError, match="needs joint velocity limits, and so101_follower has none"):
+        scale_speed_limits(unlimited, 0.5)
+    tool = scale_speed_limits(sim_spec(30.0), 0.5)
+    assert tool.limits.action_high == [0.5, 0.5, 0.5, 1.0] and tool.limits.action_low == [-0.5, -0.5, -0.5, -1.0]
+    assert sim_spec(30.0).limits.action_high == [1.0] * 4  # the original is untouched
