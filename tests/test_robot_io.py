@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import draccus
@@ -426,6 +426,20 @@ def test_loop_rate_override_reaches_the_safety_layer_and_the_ur_driver(rtde, rea
 # --- LeRobot arms ---
 
 
+class FakeLeRobotCamera:
+    """A LeRobot camera as a LeRobot robot owns it: `async_read` returns its latest frame (here: a constant
+    picture of `value`), after the robot connected it."""
+
+    def __init__(self, value: int):
+        self.value, self.connected, self.reads = value, False, 0
+
+    def async_read(self, timeout_ms: float) -> np.ndarray:
+        assert self.connected, "the robot connects its cameras"
+        time.sleep(0.005)
+        self.reads += 1
+        return np.full((48, 64, 3), self.value, np.uint8)
+
+
 def lerobot_classes():
     """A fake LeRobot follower, registered with LeRobot so make_robot_from_config builds it by name."""
     from lerobot.robots import Robot as LeRobotRobot
@@ -441,6 +455,7 @@ def lerobot_classes():
         port: str = ""
         disable_torque_on_disconnect: bool = True
         max_relative_target: float | None = None
+        cameras: dict = field(default_factory=dict)  # LeRobot camera configs by name, as a real follower has
 
     class FakeFollower(LeRobotRobot):
         """Three motors that reach their goal at once; clips like LeRobot's max_relative_target."""
@@ -454,8 +469,9 @@ def lerobot_classes():
             self.position = {m: 10.0 * i for i, m in enumerate(self.motors)}
             self.sent, self.connect_args, self.connected, self.torque_disabled = [], [], False, False
             self.calibrated = True
-            self.cameras = {"front": types.SimpleNamespace(async_read=lambda timeout_ms: np.zeros((48, 64, 3),
-                                                                                                 np.uint8))}
+            # one fake camera per configured camera (default: "front"); each frame is filled with its index
+            names = list(config.cameras) or ["front"]
+            self.cameras = {name: FakeLeRobotCamera(40 * (i + 1)) for i, name in enumerate(names)}
 
         @property
         def observation_features(self):
@@ -472,6 +488,8 @@ def lerobot_classes():
         def connect(self, calibrate=True):
             self.connect_args.append(calibrate)
             self.connected = True
+            for camera in self.cameras.values():
+                camera.connected = True
 
         @property
         def is_calibrated(self):
@@ -632,3 +650,59 @@ def test_lerobot_arm_embodiment_defaults_to_the_lerobot_config_type(tmp_path):
     assert default.make().spec.embodiment == "fake_test_follower"
     assert make_lerobot_arm(tmp_path).spec.embodiment == "so101"
     assert LeRobotRobotConfig().robot == "so101_follower"
+
+
+class TwoCameraPolicy:
+    """A fake policy for the fake follower that needs its cameras "front" and "wrist"; it records which picture
+    came from which camera and asks every motor to stay where it is."""
+
+    def __init__(self, spec):
+        self.spec = PolicySpec.for_robot(spec, ["front", "wrist"], 32, 4)
+        self.seen: list[tuple[int, int]] = []
+
+    def infer(self, obs: ObservationMessage) -> np.ndarray:
+        assert obs.images.shape == (2, 32, 32, 3)  # the cameras in the policy's order
+        self.seen.append((int(obs.images[0].mean()), int(obs.images[1].mean())))
+        return np.tile(obs.state, (self.spec.horizon, 1))
+
+
+def test_a_lerobot_robots_own_cameras_feed_the_loop(tmp_path):
+    """The cameras a LeRobot robot config lists (here two, parsed by LeRobot's own camera registry) are connected by
+    the robot and reach the policy under their names, without being configured again as `--cameras`."""
+    from vla.deploy.run import deploy
+
+    lerobot_classes()
+    cameras = {"front": {"type": "opencv", "index_or_path": "/dev/video0", "width": 64, "height": 48, "fps": 30},
+               "wrist": {"type": "opencv", "index_or_path": 2, "fps": 30, "width": 64, "height": 48,
+                         "rotation": 180}}
+    robot = LeRobotRobotConfig(robot="fake_test_follower", port="/dev/fake", calibration_dir=str(tmp_path),
+                               embodiment="so101", control_hz=50.0, cameras=cameras)
+    lerobot_config = robot.make().robot.config
+    assert type(lerobot_config.cameras["wrist"]).__name__ == "OpenCVCameraConfig"
+    assert lerobot_config.cameras["wrist"].rotation.value == 180 and lerobot_config.cameras["front"].width == 64
+    policy = TwoCameraPolicy(robot.make().spec)
+    cfg = DeployConfig(checkpoint="unused", robot=robot, instruction="pick", output_dir=str(tmp_path),
+                       loop=LoopConfig(max_steps=30, safety=SafetyConfig(max_frame_age_s=0.2, policy_timeout_s=1.0)))
+    summary = deploy(cfg, policy=policy)
+    assert summary["episodes"][0]["stopped"] is None and summary["episodes"][0]["steps"] == 30
+    assert len(policy.seen) >= 5 and set(policy.seen) == {(40, 80)}  # front, then wrist
+
+
+def test_lerobot_camera_configs_are_checked_by_lerobot(tmp_path):
+    from vla.robot_io.lerobot_arm import lerobot_camera_configs
+
+    with pytest.raises(ValueError, match="LeRobot camera 'top': type must be one of .*opencv"):
+        lerobot_camera_configs({"top": {"type": "webcam"}})
+    with pytest.raises(ValueError, match="LeRobot camera 'top' \\(opencv\\)"):
+        lerobot_camera_configs({"top": {"type": "opencv", "index_or_path": 0, "rotation": 45}})
+    parsed = draccus.parse(LeRobotRobotConfig, args=["--cameras", "{top: {type: opencv, index_or_path: 0}}"])
+    assert parsed.cameras == {"top": {"type": "opencv", "index_or_path": 0}}
+
+
+def test_a_camera_configured_twice_is_refused(tmp_path):
+    from vla.deploy.session import make_cameras
+    from vla.robot_io.config import FakeCameraConfig
+
+    arm = make_lerobot_arm(tmp_path)
+    with pytest.raises(ValueError, match=r"\['front'\] are both in --cameras and among the robot's own"):
+        make_cameras([FakeCameraConfig(name="front")], arm)

@@ -128,7 +128,7 @@ def test_a_fault_code_and_a_dropped_connection_become_faults(robotiq_server):
 
 def ur_with_gripper(server: FakeRobotiqServer, **options) -> URArmConfig:
     robotiq = RobotiqConfig(port=server.port, rate_hz=100.0)
-    return URArmConfig(host="127.0.0.1", gripper="robotiq", robotiq=robotiq, watchdog_hz=0.0, **options)
+    return URArmConfig(host="127.0.0.1", gripper="robotiq", robotiq=robotiq, **{"watchdog_hz": 0.0} | options)
 
 
 def test_the_ur_arm_drives_its_gripper_and_reports_its_faults(rtde, robotiq_server):
@@ -220,10 +220,12 @@ MOTION = {"servoJ", "speedL", "moveL", "moveJ"}
 
 def test_a_dry_run_reads_everything_and_moves_nothing(rtde, robotiq_server, tmp_path):
     policy = PickPolicy()
-    summary = deploy(ur_cell(robotiq_server, tmp_path, robot_options={"home": HOME}, dry_run=True), policy=policy)
+    ur = {"home": HOME, "watchdog_hz": 10.0}
+    summary = deploy(ur_cell(robotiq_server, tmp_path, robot_options=ur, dry_run=True), policy=policy)
     episode = summary["episodes"][0]
     assert summary["dry_run"] and episode["stopped"] is None and episode["steps"] == 80
     assert policy.calls >= 10 and not MOTION & set(rtde.names())  # the policy ran; no motion command, not even home
+    assert rtde.names().count("kickWatchdog") >= 80  # but the controller's watchdog was kept alive every tick
     assert robotiq_server.positions_requested() == []  # nor a gripper command
     rows = (tmp_path / "actions_episode_0.csv").read_text().splitlines()
     assert rows[0] == "step,chunk_step,base,shoulder,elbow,wrist_1,wrist_2,wrist_3,gripper"

@@ -2,8 +2,10 @@
 and no motion command reaches the arm.
 
 `DryRunRobot` wraps the real driver: it connects and reads the robot's state as usual, keeps every action
-the safety layer passed (`would_send`; deploy.py writes them to actions_episode_<i>.csv) instead of sending
-it, and skips `reset()` where resetting moves the arm (a UR arm with a home pose). Connecting still does what
+the safety layer passed (`would_send`; deploy.py writes them to actions_episode_<i>.csv) and holds the arm
+instead of sending it, and skips `reset()` where resetting moves the arm (a UR arm with a home pose). `hold`
+and `stop`, which keep the arm where it is, still reach the driver: they kick a UR controller's watchdog,
+which would otherwise end the control script, and step a simulator's clock. Connecting still does what
 the driver does to connect: a UR uploads its RTDE control script and activates an inactive Robotiq gripper
 (its fingers open and close once), a LeRobot arm enables torque and holds where it is.
 Because the arm does not follow, every action is checked against the unmoved pose: the joint speed limits
@@ -50,12 +52,13 @@ class DryRunRobot:
         if not self.would_send:
             log.info("dry run: first action not sent: %s", np.round(np.asarray(action), 4).tolist())
         self.would_send.append(np.asarray(action).copy())
+        self.robot.hold()
 
     def hold(self) -> None:
-        pass  # nothing was sent, so nothing moves
+        self.robot.hold()
 
     def stop(self) -> None:
-        pass
+        self.robot.stop()
 
     def disconnect(self) -> None:
         self.robot.disconnect()

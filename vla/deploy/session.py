@@ -24,13 +24,15 @@ class Session:
 
 
 def make_cameras(configs: list[CameraConfig], robot: Robot) -> dict[str, Camera]:
-    """The configured cameras by name, plus the simulator's own camera when the robot is simulated."""
+    """The configured cameras by name, plus the cameras the robot owns (`robot.cameras()`: a simulator's, a
+    LeRobot robot's, which the robot connects itself)."""
     cameras = {c.name: c.make() for c in configs}
-    if hasattr(robot, "latest_frame"):
-        from vla.robot_io.sim import SimCamera
-
-        cameras.setdefault(robot.config.camera, SimCamera(robot, robot.config.camera))
-    return cameras
+    owned = robot.cameras() if hasattr(robot, "cameras") else {}
+    both = sorted(set(cameras) & set(owned))
+    if both:
+        raise ValueError(f"camera name(s) {both} are both in --cameras and among the robot's own cameras "
+                         f"{sorted(owned)}: give each camera one name")
+    return cameras | owned
 
 
 @contextmanager

@@ -4,8 +4,11 @@ The LeRobot robot is built with `lerobot.robots.utils.make_robot_from_config` fr
 config type (`robot: so101_follower`). State and action vectors follow the order of the robot's
 `<motor>.pos` features, in LeRobot's units (degrees or -100..100 per `use_degrees`; gripper
 0..100), so they line up with LeRobot datasets recorded on the same arm. LeRobot's own
-`max_relative_target` clip still applies after our safety layer. lerobot.robots imports torch,
-so it is imported only when the arm is made.
+`max_relative_target` clip still applies after our safety layer. The robot's own cameras
+(`cameras: {front: {type: opencv, index_or_path: 0, width: 640, height: 480, fps: 30}}`, as in
+lerobot-record's --robot.cameras) are parsed by LeRobot's camera registry, connected by the robot
+and feed the control loop under their names. lerobot.robots imports torch, so it is imported only
+when the arm is made.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +28,7 @@ from vla.robot_io.base import Frame, Limits, RobotSpec, RobotState
 log = logging.getLogger(__name__)
 # modules that register the LeRobot robot configs we support (lerobot.robots does not import them)
 LEROBOT_ROBOT_MODULES = ("so_follower", "koch_follower", "omx_follower")
+LEROBOT_CAMERA_MODULES = ("opencv", "realsense")  # register LeRobot's camera config types
 MOTOR_SDK_HINT = 'pip install "lerobot[feetech]" (SO-100/101) or "lerobot[dynamixel]" (Koch, OMX)'
 
 
@@ -41,6 +46,8 @@ class LeRobotArmConfig:
     # so101_follower. Datasets written by lerobot-record say robot_type "so_follower" for SO-100 and SO-101
     # alike: train on them with --data.embodiment so101_follower so the names agree.
     embodiment: str = ""
+    # the robot's own cameras, LeRobot camera configs by name: {front: {type: opencv, index_or_path: 0, ...}}
+    cameras: dict[str, dict[str, Any]] = field(default_factory=dict)
     control_hz: float = 30.0
     max_relative_target: float | None = None  # LeRobot's per-step clip of a target's distance from the present
     disable_torque_on_disconnect: bool | None = None  # LeRobot's default: True (the arm goes limp on disconnect)
@@ -65,12 +72,35 @@ def lerobot_robot_config(c: LeRobotArmConfig):
     cls = RobotConfig.get_choice_class(c.robot)
     options = {"port": c.port, "id": c.id or None, "max_relative_target": c.max_relative_target,
                "disable_torque_on_disconnect": c.disable_torque_on_disconnect, "use_degrees": c.use_degrees,
-               "calibration_dir": Path(c.calibration_dir) if c.calibration_dir else None}
+               "calibration_dir": Path(c.calibration_dir) if c.calibration_dir else None,
+               "cameras": lerobot_camera_configs(c.cameras) if c.cameras else None}
     names = {f.name for f in dataclasses.fields(cls)}
     unsupported = [k for k, v in options.items() if v is not None and v != "" and k not in names]
     if unsupported:
         raise ValueError(f"LeRobot robot {c.robot!r} has no option(s) {unsupported}")
     return cls(**{k: v for k, v in options.items() if k in names and v is not None})
+
+
+def lerobot_camera_configs(cameras: dict[str, dict[str, Any]]) -> dict:
+    """{name: {type: opencv, ...}} -> {name: LeRobot CameraConfig}, each parsed (and checked) by LeRobot's own
+    camera config class for that type."""
+    import draccus
+    from lerobot.cameras import CameraConfig
+
+    for module in LEROBOT_CAMERA_MODULES:
+        importlib.import_module(f"lerobot.cameras.{module}")
+    choices = sorted(CameraConfig.get_known_choices())
+    configs = {}
+    for name, options in cameras.items():
+        options = dict(options)
+        kind = options.pop("type", None)
+        if kind not in choices:
+            raise ValueError(f"LeRobot camera {name!r}: type must be one of {choices}; got {kind!r}")
+        try:
+            configs[name] = draccus.decode(CameraConfig.get_choice_class(kind), options)
+        except Exception as error:  # draccus and LeRobot's own checks raise several kinds
+            raise ValueError(f"LeRobot camera {name!r} ({kind}): {error}") from error
+    return configs
 
 
 def motor_keys(features: dict) -> list[str]:

@@ -111,6 +111,10 @@ class SimRobot:
     def latest_frame(self) -> Frame:
         return Frame(image=self._observation()["image"], timestamp=self._obs_time)
 
+    def cameras(self) -> dict[str, SimCamera]:
+        """The simulator's own camera, named after `config.camera`."""
+        return {self.config.camera: SimCamera(self, self.config.camera)}
+
     def _set(self, obs: dict) -> None:
         self._obs, self._obs_time = obs, time.monotonic()
 
