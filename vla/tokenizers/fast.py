@@ -105,10 +105,10 @@ class FastTokenizer(ActionTokenizer):
 
     def _decode(self, tokens: list[list[int]]) -> np.ndarray:
         """Ids outside the vocabulary are dropped; coefficients are zero-padded / truncated to H * D."""
-        size = self.horizon * self.action_dim
+        size, vocab = self.horizon * self.action_dim, self.vocab_size
         coeffs = np.zeros((len(tokens), size))
         for row, seq in zip(coeffs, tokens, strict=True):
-            text = "".join(self.bpe.id_to_token(i) for i in seq if 0 <= i < self.vocab_size)
+            text = "".join(self.bpe.id_to_token(i) for i in seq if 0 <= i < vocab)
             values = np.array([ord(c) for c in text[:size]], dtype=np.float64) + self.min_coeff
             row[:len(values)] = values
         coeffs = coeffs.reshape(len(tokens), self.horizon, self.action_dim) / self.config.scale  # (B, H, D)
