@@ -13,7 +13,9 @@ HOME = [0.0, -1.57, 1.57, -1.57, -1.57, 0.0]
 
 class FakeRTDE:
     """Stands in for ur_rtde's rtde_control and rtde_receive modules. `calls` lists (method, args) of every
-    control command; servoJ moves the fake joints to the target at once; `refuse` names commands that fail."""
+    control command; servoJ moves the fake joints to the target at once; `refuse` names commands that fail. Like
+    the controller, once setWatchdog(hz) was called the control script ends when no kickWatchdog came for 1 / hz
+    s (isProgramRunning turns False until reuploadScript); stopScript ends it too."""
 
     def __init__(self):
         self.calls: list[tuple[str, tuple]] = []
@@ -23,6 +25,28 @@ class FakeRTDE:
         self.protective = self.emergency = False
         self.safety_mode, self.connected = 1, True
         self.refuse: set[str] = set()
+        self.watchdog_hz, self.last_kick, self.script_running = 0.0, 0.0, True
+
+    def program_running(self) -> bool:
+        if self.watchdog_hz and time.monotonic() - self.last_kick > 1.0 / self.watchdog_hz:
+            self.script_running = False  # the watchdog expired: the controller ended the script
+        return self.script_running
+
+    def _control(self, name: str, args: tuple):
+        self.calls.append((name, args))
+        if name == "servoJ":
+            self.q = list(args[0])
+        elif name == "setWatchdog":
+            self.watchdog_hz, self.last_kick = args[0], time.monotonic()
+        elif name == "kickWatchdog" and self.program_running():
+            self.last_kick = time.monotonic()
+        elif name == "reuploadScript":
+            self.script_running, self.last_kick = True, time.monotonic()
+        elif name == "stopScript":
+            self.script_running = False
+        elif name == "isProgramRunning":
+            return self.program_running() and name not in self.refuse
+        return name not in self.refuse
 
     def modules(self) -> tuple[types.ModuleType, types.ModuleType]:
         ur = self
@@ -32,13 +56,7 @@ class FakeRTDE:
                 ur.hosts.append(host)
 
             def __getattr__(self, name):
-                def command(*args):
-                    ur.calls.append((name, args))
-                    if name == "servoJ":
-                        ur.q = list(args[0])
-                    return name not in ur.refuse
-
-                return command
+                return lambda *args: ur._control(name, args)
 
         class RTDEReceiveInterface:
             def __init__(self, host):
@@ -106,7 +124,10 @@ class FakeRobotiqServer:
     def drop(self) -> None:
         with self._lock:
             for connection in self._connections:
-                connection.shutdown(socket.SHUT_RDWR)
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:  # the client already closed it
+                    pass
                 connection.close()
             self._connections.clear()
 

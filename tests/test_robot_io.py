@@ -427,15 +427,21 @@ def test_loop_rate_override_reaches_the_safety_layer_and_the_ur_driver(rtde, rea
 
 
 class FakeLeRobotCamera:
-    """A LeRobot camera as a LeRobot robot owns it: `async_read` returns its latest frame (here: a constant
-    picture of `value`), after the robot connected it."""
+    """A LeRobot camera as a LeRobot robot owns it: `async_read` waits for the next frame (here: a constant
+    picture of `value`), `read_latest` returns the latest one; both raise TimeoutError once `stalled`, as LeRobot's
+    do when no frame comes."""
 
     def __init__(self, value: int):
-        self.value, self.connected, self.reads = value, False, 0
+        self.value, self.connected, self.reads, self.stalled = value, False, 0, False
 
     def async_read(self, timeout_ms: float) -> np.ndarray:
         assert self.connected, "the robot connects its cameras"
         time.sleep(0.005)
+        return self.read_latest()
+
+    def read_latest(self) -> np.ndarray:
+        if self.stalled:
+            raise TimeoutError("no new frame for 500 ms (fake)")
         self.reads += 1
         return np.full((48, 64, 3), self.value, np.uint8)
 
@@ -472,6 +478,8 @@ def lerobot_classes():
             # one fake camera per configured camera (default: "front"); each frame is filled with its index
             names = list(config.cameras) or ["front"]
             self.cameras = {name: FakeLeRobotCamera(40 * (i + 1)) for i, name in enumerate(names)}
+            self.bus = types.SimpleNamespace(sync_read=lambda item: dict(self.position))  # the motor bus
+            type(self).last = self  # the latest one built, for tests that build it through a config
 
         @property
         def observation_features(self):
@@ -501,8 +509,9 @@ def lerobot_classes():
         def configure(self):
             pass
 
-        def get_observation(self):
-            return {f"{m}.pos": p for m, p in self.position.items()} | {"front": np.zeros((48, 64, 3), np.uint8)}
+        def get_observation(self):  # as LeRobot's followers: the motors, then every camera's latest frame
+            cameras = {name: camera.read_latest() for name, camera in self.cameras.items()}
+            return {f"{m}.pos": p for m, p in self.position.items()} | cameras
 
         def send_action(self, action):
             limit = self.config.max_relative_target
@@ -556,6 +565,10 @@ def test_lerobot_arm_hold_resends_the_measured_position_and_stop_disconnects(tmp
     arm.robot.position["elbow_flex"] = 12.0  # drifted since the last measurement
     arm.hold()
     assert arm.robot.sent[-1] == {"shoulder_pan.pos": 0.0, "elbow_flex.pos": 10.0, "gripper.pos": 20.0}
+    arm.robot.position["elbow_flex"] = 12.0  # sagging under the hold
+    arm.get_state()
+    arm.hold()
+    assert arm.robot.sent[-1]["elbow_flex.pos"] == 10.0  # the hold keeps its pose: no creep with the sag
     arm.robot.position["elbow_flex"] = 12.0
     arm.stop()
     assert arm.robot.sent[-1]["elbow_flex.pos"] == 12.0  # stop holds where the arm is now
@@ -706,3 +719,30 @@ def test_a_camera_configured_twice_is_refused(tmp_path):
     arm = make_lerobot_arm(tmp_path)
     with pytest.raises(ValueError, match=r"\['front'\] are both in --cameras and among the robot's own"):
         make_cameras([FakeCameraConfig(name="front")], arm)
+
+
+def test_a_lerobot_robots_stalled_camera_holds_then_stops_the_arm_without_an_exception(tmp_path):
+    """LeRobot's get_observation raises on a late camera frame; the arm's state is read from the motor bus, so a
+    stalled camera is the loop's stale-frame case (hold, then stop with the reason), not a crash mid-tick."""
+    from vla.deploy.run import deploy
+
+    _, follower = lerobot_classes()
+    cameras = {name: {"type": "opencv", "index_or_path": i, "width": 64, "height": 48, "fps": 30}
+               for i, name in enumerate(["front", "wrist"])}
+    robot = LeRobotRobotConfig(robot="fake_test_follower", port="/dev/fake", calibration_dir=str(tmp_path),
+                               embodiment="so101", control_hz=50.0, cameras=cameras)
+    policy = TwoCameraPolicy(robot.make().spec)
+    original = policy.infer
+
+    def infer_then_stall(obs):
+        if len(policy.seen) == 3:
+            for camera in follower.last.cameras.values():
+                camera.stalled = True
+        return original(obs)
+
+    policy.infer = infer_then_stall
+    cfg = DeployConfig(checkpoint="unused", robot=robot, instruction="pick", output_dir=str(tmp_path),
+                       loop=LoopConfig(max_steps=200, safety=SafetyConfig(max_frame_age_s=0.1, policy_timeout_s=0.5)))
+    summary = deploy(cfg, policy=policy)
+    episode = summary["episodes"][0]
+    assert episode["stopped"].startswith("camera stale for") and episode["held_ticks"]["camera frame stale or missing"]

@@ -135,11 +135,12 @@ def chunk_problem(actions: np.ndarray) -> str | None:
     return f"chunk contains NaN or inf ({int(bad.sum())} values, first at action {step}, dim {dim})"
 
 
-def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera],
+def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera] | None,
                      allow_rate_mismatch: bool = False) -> None:
     """Refuse to start (ValueError naming the mismatch) when the robot or cameras do not fit the policy: the
     embodiment, state and action widths, the action names and kind (joint targets vs tool displacements), the
-    rate the actions were recorded at against the robot's (unless allow_rate_mismatch), the cameras."""
+    rate the actions were recorded at against the robot's (unless allow_rate_mismatch), the cameras (None:
+    not checked, for a check before the cameras exist)."""
     name = robot.spec.embodiment
     if name not in spec.state_dims:
         raise ValueError(f"the policy was not trained on embodiment {name!r}; it knows {sorted(spec.state_dims)}")
@@ -167,7 +168,7 @@ def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera],
             raise ValueError(f"{message}; set the robot's control rate to {spec.fps[name]:g} Hz, or pass "
                              f"--loop.allow_rate_mismatch true to run anyway")
         log.warning("%s (--loop.allow_rate_mismatch)", message)
-    missing = [c for c in spec.cameras if c not in cameras]
+    missing = [c for c in spec.cameras if cameras is not None and c not in cameras]
     if missing:
         raise ValueError(f"the policy needs cameras {spec.cameras}; missing {missing} (have {sorted(cameras)})")
 
@@ -414,12 +415,14 @@ class ControlLoop:
 
 
 def write_action_log(report: EpisodeReport, action_names: list[str], path: Path) -> None:
-    """Every action that passed the safety layer: step, the step its chunk was planned at, one column per dim."""
+    """Every action that passed the safety layer: step, the start step of the newest chunk queued when it was
+    sent (with an ensemble, actions blend several chunks), one column per dim."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["step", "chunk_step", *action_names])
-        writer.writerows([step, chunk_step, *np.round(action, 6).tolist()] for step, chunk_step, action in report.sent)
+        writer.writerows([step, chunk_step, *np.round(np.asarray(action, dtype=np.float64), 6).tolist()]
+                         for step, chunk_step, action in report.sent)
 
 
 def write_step_log(report: EpisodeReport, path: Path) -> None:

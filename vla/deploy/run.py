@@ -24,7 +24,7 @@ from pathlib import Path
 
 import draccus
 
-from vla.deploy.loop import ControlLoop, LoopConfig, write_action_log, write_step_log
+from vla.deploy.loop import ControlLoop, LoopConfig, check_compatible, write_action_log, write_step_log
 from vla.deploy.realtime import EStop
 from vla.deploy.report import plot_timing
 from vla.deploy.session import device_session
@@ -55,6 +55,8 @@ class DeployConfig:
     def __post_init__(self) -> None:
         if bool(self.checkpoint) == bool(self.server):
             raise ValueError("give exactly one of --checkpoint PATH (in-process) or --server ws://HOST:PORT")
+        if self.dry_run and self.record_root:
+            raise ValueError("--dry_run with --record_root would record actions the arm never executed; drop one")
         if not 0 < self.speed_scale <= 1:
             raise ValueError(f"--speed_scale must be in (0, 1] (it only ever slows the arm down); got "
                              f"{self.speed_scale}")
@@ -83,7 +85,10 @@ def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:
     robot_config = cfg.robot
     if cfg.loop.control_hz:  # one rate: the robot's spec (safety limits) and driver timing are built from it
         robot_config = dataclasses.replace(cfg.robot, control_hz=cfg.loop.control_hz)
-    with device_session(robot_config, cfg.cameras, estop, cfg.dry_run, cfg.speed_scale) as session:
+    def check(robot) -> None:  # refuse a robot the policy does not fit before anything connects
+        check_compatible(policy.spec, robot, None, cfg.loop.allow_rate_mismatch)
+
+    with device_session(robot_config, cfg.cameras, estop, cfg.dry_run, cfg.speed_scale, check) as session:
         robot = session.robot
         instruction = cfg.instruction or getattr(robot, "instruction", "")
         if not instruction:

@@ -37,19 +37,25 @@ def make_cameras(configs: list[CameraConfig], robot: Robot) -> dict[str, Camera]
 
 @contextmanager
 def device_session(robot_config: RobotConfig, camera_configs: list[CameraConfig], estop: EStop,
-                   dry_run: bool = False, speed_scale: float = 1.0) -> Iterator[Session]:
+                   dry_run: bool = False, speed_scale: float = 1.0,
+                   check: Callable[[Robot], None] | None = None) -> Iterator[Session]:
     """Connect the arm and cameras and arm the e-stop; on every way out stop the arm first, then run
     `session.on_exit` (loop threads, dataset writers), disconnect everything and restore signal handlers.
 
     dry_run: the arm is read, never commanded (vla.deploy.dry_run). speed_scale < 1: the driver's own speeds and
-    the safety layer's speed limits are that fraction of the configured ones."""
+    the safety layer's speed limits are that fraction of the configured ones. check: called with the robot
+    before it connects (connecting may already move something, e.g. a gripper's activation)."""
     if speed_scale != 1.0:
         robot_config = robot_config.with_speed_scale(speed_scale)
+    if dry_run:
+        robot_config = robot_config.for_dry_run()
     robot = robot_config.make()
     if speed_scale != 1.0:
         robot.spec = scale_speed_limits(robot.spec, speed_scale)
     if dry_run:
         robot = DryRunRobot(robot)
+    if check is not None:
+        check(robot)
     robot.connect()
     session = Session(robot, {})
     try:

@@ -34,6 +34,10 @@ class RobotConfig(draccus.ChoiceRegistry, ABC):
         limits are scaled separately (vla.deploy.safety.scale_speed_limits). Default: the driver has none."""
         return self
 
+    def for_dry_run(self) -> RobotConfig:
+        """This config with whatever connecting would move turned off (deploy.py --dry_run). Default: nothing."""
+        return self
+
 
 @dataclass
 class CameraConfig(draccus.ChoiceRegistry, ABC):
@@ -100,6 +104,10 @@ class URArmConfig(URConfig, RobotConfig):
                                    tool_speed=self.tool_speed * speed_scale,
                                    tool_acceleration=self.tool_acceleration * speed_scale,
                                    robotiq=dataclasses.replace(self.robotiq, speed=gripper_speed))
+
+    def for_dry_run(self) -> RobotConfig:
+        """Activating a Robotiq gripper opens and closes its fingers: a dry run refuses an inactive one instead."""
+        return dataclasses.replace(self, robotiq=dataclasses.replace(self.robotiq, activate=False))
 
 
 @RobotConfig.register_subclass("lerobot")

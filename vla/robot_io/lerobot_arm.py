@@ -120,8 +120,9 @@ def lerobot_spec(c: LeRobotArmConfig, state_keys: list[str], action_keys: list[s
 
 
 class LeRobotArm:
-    """`hold()` re-sends the last measured position; `stop()` holds, then disconnects the LeRobot robot
-    (which disables torque only if its config says so) and may be called any number of times.
+    """`hold()` keeps sending the position measured when the hold began (re-measuring every tick would let an arm
+    under gravity creep down); `stop()` holds where the arm is now, then disconnects the LeRobot robot (which
+    disables torque only if its config says so) and may be called any number of times.
 
     robot: an already built LeRobot `Robot` (tests, or robots this config cannot describe); default: built
     from `config` with make_robot_from_config.
@@ -146,6 +147,7 @@ class LeRobotArm:
         self.stopped = False
         self.last_sent: dict[str, float] | None = None  # what LeRobot actually sent (after its own clip)
         self._measured: dict[str, float] | None = None
+        self._hold_pose: dict[str, float] | None = None  # the goal of the hold under way, None when not holding
 
     def connect(self) -> None:
         if not self.robot.is_connected:
@@ -163,11 +165,10 @@ class LeRobotArm:
         if self.stopped:
             self.stopped = False
             self.connect()
-        self._measured = None
+        self._measured = self._hold_pose = None
 
     def get_state(self) -> RobotState:
-        observation = self.robot.get_observation()
-        self._measured = {key: float(observation[key]) for key in self.state_keys}
+        self._measured = {key: float(value) for key, value in self._read_motors().items()}
         positions = np.array(list(self._measured.values()), dtype=np.float64)
         return RobotState(state=positions.astype(np.float32), timestamp=time.monotonic(), joint_positions=positions)
 
@@ -179,21 +180,24 @@ class LeRobotArm:
         if action.shape != (len(self.action_keys),):
             raise ValueError(f"{self.robot} takes actions [{len(self.action_keys)}] ({self.action_keys}); "
                              f"got {list(action.shape)}")
+        self._hold_pose = None
         self.last_sent = self.robot.send_action(dict(zip(self.action_keys, action.tolist(), strict=True)))
 
     def hold(self) -> None:
         if self.stopped:
             return
-        if self._measured is None:
-            self.get_state()
-        self.last_sent = self.robot.send_action({key: self._measured[key] for key in self.action_keys})
+        if self._hold_pose is None:
+            if self._measured is None:
+                self.get_state()
+            self._hold_pose = {key: self._measured[key] for key in self.action_keys}
+        self.last_sent = self.robot.send_action(self._hold_pose)
 
     def stop(self) -> None:
         if self.stopped:
             return
         try:
             if self.robot.is_connected:
-                self._measured = None  # hold where the arm is now, not where it was at the last tick
+                self._measured = self._hold_pose = None  # hold where the arm is now, not where it was
                 self.hold()
         finally:
             self.stopped = True
@@ -202,6 +206,17 @@ class LeRobotArm:
 
     def disconnect(self) -> None:
         self.stop()
+
+    def _read_motors(self) -> dict[str, float]:
+        """The motors' present positions by `<motor>.pos` key. Read from the motor bus where the robot has one:
+        LeRobot's get_observation also reads every camera and raises on a late frame, which would end the tick
+        with an exception instead of the loop's own stale-frame handling (hold, then stop)."""
+        bus = getattr(self.robot, "bus", None)
+        if bus is not None:
+            positions = {f"{motor}.pos": value for motor, value in bus.sync_read("Present_Position").items()}
+        else:
+            positions = self.robot.get_observation()
+        return {key: positions[key] for key in self.state_keys}
 
     def cameras(self) -> dict[str, LeRobotCamera]:
         """The LeRobot robot's own cameras as `Camera`s (connected with the robot); empty if it has none."""

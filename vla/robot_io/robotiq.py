@@ -9,10 +9,13 @@ opening, 2 stopped on an object while closing, 3 at the requested position), FLT
 
 The control loop never waits on the gripper: `command()` only stores the target, and a thread of the
 gripper's own sends it (when it changed, at most `rate_hz` times a second) and reads the position, object
-and fault status back; `state()` returns the latest. A fault code, a gripper that is no longer active or a
-dropped connection is reported as `state().fault`, which the arm driver turns into a robot fault: the loop
-stops the arm as for a protective stop. Nothing is written by hand that a library provides: Robotiq ships
-no Python package for the URCap socket, and the protocol is four line-based requests.
+and fault status back; `state()` returns the latest. A fault code, a gripper that is no longer active, a
+dropped connection or a status older than `readback_timeout_s` is reported as `state().fault`, which the
+arm driver turns into a robot fault: the loop stops the arm as for a protective stop. After a stop the
+gripper takes no new target until the next episode (`freeze`): it keeps its grip.
+
+Written by hand because no library provides it: Robotiq ships no Python package for the URCap socket,
+and the protocol is two kinds of one-line request.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class RobotiqConfig:
     activate: bool = True  # activate an inactive gripper on connect (its fingers open and close once); off: refuse
     activation_timeout_s: float = 6.0
     timeout_s: float = 1.0  # per request
+    readback_timeout_s: float = 1.0  # no status for this long is a fault (a controller that answers too slowly)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -101,23 +105,63 @@ class GripperState:
     fault: str | None = None
 
 
+class _Link:
+    """One socket to the URCap and the stop flag of the thread that polls it. A reconnect makes a new link, so a
+    thread left over from an old connection can never talk on the new socket."""
+
+    def __init__(self, sock: socket.socket):
+        self.socket = sock
+        self.stop = threading.Event()
+
+    def close(self) -> None:
+        self.stop.set()
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)  # unblocks a recv in the polling thread at once
+        except OSError:
+            pass
+        self.socket.close()
+
+    def set(self, **variables: int) -> None:
+        request = "SET " + " ".join(f"{name} {int(value)}" for name, value in variables.items())
+        answer = self.request(request)
+        if answer != "ack":
+            raise ValueError(f"the gripper answered {answer!r} to {request!r} (expected 'ack')")
+
+    def get(self, variable: str) -> int:
+        answer = self.request(f"GET {variable}")
+        parts = answer.split()
+        if len(parts) != 2 or parts[0] != variable or not parts[1].lstrip("-").isdigit():
+            raise ValueError(f"the gripper answered {answer!r} to 'GET {variable}'")
+        return int(parts[1])
+
+    def request(self, line: str) -> str:
+        # one answer per request, read with one recv, as the public robotiq_gripper clients do: the URCap's "ack"
+        # carries no line end to read up to
+        self.socket.sendall(line.encode() + b"\n")
+        answer = self.socket.recv(1024)
+        if not answer:
+            raise ConnectionError("the controller closed the connection")
+        return answer.decode(errors="replace").strip()
+
+
 class RobotiqGripper:
     """`connect()` opens the socket and makes sure the gripper is active (or refuses), then starts the gripper
-    thread; `command(value)` never blocks; `state()` is the latest readback; `reset()` reconnects after a
-    dropped connection and clears a fault the gripper no longer reports."""
+    thread; `command(value)` never blocks; `state()` is the latest readback; `freeze()` (the arm stopped) ignores
+    commands until `reset()`, which also reconnects after a dropped connection."""
 
     def __init__(self, config: RobotiqConfig, host: str):
         if not host:
             raise ValueError("the Robotiq gripper needs the UR controller's address (robotiq.host or robot.host)")
         self.config, self.host = config, host
-        self._socket: socket.socket | None = None
-        self._lock = threading.Lock()  # the latest target and readback
+        self._link: _Link | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # everything below, shared with the gripper thread
         self._target: int | None = None
         self._sent: int | None = None
+        self._frozen = False
         self._state: GripperState | None = None
+        self._read_at = 0.0  # time.monotonic() of the latest readback
         self._connection_fault: str | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
 
     @property
     def address(self) -> str:
@@ -125,86 +169,119 @@ class RobotiqGripper:
 
     def connect(self) -> None:
         """Open the socket, activate the gripper if needed (blocking, before the arm moves) and start the thread."""
+        hint = (f"is the Robotiq Grippers URCap installed and running on the controller, the gripper plugged in, "
+                f"and {self.config.port} the URCap's port ({DEFAULT_PORT})?")
         try:
-            self._socket = socket.create_connection((self.host, self.config.port), timeout=self.config.timeout_s)
+            link = _Link(socket.create_connection((self.host, self.config.port), timeout=self.config.timeout_s))
         except OSError as error:
-            raise ConnectionError(f"could not reach the Robotiq gripper at {self.address} ({error}): is the Robotiq "
-                                  f"Grippers URCap installed and running on the controller, the gripper plugged in, "
-                                  f"and the port {DEFAULT_PORT}?") from error
-        self._socket.settimeout(self.config.timeout_s)
-        if self._get("STA") != ACTIVE:
-            if not self.config.activate:
-                self.disconnect()
-                raise RuntimeError(f"the Robotiq gripper at {self.address} is not activated: activate it from the "
-                                   f"teach pendant (Robotiq toolbar) or set robotiq.activate true")
-            self._activate()
-        self._read_status()
-        self._connection_fault = None
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="robotiq", daemon=True)
+            raise ConnectionError(f"could not reach the Robotiq gripper at {self.address} ({error}): {hint}") from error
+        try:
+            status = link.get("STA")
+        except (OSError, ValueError) as error:
+            link.close()
+            raise ConnectionError(f"{self.address} does not answer like the Robotiq URCap ({error}): {hint}") from error
+        try:
+            if status != ACTIVE:
+                if not self.config.activate:
+                    raise RuntimeError(f"the Robotiq gripper at {self.address} is not activated: activate it from the "
+                                       f"teach pendant (Robotiq toolbar), or let deploy.py do it with "
+                                       f"robotiq.activate true (never in a dry run)")
+                self._activate(link)
+            self._read_status(link)
+        except BaseException:
+            link.close()
+            raise
+        with self._lock:
+            self._connection_fault, self._sent, self._target, self._frozen = None, None, None, False
+        self._link = link
+        self._thread = threading.Thread(target=self._run, args=(link,), name="robotiq", daemon=True)
         self._thread.start()
-        log.info("Robotiq %s at %s active; position %d", self.config.model, self.address, self._state.position)
+        log.info("Robotiq %s at %s active, position %d; action %g = open, %g = closed", self.config.model,
+                 self.address, self._state.position, self.config.value_open, self.config.value_closed)
 
     def command(self, value: float) -> None:
         """Ask for the opening `value` (policy units); the gripper thread sends it. Never blocks."""
         with self._lock:
-            self._target = self.config.to_position(float(value))
+            if not self._frozen:
+                self._target = self.config.to_position(float(value))
+
+    def freeze(self) -> None:
+        """The arm stopped: send no new target until reset() (a motion already under way completes)."""
+        with self._lock:
+            self._frozen = True
+            self._target = self._sent
 
     def state(self) -> GripperState:
         with self._lock:
             if self._state is None:
                 raise RuntimeError("the Robotiq gripper is not connected: call connect() first")
             fault = self._connection_fault or self._state.fault
+            age = time.monotonic() - self._read_at
+            if fault is None and age > self.config.readback_timeout_s:
+                fault = (f"Robotiq gripper at {self.address}: no status for {age:.2f} s (limit "
+                         f"robotiq.readback_timeout_s={self.config.readback_timeout_s})")
             return GripperState(self._state.value, self._state.position, self._state.object_detected, fault)
 
     def reset(self) -> None:
-        """Reconnect after a dropped connection (a new episode); a fault the gripper still reports stays."""
-        if self._thread is None or not self._thread.is_alive():
+        """A new episode: accept commands again, and reconnect after a dropped connection; a fault the gripper
+        itself still reports stays."""
+        with self._lock:
+            lost = self._connection_fault is not None
+            self._frozen = False
+        if lost or self._thread is None or not self._thread.is_alive():
             self.disconnect()
             self.connect()
 
     def disconnect(self) -> None:
-        self._stop.set()
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2 * self.config.timeout_s + 1.0 / self.config.rate_hz)
+            self._thread.join(timeout=1.0)  # the closed socket ends its request at once
         self._thread = None
-        if self._socket is not None:
-            try:
-                self._socket.close()
-            finally:
-                self._socket = None
 
-    def _activate(self) -> None:
+    def _activate(self, link: _Link) -> None:
+        """Robotiq's activation sequence, as the public clients run it: reset (ACT 0, ATR 0) until the gripper
+        reports ACT 0 and STA 0, which also clears old faults, then ACT 1 until STA 3 (active)."""
         log.info("Robotiq at %s: activating (the fingers open and close once)", self.address)
-        self._set(ACT=0)  # a reset first, as Robotiq's own activation sequence does: it also clears old faults
-        self._set(ACT=1)
         deadline = time.monotonic() + self.config.activation_timeout_s
-        while (status := self._get("STA")) != ACTIVE:
-            if time.monotonic() > deadline:
-                fault = self._get("FLT")
-                raise RuntimeError(f"the Robotiq gripper at {self.address} did not activate within "
-                                   f"{self.config.activation_timeout_s} s (status {status}, fault {fault}: "
-                                   f"{FAULTS.get(fault, 'none')})")
+        link.set(ACT=0, ATR=0)
+        while link.get("ACT") != 0 or link.get("STA") != 0:
+            self._check_deadline(link, deadline, "reset")
+            time.sleep(0.05)
+        link.set(ACT=1)
+        while link.get("STA") != ACTIVE:
+            self._check_deadline(link, deadline, "activate")
             time.sleep(0.05)
 
-    def _run(self) -> None:
+    def _check_deadline(self, link: _Link, deadline: float, step: str) -> None:
+        if time.monotonic() > deadline:
+            status, fault = link.get("STA"), link.get("FLT")
+            raise RuntimeError(f"the Robotiq gripper at {self.address} did not {step} within "
+                               f"{self.config.activation_timeout_s} s (status {status}, fault {fault}: "
+                               f"{FAULTS.get(fault, 'none')})")
+
+    def _run(self, link: _Link) -> None:
         period = 1.0 / self.config.rate_hz
-        while not self._stop.wait(period):
+        while not link.stop.wait(period):
             try:
                 with self._lock:
-                    target = self._target
-                if target is not None and target != self._sent:
-                    self._set(POS=target, SPE=self.config.speed, FOR=self.config.force, GTO=1)
-                    self._sent = target
-                self._read_status()
+                    target, sent = self._target, self._sent
+                if target is not None and target != sent:
+                    link.set(POS=target, SPE=self.config.speed, FOR=self.config.force, GTO=1)
+                    with self._lock:
+                        self._sent = target
+                self._read_status(link)
             except (OSError, ValueError) as error:
+                if link.stop.is_set():
+                    return  # closed by disconnect()
                 with self._lock:
                     self._connection_fault = f"Robotiq gripper at {self.address}: connection lost ({error})"
                 log.error("%s", self._connection_fault)
                 return
 
-    def _read_status(self) -> None:
-        position, obj, fault, status = (self._get(v) for v in ("POS", "OBJ", "FLT", "STA"))
+    def _read_status(self, link: _Link) -> None:
+        position, obj, fault, status = (link.get(v) for v in ("POS", "OBJ", "FLT", "STA"))
         problem = None
         if fault:
             problem = f"Robotiq gripper fault {fault:#04x}: {FAULTS.get(fault, 'unknown fault code')}"
@@ -212,25 +289,4 @@ class RobotiqGripper:
             problem = f"Robotiq gripper no longer active (status {status})"
         with self._lock:
             self._state = GripperState(self.config.to_value(position), position, obj in (1, 2), problem)
-
-    def _set(self, **variables: int) -> None:
-        request = "SET " + " ".join(f"{name} {int(value)}" for name, value in variables.items())
-        answer = self._request(request)
-        if answer != "ack":
-            raise ValueError(f"the gripper answered {answer!r} to {request!r} (expected 'ack')")
-
-    def _get(self, variable: str) -> int:
-        answer = self._request(f"GET {variable}")
-        parts = answer.split()
-        if len(parts) != 2 or parts[0] != variable or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"the gripper answered {answer!r} to 'GET {variable}'")
-        return int(parts[1])
-
-    def _request(self, line: str) -> str:
-        if self._socket is None:
-            raise OSError("not connected")
-        self._socket.sendall(line.encode() + b"\n")
-        answer = self._socket.recv(1024)
-        if not answer:
-            raise ConnectionError("the controller closed the connection")
-        return answer.decode(errors="replace").strip()
+            self._read_at = time.monotonic()

@@ -159,7 +159,17 @@ class URRobot:
         log.info("UR at %s connected; commanding with %s at %.0f Hz", host, self.config.command, self.config.control_hz)
 
     def reset(self) -> None:
-        """Restart the control script after a stop, and move to `home` (blocking) if one is configured."""
+        """`restart()`, then move to `home` (blocking) if one is configured."""
+        self.restart()
+        if self.config.home:
+            control = self._control()
+            log.info("UR: moving home to %s", self.config.home)
+            self._check(control.moveJ(list(self.config.home), self.config.home_speed, self.config.home_acceleration),
+                        "moveJ home")
+
+    def restart(self) -> None:
+        """Everything a new episode needs that does not move the arm: the control script running again after a
+        stop (ours, or the controller's watchdog), command faults cleared, the gripper taking commands again."""
         control = self._control()
         if self._moving and not self.stopped:
             self._decelerate()  # moveJ must not start while servoing
@@ -169,10 +179,7 @@ class URRobot:
         self._command_fault = None
         if self.gripper is not None:
             self.gripper.reset()
-        if self.config.home:
-            log.info("UR: moving home to %s", self.config.home)
-            self._check(control.moveJ(list(self.config.home), self.config.home_speed, self.config.home_acceleration),
-                        "moveJ home")
+        self._kick()
 
     def get_state(self) -> RobotState:
         receive = self._receive()
@@ -215,6 +222,8 @@ class URRobot:
         if self.stopped or self.control is None:
             return
         self.stopped = True
+        if self.gripper is not None:
+            self.gripper.freeze()  # no new gripper target: it keeps what it holds
         try:
             self._decelerate()
         finally:
