@@ -51,13 +51,18 @@ class ModelConfig:
 class DataConfig:
     root: str = "outputs/datasets"  # where LeRobot datasets live
     repo_id: str = "local/metaworld"
-    action_dim: int = 4  # the dataset's action dim must equal this (checked at load)
-    state_dim: int = 7
+    # an embodiment registry entry describing the dataset: a name in configs/embodiments/ or a path to a YAML file.
+    # It names the dataset's keys, maps its cameras to model.cameras (the model's image slots), gives action /
+    # state names, kind and fps, and is checked against the dataset at load. "" = LeRobot's default keys, the
+    # dataset's own names and fps, cameras named as model.cameras ("observation.images.<camera>")
+    embodiment_config: str = ""
+    action_dim: int | None = None  # the dataset's action dim must equal this (checked at load); None = not checked
+    state_dim: int | None = None
     image_shift: int = 4  # random-shift augmentation in pixels (DrQ); 0 = off
     # the embodiment name the dataset's frames are trained (and normalised) under; "" = the dataset's robot_type
     embodiment: str = ""
-    # joint_position | ee_delta: what the dataset's actions are; "" = as recorded in its meta/vla_embodiment.json
-    # (vla-demos and vla-record write it); neither is an error
+    # joint_position | ee_delta: what the dataset's actions are; "" = the embodiment entry's, else as recorded in its
+    # meta/vla_embodiment.json (vla-demos and vla-record write it); none of them is an error
     action_kind: str = ""
 
 

@@ -1,12 +1,16 @@
 """Load a LeRobot dataset once into memory as (observation, action chunk) training pairs.
 
 Shapes: N = frames, C = cameras, H = chunk size (action horizon), D = action dim, S = state dim.
+
+Without an embodiment registry entry the dataset's keys are LeRobot's defaults ("action", "observation.state",
+every "observation.images.*" camera); with one (`vla.data.registry`), the entry names the keys, maps cameras to the
+model's image slots and is checked against the dataset (widths, names, fps, cameras) before anything is decoded.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,14 +19,16 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from vla.data.embodiment import EmbodimentInfo, read_action_kind
+from vla.data.embodiment import EMBODIMENT_FILE, EmbodimentInfo, read_action_kind, recorded_action_kind
+from vla.data.registry import Embodiment
 
 
 @dataclass
 class ChunkedDemos:
     """Every frame of a dataset with the chunk of actions that starts at it, in memory.
 
-    images: uint8 [N, C, H_img, W_img, 3], cameras in `camera_keys` order.
+    images: uint8 [N, C, H_img, W_img, 3], cameras in `camera_keys` order (the model's image slots
+        `camera_slots`, which without a registry entry are the camera names: "observation.images.<slot>").
     state: float32 [N, S].
     actions: float32 [N, H, D]; actions[i, k] is the action k steps after frame i.
     action_is_pad: bool [N, H]; True where i + k is past the end of frame i's episode
@@ -44,6 +50,12 @@ class ChunkedDemos:
     action_names: list[str]
     fps: float
     action_kind: str  # joint_position | ee_delta
+    camera_slots: list[str] = field(default_factory=list)
+    entry: Embodiment | None = None  # the registry entry the dataset was read with, if any
+
+    def __post_init__(self) -> None:
+        if not self.camera_slots:
+            self.camera_slots = [key.removeprefix("observation.images.") for key in self.camera_keys]
 
     @property
     def info(self) -> EmbodimentInfo:
@@ -116,41 +128,167 @@ def _feature_names(features: dict, key: str) -> list[str]:
     return list(names) if names else [f"{key}_{i}" for i in range(features[key]["shape"][0])]
 
 
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Which columns of a LeRobot dataset the loader reads: the action and state keys (and which of their values:
+    None = all, in order), and the image keys that fill the model's image slots, in slot order."""
+
+    action_key: str = "action"
+    state_key: str = "observation.state"
+    action_index: tuple[int, ...] | None = None
+    state_index: tuple[int, ...] | None = None
+    camera_keys: tuple[str, ...] = ()
+    camera_slots: tuple[str, ...] = ()
+
+
 def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action_dim: int | None = None,
                        expected_state_dim: int | None = None, embodiment: str = "",
-                       action_kind: str = "") -> ChunkedDemos:
+                       action_kind: str = "", entry: Embodiment | None = None,
+                       camera_slots: list[str] | None = None) -> ChunkedDemos:
     """Read a LeRobot dataset through LeRobotDataset with action delta_timestamps, into memory.
 
     `embodiment` names the robot the frames belong to (normalisation statistics are kept under it);
-    empty: the dataset's robot_type ("unknown" when it has none). `action_kind`: joint_position | ee_delta, or
-    empty for the kind recorded with the dataset (`vla.data.embodiment.read_action_kind`).
+    empty: the registry entry's name, else the dataset's robot_type ("unknown" when it has none). `action_kind`:
+    joint_position | ee_delta, or empty for the entry's or the kind recorded with the dataset
+    (`vla.data.embodiment.read_action_kind`). `entry`: the registry entry describing the dataset (its keys,
+    names, kind, fps and cameras are then used and checked); `camera_slots`: the image slots to read, in order
+    (default: every slot the entry fills, or without an entry every camera of the dataset).
 
     Chunks and pad flags are exactly what LeRobotDataset(repo_id, root, delta_timestamps=
-    {"action": [i / fps for i in range(chunk_size)]})[i] gives; a few frames are checked against it.
+    {action_key: [i / fps for i in range(chunk_size)]})[i] gives; a few frames are checked against it.
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive; got {chunk_size}")
     meta = LeRobotDatasetMetadata(repo_id, root=root)
-    action_kind = read_action_kind(root, action_kind)
-    check_dim("action", meta.features["action"]["shape"][0], expected_action_dim)
-    check_dim("state", meta.features["observation.state"]["shape"][0], expected_state_dim)
-    dataset = LeRobotDataset(repo_id, root=root, delta_timestamps={"action": [i / meta.fps for i in range(chunk_size)]})
-    columns = _read_columns(dataset, meta.camera_keys)
-    check_finite("observation.state", columns["state"], columns["episode_index"], columns["frame_index"])
-    check_finite("action", columns["action"], columns["episode_index"], columns["frame_index"])
-    actions, action_is_pad = _action_chunks(dataset, columns)
-    _check_against_getitem(dataset, actions, action_is_pad)
+    if entry is None:
+        layout = _default_layout(meta, camera_slots)
+        action_kind = read_action_kind(root, action_kind)
+        state_names = _feature_names(meta.features, layout.state_key)
+        action_names, fps = _feature_names(meta.features, layout.action_key), float(meta.fps)
+    else:
+        layout = entry_layout(entry, meta, f"dataset {repo_id} at {root}", camera_slots)
+        action_kind = _entry_action_kind(entry, root, action_kind)
+        state_names, action_names, fps = entry.state_names, entry.action_names, entry.fps
+    check_dim("action", _width(meta, layout.action_key, layout.action_index), expected_action_dim)
+    check_dim("state", _width(meta, layout.state_key, layout.state_index), expected_state_dim)
+    dataset = LeRobotDataset(repo_id, root=root,
+                             delta_timestamps={layout.action_key: [i / meta.fps for i in range(chunk_size)]})
+    columns = _read_columns(dataset, layout)
+    check_finite(layout.state_key, columns["state"], columns["episode_index"], columns["frame_index"])
+    check_finite(layout.action_key, columns["action"], columns["episode_index"], columns["frame_index"])
+    actions, action_is_pad = _action_chunks(dataset, columns, layout.action_key)
+    _check_against_getitem(dataset, actions, action_is_pad, layout)
+    default_name = entry.name if entry is not None else meta.robot_type or "unknown"
     return ChunkedDemos(
         images=columns["images"], state=columns["state"], actions=actions, action_is_pad=action_is_pad,
         episode_index=columns["episode_index"], task_index=columns["task_index"], tasks=list(meta.tasks.index),
-        embodiment=embodiment or meta.robot_type or "unknown", camera_keys=list(meta.camera_keys),
-        state_names=_feature_names(meta.features, "observation.state"),
-        action_names=_feature_names(meta.features, "action"), fps=float(meta.fps), action_kind=action_kind)
+        embodiment=embodiment or default_name, camera_keys=list(layout.camera_keys), state_names=list(state_names),
+        action_names=list(action_names), fps=fps, action_kind=action_kind,
+        camera_slots=list(layout.camera_slots), entry=entry)
 
 
-def _read_columns(dataset: Any, camera_keys: list[str]) -> dict[str, Tensor]:
+def _default_layout(meta: Any, camera_slots: list[str] | None) -> DatasetLayout:
+    """LeRobot's default keys; cameras by name ("observation.images.<slot>"), all of them unless slots are given."""
+    keys = list(meta.camera_keys)
+    if camera_slots is not None:
+        keys = [f"observation.images.{slot}" for slot in camera_slots]
+        absent = [k for k in keys if k not in meta.camera_keys]
+        if absent:
+            raise ValueError(f"dataset {meta.repo_id} has no camera {absent}; it has {list(meta.camera_keys)}")
+    return DatasetLayout(camera_keys=tuple(keys),
+                         camera_slots=tuple(k.removeprefix("observation.images.") for k in keys))
+
+
+def entry_layout(entry: Embodiment, meta: Any, where: str, camera_slots: list[str] | None = None) -> DatasetLayout:
+    """The columns `entry` says hold a LeRobot dataset's actions, state and `camera_slots` (default: every slot the
+    entry fills), after checking the dataset against the entry: format, fps, widths, names and cameras.
+    Errors name the dataset (`where`), the key, what the entry expects and what the dataset has."""
+    if entry.format != "lerobot":
+        raise ValueError(f"{where}: {entry.source} describes a {entry.format} dataset; this loader reads LeRobot "
+                         f"datasets (an RLDS reader is issue 15 item 2)")
+    if abs(float(meta.fps) - entry.fps) > 1e-6:
+        raise ValueError(f"{where}: fps {meta.fps} != {entry.fps} in {entry.source} (fps); the actions would be "
+                         f"executed at the wrong rate")
+    action_key, state_key = (_single_key(entry, which, where) for which in ("action", "state"))
+    for key in (action_key, state_key):
+        _check_key(entry, meta.features, key, where)
+    slots = list(camera_slots) if camera_slots is not None else [s.name for s in entry.cameras if not s.missing]
+    return DatasetLayout(action_key=action_key, state_key=state_key,
+                         action_index=_index(entry.action, entry.width(action_key)),
+                         state_index=_index(entry.state, entry.width(state_key)),
+                         camera_keys=tuple(_camera_keys(entry, meta, slots, where)), camera_slots=tuple(slots))
+
+
+def _single_key(entry: Embodiment, which: str, where: str) -> str:
+    keys = entry.keys(which)
+    if len(keys) != 1:
+        raise ValueError(f"{where}: {entry.source} reads the {which} from {keys or 'no key'}; this loader reads "
+                         f"one {which} key per dataset")
+    return keys[0]
+
+
+def _check_key(entry: Embodiment, features: dict, key: str, where: str) -> None:
+    """The dataset has `key`, as wide as the entry says, and (where it names every value) with the entry's names."""
+    if key not in features:
+        raise ValueError(f"{where}: no key {key!r} ({entry.source} reads it); the dataset has {sorted(features)}")
+    width, expected = features[key]["shape"][0], entry.width(key)
+    if width != expected:
+        raise ValueError(f"{where}: key {key!r} has {width} values per frame; {entry.source} expects {expected}")
+    names = _feature_names(features, key)
+    if len(names) != width or names == [f"{key}_{i}" for i in range(width)]:
+        return  # the dataset does not name each value (e.g. names: ["actions"]): nothing to compare
+    for part in (p for p in entry.action + entry.state if p.key == key):
+        if names[part.start:part.stop] != list(part.names):
+            raise ValueError(f"{where}: key {key!r} names values {part.start}..{part.stop - 1} "
+                             f"{names[part.start:part.stop]}; {entry.source} calls them {list(part.names)}")
+
+
+def _index(parts: tuple, width: int) -> tuple[int, ...] | None:
+    """Indices of the values the parts read, or None when they read the whole key in order."""
+    index = tuple(i for p in parts for i in range(p.start, p.stop))
+    return None if index == tuple(range(width)) else index
+
+
+def _camera_keys(entry: Embodiment, meta: Any, slots: list[str], where: str) -> list[str]:
+    """Image keys of `slots`, in order; every camera of the dataset must be mapped by the entry."""
+    mapped = {s.key for s in entry.cameras if not s.missing}
+    unmapped = [k for k in meta.camera_keys if k not in mapped]
+    if unmapped:
+        raise ValueError(f"{where}: camera(s) {unmapped} are not mapped by {entry.source}: give each a slot under "
+                         f"cameras")
+    keys = []
+    for name in slots:
+        slot = entry.slot(name)
+        if slot.missing:
+            raise ValueError(f"{where}: image slot {name!r} is marked missing in {entry.source} (the robot has no "
+                             f"such camera); this loader cannot feed a masked slot yet (image-slot masks are issue "
+                             f"15 item 3): leave it out of model.cameras")
+        if slot.key not in meta.camera_keys:
+            raise ValueError(f"{where}: no camera {slot.key!r} for slot {name!r} ({entry.source}); the dataset has "
+                             f"{list(meta.camera_keys)}")
+        keys.append(slot.key)
+    return keys
+
+
+def _entry_action_kind(entry: Embodiment, root: str, configured: str) -> str:
+    """The entry's action kind; --data.action_kind or the dataset's own record may not contradict it."""
+    kind = entry.info().action_kind
+    for source, other in (("--data.action_kind", configured),
+                          (f"{root}/{EMBODIMENT_FILE}", recorded_action_kind(root))):
+        if other and other != kind:
+            raise ValueError(f"{source} says the actions are {other!r}; {entry.source} says {kind!r}")
+    return kind
+
+
+def _width(meta: Any, key: str, index: tuple[int, ...] | None) -> int:
+    if key not in meta.features:
+        raise ValueError(f"dataset {meta.repo_id} has no key {key!r}; it has {sorted(meta.features)}")
+    return len(index) if index is not None else meta.features[key]["shape"][0]
+
+
+def _read_columns(dataset: Any, layout: DatasetLayout) -> dict[str, Tensor]:
     """Whole columns of the dataset's arrow table as tensors; images decoded to uint8 [N, C, H, W, 3].
 
     Reading columns at once takes ~1 s for 7k frames. LeRobotDataset.__getitem__ costs ~5 ms a
@@ -160,13 +298,20 @@ def _read_columns(dataset: Any, camera_keys: list[str]) -> dict[str, Tensor]:
     table = dataset.hf_dataset.data
     if table.num_rows == 0:
         raise ValueError(f"dataset {dataset.repo_id} at {dataset.root} has no frames")
-    columns = {name: torch.from_numpy(_vector_column(table.column(key)))
-               for name, key in (("state", "observation.state"), ("action", "action"))}
+    columns = {name: torch.from_numpy(_select(_vector_column(table.column(key)), index))
+               for name, key, index in (("state", layout.state_key, layout.state_index),
+                                        ("action", layout.action_key, layout.action_index))}
     for key in ("index", "episode_index", "frame_index", "task_index"):
         columns[key] = torch.from_numpy(table.column(key).to_numpy().astype(np.int64))
-    cams = [_decode_images(table.column(key)) for key in tqdm(camera_keys, desc="decoding images", unit="camera")]
+    cams = [_decode_images(table.column(key))
+            for key in tqdm(layout.camera_keys, desc="decoding images", unit="camera")]
     columns["images"] = torch.from_numpy(np.stack(cams, axis=1))
     return columns
+
+
+def _select(values: np.ndarray, index: tuple[int, ...] | None) -> np.ndarray:
+    """values [N, W] -> [N, len(index)] (all of it when index is None)."""
+    return values if index is None else np.ascontiguousarray(values[:, list(index)])
 
 
 def _vector_column(column: Any) -> np.ndarray:
@@ -184,7 +329,7 @@ def _decode_images(column: Any) -> np.ndarray:
     return np.stack(frames)
 
 
-def _action_chunks(dataset: Any, columns: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+def _action_chunks(dataset: Any, columns: dict[str, Tensor], action_key: str) -> tuple[Tensor, Tensor]:
     """(actions [N, H, D], action_is_pad [N, H]) from lerobot's delta-timestamp query indices."""
     row_of = {int(index): row for row, index in enumerate(columns["index"].tolist())}
     episodes = columns["episode_index"].tolist()
@@ -192,15 +337,18 @@ def _action_chunks(dataset: Any, columns: dict[str, Tensor]) -> tuple[Tensor, Te
     for abs_index, episode in tqdm(zip(columns["index"].tolist(), episodes, strict=True), total=len(episodes),
                                    desc="action chunks", unit="frame", mininterval=1.0):
         query, padding = dataset._get_query_indices(abs_index, episode)
-        rows.append([row_of[i] for i in query["action"]])
-        pads.append(padding["action_is_pad"])
+        rows.append([row_of[i] for i in query[action_key]])
+        pads.append(padding[f"{action_key}_is_pad"])
     return columns["action"][torch.tensor(rows)], torch.stack(pads).bool()
 
 
-def _check_against_getitem(dataset: Any, actions: Tensor, action_is_pad: Tensor, n: int = 4) -> None:
+def _check_against_getitem(dataset: Any, actions: Tensor, action_is_pad: Tensor, layout: DatasetLayout,
+                           n: int = 4) -> None:
     """Guard against lerobot changing its private query helpers: compare with __getitem__."""
+    key = layout.action_key
     for i in torch.linspace(0, len(actions) - 1, n).long().tolist():
         item = dataset[i]
-        if not (torch.equal(item["action"], actions[i]) and torch.equal(item["action_is_pad"], action_is_pad[i])):
+        expected = item[key] if layout.action_index is None else item[key][:, list(layout.action_index)]
+        if not (torch.equal(expected, actions[i]) and torch.equal(item[f"{key}_is_pad"], action_is_pad[i])):
             raise RuntimeError(f"action chunk of frame {i} differs from LeRobotDataset.__getitem__; "
                                "lerobot's delta-timestamp internals changed")

@@ -3,9 +3,11 @@
 A LeRobot dataset records its action / state names and fps, but not whether its actions are
 joint positions or end-effector displacements. vla's own writers (`vla-demos`, `vla-record`)
 put that in `meta/vla_embodiment.json` beside LeRobot's metadata; for other datasets give
-`--data.action_kind`. The description is saved with the checkpoint (in norm_stats.json) and
-carried in the deploy `PolicySpec`; `deploy.py` refuses an arm whose action names, action kind
-or control rate differ from the training data's.
+`--data.action_kind`, or describe the dataset with an embodiment registry entry
+(`vla.data.registry`, `--data.embodiment_config`), which then supplies names, kind and fps.
+The description is saved with the checkpoint (in norm_stats.json) and carried in the deploy
+`PolicySpec`; `deploy.py` refuses an arm whose action names, action kind or control rate differ
+from the training data's.
 """
 
 from __future__ import annotations
@@ -50,11 +52,17 @@ def write_action_kind(dataset_root: str | Path, action_kind: str) -> None:
     path.write_text(json.dumps({"action_kind": action_kind}))
 
 
+def recorded_action_kind(dataset_root: str | Path) -> str:
+    """The action kind vla's writers recorded beside a dataset; "" when there is no record."""
+    path = Path(dataset_root) / EMBODIMENT_FILE
+    return json.loads(path.read_text())["action_kind"] if path.exists() else ""
+
+
 def read_action_kind(dataset_root: str | Path, configured: str = "") -> str:
     """The dataset's action kind: `configured` (--data.action_kind) when given, else the recorded one; an error
     when neither says, since a policy of unknown action kind could drive an arm in the wrong space."""
     path = Path(dataset_root) / EMBODIMENT_FILE
-    recorded = json.loads(path.read_text())["action_kind"] if path.exists() else ""
+    recorded = recorded_action_kind(dataset_root)
     if configured and recorded and configured != recorded:
         raise ValueError(f"--data.action_kind={configured!r} contradicts the dataset's {path} ({recorded!r})")
     kind = configured or recorded

@@ -29,6 +29,7 @@ from vla.config import DataConfig, ModelConfig, TrainConfig, parse, to_yaml
 from vla.data.augment import random_shift
 from vla.data.dataset import ChunkedDemos, load_chunked_demos
 from vla.data.normalize import Normalizer
+from vla.data.registry import Embodiment, load_embodiment
 from vla.policy import VLAPolicy
 from vla.provenance import differing_keys, flat_config
 from vla.training.checkpoint import (
@@ -57,16 +58,36 @@ def last_checkpoint(output_dir: str | Path) -> Path:
 
 
 def load_demos(model: ModelConfig, data: DataConfig) -> ChunkedDemos:
+    """The training frames of `data`; with an embodiment entry its keys are used and the model's image slots
+    (model.cameras) are filled from the entry's camera mapping."""
+    entry = load_embodiment(data.embodiment_config) if data.embodiment_config else None
+    if entry is not None:
+        check_normalization(entry, model.normalization)
     demos = load_chunked_demos(data.root, data.repo_id, chunk_size=model.head.horizon,
                                expected_action_dim=data.action_dim, expected_state_dim=data.state_dim,
-                               embodiment=data.embodiment, action_kind=data.action_kind)
+                               embodiment=data.embodiment, action_kind=data.action_kind, entry=entry,
+                               camera_slots=list(model.cameras) if entry is not None else None)
     check_observation_spec(model, demos)
     return demos
 
 
+def check_normalization(entry: Embodiment, mode: str) -> None:
+    """Refuse an entry whose normalisation the run would not apply: the policy's normaliser uses one mode
+    (model.normalization) for every dimension; per-dimension modes come with per-sample transforms (issue 15
+    item 3), and until then an entry asking for them must not be silently normalised otherwise."""
+    modes = dict(zip(entry.action_names, entry.action_normalization, strict=True))
+    modes |= {f"state {n}": m for n, m in zip(entry.state_names, entry.state_normalization, strict=True)}
+    differ = {name: m for name, m in modes.items() if m != mode}
+    if differ:
+        raise ValueError(f"{entry.source} normalises {differ}, but this run normalises every dimension with "
+                         f"model.normalization={mode!r} (per-dimension modes are not applied by the in-memory "
+                         f"path yet): set the entry's normalization to {mode!r} without per-part overrides, or "
+                         f"--model.normalization to the entry's")
+
+
 def check_observation_spec(model: ModelConfig, demos: ChunkedDemos) -> None:
     """Fail before training, naming both sides, when the dataset's cameras differ from the model config's."""
-    cameras = [key.removeprefix("observation.images.") for key in demos.camera_keys]
+    cameras = list(demos.camera_slots)
     size = tuple(demos.images.shape[2:4])
     if cameras != list(model.cameras) or size != (model.image_size, model.image_size):
         raise ValueError(f"dataset {demos.embodiment!r} has cameras {cameras} at {size[0]}x{size[1]} px; the model "
