@@ -12,6 +12,8 @@ from vla.tokenizers.base import (
 )
 from vla.tokenizers.bins import BinsTokenizer, BinsTokenizerConfig
 from vla.tokenizers.fast import FastTokenizer, FastTokenizerConfig
+from vla.tokenizers.vq import VQTokenizer, VQTokenizerConfig
 
 __all__ = ["ActionTokenizer", "TokenizerConfig", "build_tokenizer", "register_tokenizer", "tokenizer_config_class",
-           "BinsTokenizer", "BinsTokenizerConfig", "FastTokenizer", "FastTokenizerConfig"]
+           "BinsTokenizer", "BinsTokenizerConfig", "FastTokenizer", "FastTokenizerConfig", "VQTokenizer",
+           "VQTokenizerConfig"]

@@ -137,6 +137,12 @@ class ActionTokenizer(ABC):
                 "tokens_per_chunk": float(lengths.mean()), "max_tokens_per_chunk": int(lengths.max()),
                 "chunks": len(chunks)}
 
+    def diagnostics(self, chunks: np.ndarray) -> dict[str, Any]:
+        """Tokenizer-specific statistics on held-out chunks [N, H, D] for reports (none by default; the vq
+        tokenizer gives codebook usage and perplexity per level)."""
+        self._check_chunks(chunks, "diagnostics")
+        return {}
+
     def check_embodiment(self, embodiment: str) -> None:
         """Raise unless the tokenizer was fit on this embodiment's data."""
         if embodiment != self.embodiment:
