@@ -7,6 +7,7 @@ smooth synthetic chunks; one test trains through `vla.training.train` on the tin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -24,16 +25,22 @@ from vla.config import ModelConfig
 from vla.data.normalize import Normalizer
 from vla.policy import VLAPolicy
 from vla.sim import get_task
-from vla.tokenizers import FastTokenizerConfig, build_tokenizer
+from vla.tokenizers import BinsTokenizerConfig, FastTokenizerConfig, VQTokenizerConfig, build_tokenizer
 from vla.tokenizers.base import META_FILE
-from vla.training.tokenizer_fit import FIT_REPORT, held_out_frames
+from vla.tokenizers.cli import TokenizerFitConfig
+from vla.tokenizers.cli import fit_tokenizer as vla_tokenizer_fit
+from vla.tokenizers.vq import WEIGHTS_FILE
+from vla.training.tokenizer_fit import FIT_REPORT
 from vla.training.train import load_demos, train
 from vla.types import Observation
 
 H, D, S, B = 4, 4, 7, 4
 EMBODIMENT = "sim"
 INSTRUCTIONS = [get_task(t).instruction for t in ("reach", "button-press-topdown")]  # the conftest VLM's corpus
-TOKENIZERS = ["bins", "fast"]
+TOKENIZERS = ["bins", "fast", "vq"]
+# vq sized for a test: 2 latent steps x 2 levels = 4 ids per chunk from 2 x 32 codes, fit in about a second
+SMALL_VQ = VQTokenizerConfig(levels=2, codebook_size=32, downsample=2, hidden=16, code_dim=8, steps=60, batch_size=64)
+TOKENIZER_CONFIGS = {"bins": BinsTokenizerConfig(), "fast": FastTokenizerConfig(), "vq": SMALL_VQ}
 
 
 def identity_normalizer() -> Normalizer:
@@ -45,14 +52,15 @@ def identity_normalizer() -> Normalizer:
 
 
 def model_config(vlm_path, tokenizer: str = "bins", family: str = "paligemma", **head) -> ModelConfig:
-    config = build_tokenizer(tokenizer).config
+    config = TOKENIZER_CONFIGS[tokenizer]
     return ModelConfig(backbone=BackboneConfig(family, pretrained=str(vlm_path)),
                        head=ARHeadConfig(horizon=H, tokenizer=config, **head), max_action_dim=D, max_state_dim=S,
                        image_size=32, cameras=["corner"])
 
 
+@functools.cache
 def fitted_tokenizer(tokenizer: str = "bins", embodiment: str = EMBODIMENT):
-    return build_tokenizer(tokenizer).fit(smooth_chunks(400, H, D, seed=0), embodiment=embodiment)
+    return build_tokenizer(TOKENIZER_CONFIGS[tokenizer]).fit(smooth_chunks(400, H, D, seed=0), embodiment=embodiment)
 
 
 def ar_policy(vlm_path, tokenizer: str = "bins", family: str = "paligemma", seed: int = 0, **head) -> VLAPolicy:
@@ -153,14 +161,21 @@ def test_head_config_errors_name_the_problem(vlms):
         policy(fixed_batch())
     with pytest.raises(ValueError, match="fit for chunks of H=8"):
         policy.head.set_action_tokenizer(build_tokenizer("bins").fit(smooth_chunks(50, 8, D, seed=0)))
-    with pytest.raises(ValueError, match="configured for the tokenizer"):
+    with pytest.raises(ValueError, match="configured for a bins tokenizer of at most 256 ids.*got a fast tokenizer"):
         policy.head.set_action_tokenizer(fitted_tokenizer("fast"))
+    small = build_tokenizer(BinsTokenizerConfig(n_bins=64)).fit(smooth_chunks(50, H, D, 0))
+    with pytest.raises(ValueError, match="at most 256 ids.*got a bins tokenizer of at most 64 ids"):
+        policy.head.set_action_tokenizer(small)
+    # fit settings that do not change the vocabulary may differ (e.g. the quantiles of the range)
+    policy.head.set_action_tokenizer(build_tokenizer(BinsTokenizerConfig(low_quantile=0.05)).fit(
+        smooth_chunks(50, H, D, 0), embodiment=EMBODIMENT))
 
 
 # ---- decoding ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family, tokenizer", [("paligemma", "bins"), ("paligemma", "fast"), ("smolvlm", "fast")])
+@pytest.mark.parametrize("family, tokenizer", [("paligemma", "bins"), ("paligemma", "fast"), ("paligemma", "vq"),
+                                               ("smolvlm", "fast")])
 def test_kv_cached_decoding_equals_full_recompute(trained, family, tokenizer):
     """Greedy decoding over the persistent cache gives exactly the ids (and chunks) of recomputing the whole suffix
     at every step, and teacher forcing those ids in one pass gives the same logits."""
@@ -177,8 +192,8 @@ def test_kv_cached_decoding_equals_full_recompute(trained, family, tokenizer):
         # teacher forcing: the greedy token is the argmax of the one-pass logits at every position up to END
         forced = policy.head.logits(cond, cached).argmax(-1)
     positions = torch.arange(cached.shape[1])
-    if policy.head.end_id is None:  # bins: exactly H * D tokens
-        assert cached.shape == (B, H * D)
+    if policy.head.end_id is None:  # bins, vq: exactly max_tokens_per_chunk ids (H * D; T' * levels)
+        assert cached.shape == (B, policy.head.action_tokenizer.max_tokens_per_chunk)
         decoded = torch.ones_like(cached, dtype=torch.bool)
     else:  # fast: up to the first END (after it the row only repeats END)
         is_end = cached == policy.head.end_id
@@ -261,15 +276,6 @@ def test_padded_steps_and_dims_do_not_reach_the_loss(vlms):
         policy.head.loss(cond, batch["actions"], valid & torch.tensor([True, True, True, False]))
 
 
-def test_tokenizer_holdout_spreads_whole_episodes():
-    episodes = np.repeat(np.arange(20), 5)
-    held = held_out_frames(episodes, 0.1)
-    assert sorted(set(episodes[held].tolist())) == [0, 10]
-    assert held_out_frames(episodes, 0.0).sum() == 0
-    assert held_out_frames(np.zeros(7, dtype=int), 0.5).sum() == 0  # one episode: nothing to hold out
-    assert held_out_frames(np.repeat(np.arange(3), 2), 0.9).sum() == 4  # never every episode
-
-
 # ---- checkpoints ---------------------------------------------------------------------------------------------
 
 
@@ -342,6 +348,32 @@ def test_training_fits_the_tokenizer_and_the_checkpoint_round_trips(tiny_run_con
     policy.save_pretrained(tmp_path / "copy")
     assert torch.equal(VLAPolicy.from_pretrained(tmp_path / "copy").predict(obs).actions, first.actions)
     assert first.actions.shape == (2, head.horizon, demos.actions.shape[-1])
+
+
+def test_training_loads_a_tokenizer_fit_by_vla_tokenizer(tiny_run_config, tmp_path):
+    """head.tokenizer_path: a vq tokenizer fit beforehand by `vla-tokenizer fit` (with other fit settings than the
+    head config's) is loaded instead of fitting one and saved with the checkpoint; one fit on other statistics is
+    refused."""
+    prefit = tmp_path / "tokenizer"
+    vla_tokenizer_fit(TokenizerFitConfig(dataset=tiny_run_config.data, tokenizer=SMALL_VQ, horizon=H,
+                                         output_dir=str(prefit)))
+    head = ARHeadConfig(horizon=H, tokenizer=dataclasses.replace(SMALL_VQ, steps=1), tokenizer_path=str(prefit))
+    model = dataclasses.replace(tiny_run_config.model, head=head)
+    out = tmp_path / "train"
+    cfg = dataclasses.replace(tiny_run_config, model=model, train=dataclasses.replace(
+        tiny_run_config.train, steps=2, save_every=2, output_dir=str(out)))
+    checkpoint = train(cfg)
+    report = json.loads((out / FIT_REPORT).read_text())
+    assert report["source"] == f"loaded from {prefit}" and report["config"]["steps"] == SMALL_VQ.steps
+    assert {"codebook_usage", "perplexity"} <= set(report["round_trip"])  # the vq tokenizer's own diagnostics
+    saved, original = (folder / TOKENIZER_DIR / WEIGHTS_FILE for folder in (checkpoint, prefit))
+    assert saved.read_bytes() == original.read_bytes()
+    assert load_policy(checkpoint).head.action_tokenizer.config == SMALL_VQ
+
+    zscore = dataclasses.replace(cfg, model=dataclasses.replace(model, normalization="zscore"),
+                                 train=dataclasses.replace(cfg.train, output_dir=str(tmp_path / "zscore")))
+    with pytest.raises(ValueError, match="normalised with .*normalization.json"):
+        train(zscore)
 
 
 def test_per_chunk_decoding_latency(vlms, capsys):

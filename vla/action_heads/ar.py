@@ -1,9 +1,11 @@
-"""Autoregressive action tokens from the backbone's own language model (RT-2 / OpenVLA; FAST).
+"""Autoregressive action tokens from the backbone's own language model (RT-2 / OpenVLA; FAST; VQ-VLA).
 
 Brohan et al., "RT-2" (arXiv 2307.15818); Kim et al., "OpenVLA" (arXiv 2406.09246); Pertsch et al.,
-"FAST" (arXiv 2501.09747). The VLM reads the observation and continues with the action chunk as
-tokens of an action tokenizer (`head.tokenizer`: `bins`, 256 uniform bins per dimension, H * D tokens;
-or `fast`, DCT + BPE, variable length, ended by an END token). Training is teacher forcing with
+"FAST" (arXiv 2501.09747); Wang et al., "VQ-VLA" (arXiv 2507.01016). The VLM reads the observation and
+continues with the action chunk as tokens of an action tokenizer (`head.tokenizer`: `bins`, 256 uniform
+bins per dimension, H * D tokens; `fast`, DCT + BPE, variable length, ended by an END token; `vq`, a
+residual-VQ autoencoder's codes, T' * levels tokens, usually fit beforehand by `vla-tokenizer fit` and
+loaded with `head.tokenizer_path`). Training is teacher forcing with
 cross-entropy over the action tokens only; inference decodes greedily (or samples with
 `temperature` > 0) one token per step over a persistent KV cache, constrained to the action
 vocabulary, and the tokenizer turns the ids back into a normalised chunk. Shared machinery

@@ -49,6 +49,9 @@ class TokenHeadConfig(HeadConfig):
     temperature: float = 0.0  # decoding: 0 = greedy (argmax); > 0 samples from softmax(logits / temperature)
     # share of the training episodes held out of the tokenizer fit to report its round-trip error (training)
     tokenizer_holdout: float = 0.1
+    # a tokenizer fit beforehand by `vla-tokenizer fit` (its output_dir or tokenizer folder), loaded by training
+    # instead of fitting one on the training set; it must be of the `tokenizer` type with the same vocabulary
+    tokenizer_path: str = ""
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -103,14 +106,16 @@ class TokenHead(ActionHead):
         return self._tokenizer
 
     def set_action_tokenizer(self, tokenizer: ActionTokenizer) -> None:
-        """Attach a fitted tokenizer; a ValueError unless it is of the configured type and settings, fit for
-        this horizon, at most this action width, and within the reserved vocabulary."""
-        kind = self.config.tokenizer.type
+        """Attach a fitted tokenizer; a ValueError unless it is of the configured type with the same vocabulary
+        bound and length rule (the head's structure; fit settings such as a VQ's training steps may differ),
+        fit for this horizon, at most this action width, and within the reserved vocabulary."""
+        kind, mine, theirs = self.config.tokenizer.type, self.config.tokenizer, tokenizer.config
         if not tokenizer.is_fit:
             raise ValueError(f"the {self.config.type} head needs a fitted {kind} tokenizer; call fit(chunks) first")
-        if tokenizer.config != self.config.tokenizer:
-            raise ValueError(f"the {self.config.type} head is configured for the tokenizer {self.config.tokenizer}; "
-                             f"got one made with {tokenizer.config}")
+        if (theirs.type, theirs.max_vocab_size, theirs.fixed_length) != (kind, mine.max_vocab_size, mine.fixed_length):
+            raise ValueError(f"the {self.config.type} head is configured for a {kind} tokenizer of at most "
+                             f"{mine.max_vocab_size} ids ({mine}); got a {theirs.type} tokenizer of at most "
+                             f"{theirs.max_vocab_size} ids ({theirs}): set model.head.tokenizer to match it")
         if tokenizer.horizon != self.config.horizon or tokenizer.action_dim > self.action_dim:
             raise ValueError(f"the {kind} tokenizer was fit for chunks of H={tokenizer.horizon}, D="
                              f"{tokenizer.action_dim}; this head predicts H={self.config.horizon} actions of at most "

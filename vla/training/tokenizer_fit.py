@@ -1,10 +1,14 @@
-"""The training step before the first batch for token heads: fit the action tokenizer on the dataset.
+"""The training step before the first batch for token heads: fit (or load) the action tokenizer.
 
-The tokenizer is fit on the training set's action chunks exactly as the head will see them
+By default the tokenizer is fit on the training set's action chunks exactly as the head will see them
 (normalised by the policy's statistics, the embodiment's own dims), with a share of the episodes
-(`head.tokenizer_holdout`) held out to measure its round-trip error. That report is printed and
-written to <output_dir>/action_tokenizer_fit.json; the tokenizer goes into <output_dir>/action_tokenizer/
-and, attached to the head, into every checkpoint.
+(`head.tokenizer_holdout`) held out to measure its round-trip error, as `vla-tokenizer fit` does
+(its `split_episodes` and `evaluate`). With `head.tokenizer_path` a tokenizer fit beforehand by
+`vla-tokenizer fit` (on more data, e.g. VQ-VLA's synthetic chunks) is loaded instead: it must be fit
+on this embodiment and, when its folder records them, on chunks normalised with the same statistics.
+Either way the report (round trip on the held-out episodes) is printed and written to
+<output_dir>/action_tokenizer_fit.json; the tokenizer goes into <output_dir>/action_tokenizer/ and,
+attached to the head, into every checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from vla.checkpoint import TOKENIZER_DIR
 from vla.data.dataset import ChunkedDemos
 from vla.data.normalize import Normalizer
 from vla.tokenizers import ActionTokenizer, TokenizerConfig, build_tokenizer
+from vla.tokenizers.base import META_FILE
+from vla.tokenizers.cli import NORMALIZATION_FILE, evaluate, split_episodes
 
 FIT_REPORT = "action_tokenizer_fit.json"
 
@@ -29,54 +35,76 @@ def normalized_chunks(normalizer: Normalizer, demos: ChunkedDemos) -> np.ndarray
     return actions[..., :normalizer.action_dim(demos.embodiment)].double().numpy()
 
 
-def held_out_frames(episode_index: np.ndarray, fraction: float) -> np.ndarray:
-    """bool [N]: the frames of round(fraction * episodes) episodes spread evenly over the dataset (at least one
-    when fraction > 0), never all of them; all False with fraction 0 or a single episode."""
-    episodes = np.unique(episode_index)
-    if fraction <= 0 or len(episodes) < 2:
-        return np.zeros(len(episode_index), dtype=bool)
-    count = min(max(1, round(fraction * len(episodes))), len(episodes) - 1)
-    held = episodes[(np.arange(count) * len(episodes)) // count]
-    return np.isin(episode_index, held)
-
-
 def fit_tokenizer(config: TokenizerConfig, chunks: np.ndarray, episode_index: np.ndarray, holdout: float,
-                  embodiment: str) -> tuple[ActionTokenizer, dict]:
-    """Fit a tokenizer on the chunks [N, H, D] outside the held-out episodes; returns it and its report: type,
-    settings, vocabulary, chunks fit / held out, and the round trip (mean / max absolute error, tokens per chunk)
-    on the held-out chunks (on the fit chunks, marked in_sample, when none are held out)."""
-    held = held_out_frames(episode_index, holdout)
+                  embodiment: str, seed: int = 0) -> tuple[ActionTokenizer, dict]:
+    """Fit a tokenizer on the chunks [N, H, D] outside the held-out episodes; returns it and its report."""
+    held = split_episodes(episode_index, holdout, seed)
     tokenizer = build_tokenizer(config).fit(chunks[~held], embodiment=embodiment)
+    return tokenizer, report(tokenizer, chunks, episode_index, held, source="fit on the training set")
+
+
+def report(tokenizer: ActionTokenizer, chunks: np.ndarray, episode_index: np.ndarray, held: np.ndarray,
+           source: str) -> dict:
+    """Type, settings, vocabulary, where the tokenizer comes from, and its round trip (plus its own diagnostics)
+    on the held-out chunks [N, H, D] (on all of them, marked in_sample, when none are held out)."""
     evaluated = chunks[held] if held.any() else chunks
-    report = {"type": config.type, "config": dataclasses.asdict(config), "embodiment": embodiment,
-              "vocab_size": tokenizer.vocab_size, "fit_chunks": int((~held).sum()), "held_out_chunks": int(held.sum()),
-              "held_out_episodes": int(len(np.unique(episode_index[held]))), "in_sample": not held.any(),
-              "round_trip": tokenizer.round_trip_error(evaluated)}
-    return tokenizer, report
+    return {"type": tokenizer.config.type, "config": dataclasses.asdict(tokenizer.config), "source": source,
+            "embodiment": tokenizer.embodiment, "vocab_size": tokenizer.vocab_size,
+            "fit_chunks": tokenizer.num_fit_chunks, "held_out_chunks": int(held.sum()),
+            "held_out_episodes": int(len(np.unique(episode_index[held]))), "in_sample": not held.any(),
+            "round_trip": evaluate(tokenizer, evaluated)}
 
 
-def fit_action_tokenizer(policy, demos: ChunkedDemos, output_dir: str | Path, is_main: bool, wait) -> dict | None:
-    """Fit (main process), save to output_dir/action_tokenizer and attach (every process, after `wait()`) the
-    tokenizer of a token head; returns the report on the main process (None elsewhere)."""
+def load_prefit(path: str | Path, normalizer: Normalizer, embodiment: str) -> ActionTokenizer:
+    """A tokenizer written by `vla-tokenizer fit` (its output_dir, or the tokenizer folder itself); a ValueError
+    when it was fit on another embodiment or on chunks normalised with other statistics than the policy's."""
+    path = Path(path)
+    folder = path if (path / META_FILE).is_file() else path / TOKENIZER_DIR
+    tokenizer = ActionTokenizer.load(folder, embodiment=embodiment)
+    stats_file = folder.parent / NORMALIZATION_FILE
+    if stats_file.is_file():
+        theirs = Normalizer.load(stats_file)
+        same = (theirs.mode == normalizer.mode and
+                theirs.stats.get(embodiment, {}).get("action") == normalizer.stats[embodiment]["action"])
+        if not same:
+            raise ValueError(f"the tokenizer in {folder} was fit on chunks normalised with {stats_file} "
+                             f"({theirs.mode}), which differs from this policy's {normalizer.mode} statistics of "
+                             f"{embodiment!r}: its tokens would encode other actions; fit it on this dataset "
+                             f"(vla-tokenizer fit with the same --dataset and --normalization) or leave "
+                             f"head.tokenizer_path empty")
+    return tokenizer
+
+
+def fit_action_tokenizer(policy, demos: ChunkedDemos, output_dir: str | Path, is_main: bool, wait,
+                         seed: int = 0) -> dict | None:
+    """Fit or load (main process), save to output_dir/action_tokenizer and attach (every process, after `wait()`)
+    the tokenizer of a token head; returns the report on the main process (None elsewhere)."""
     head_config = policy.config.head
     folder = Path(output_dir) / TOKENIZER_DIR
-    report = None
+    result = None
     if is_main:
         chunks = normalized_chunks(policy.normalizer, demos)
-        tokenizer, report = fit_tokenizer(head_config.tokenizer_config, chunks, demos.episode_index.numpy(),
-                                          head_config.tokenizer_holdout, demos.embodiment)
+        episodes = demos.episode_index.numpy()
+        if head_config.tokenizer_path:
+            tokenizer = load_prefit(head_config.tokenizer_path, policy.normalizer, demos.embodiment)
+            held = split_episodes(episodes, head_config.tokenizer_holdout, seed)
+            result = report(tokenizer, chunks, episodes, held, source=f"loaded from {head_config.tokenizer_path}")
+        else:
+            tokenizer, result = fit_tokenizer(head_config.tokenizer_config, chunks, episodes,
+                                              head_config.tokenizer_holdout, demos.embodiment, seed)
         tokenizer.save(folder)
-        (Path(output_dir) / FIT_REPORT).write_text(json.dumps(report, indent=1))
-    wait()  # every process reads the one fit
+        (Path(output_dir) / FIT_REPORT).write_text(json.dumps(result, indent=1))
+    wait()  # every process reads the one tokenizer
     policy.head.set_action_tokenizer(ActionTokenizer.load(folder, embodiment=demos.embodiment))
-    return report
+    return result
 
 
-def describe(report: dict) -> str:
+def describe(result: dict) -> str:
     """One line for the training log."""
-    rt = report["round_trip"]
-    where = "on the fit chunks (no episode held out)" if report["in_sample"] else (
-        f"on {report['held_out_chunks']} held-out chunks ({report['held_out_episodes']} episodes)")
-    return (f"action tokenizer {report['type']}: vocab {report['vocab_size']}, fit on {report['fit_chunks']} chunks; "
-            f"round trip {where}: mean |err| {rt['mean_abs_error']:.4f}, max {rt['max_abs_error']:.4f}, "
-            f"{rt['tokens_per_chunk']:.1f} tokens per chunk (max {rt['max_tokens_per_chunk']})")
+    rt = result["round_trip"]
+    where = "on its own fit chunks (no episode held out)" if result["in_sample"] else (
+        f"on {result['held_out_chunks']} held-out chunks ({result['held_out_episodes']} episodes)")
+    return (f"action tokenizer {result['type']} ({result['source']}): vocab {result['vocab_size']}, fit on "
+            f"{result['fit_chunks']} chunks; round trip {where}: mean |err| {rt['mean_abs_error']:.4f}, max "
+            f"{rt['max_abs_error']:.4f}, {rt['tokens_per_chunk']:.1f} tokens per chunk "
+            f"(max {rt['max_tokens_per_chunk']})")
