@@ -6,6 +6,8 @@
     <ckpt>/backbone/           the VLM's HF config and processor (no weights): rebuilds offline
     <ckpt>/meta.json           format version, head type, embodiments, parameter counts
     <ckpt>/bac_schedule.json   optional: block-caching schedules per step count (vla.action_heads.bac)
+    <ckpt>/action_tokenizer/   token heads only: the fitted action tokenizer (vla.tokenizers; action_tokenizer.json
+                               + its files), required by them, never present for the others
     <ckpt>/training_state/     resume only, written by vla.training.checkpoint (optimiser, step, RNG states)
 
 Deploy, the policy server and evaluation load checkpoints from here without importing training.
@@ -22,6 +24,9 @@ from safetensors.torch import load_file, save_model
 
 from vla.action_heads.bac import SCHEDULE_FILE, load_schedules, save_schedules
 from vla.config import ModelConfig, from_yaml, to_yaml
+from vla.tokenizers import ActionTokenizer
+
+TOKENIZER_DIR = "action_tokenizer"
 
 FORMAT_VERSION = 1
 REQUIRED_FILES = ("config.yaml", "model.safetensors", "norm_stats.json", "meta.json", "backbone")
@@ -29,6 +34,10 @@ REQUIRED_FILES = ("config.yaml", "model.safetensors", "norm_stats.json", "meta.j
 
 def save_policy(policy, path: str | Path) -> Path:
     path = Path(path)
+    tokenizer = policy.head.action_tokenizer
+    if policy.config.head.tokenizer_config is not None and tokenizer is None:  # before anything is written
+        raise ValueError(f"the {policy.config.head.type} head has no fitted action tokenizer to save with it; "
+                         f"attach one with policy.head.set_action_tokenizer (vla-train fits it)")
     path.mkdir(parents=True, exist_ok=True)
     backbone = dataclasses.replace(policy.config.backbone, pretrained="backbone")  # relative to the folder
     config = dataclasses.replace(policy.config, backbone=backbone)
@@ -43,6 +52,10 @@ def save_policy(policy, path: str | Path) -> Path:
         "parameters": {"total": count_parameters(policy), "backbone": count_parameters(policy.backbone),
                        "head": count_parameters(policy.head)},
     }
+    if tokenizer is not None:
+        tokenizer.save(path / TOKENIZER_DIR)
+        meta["action_tokenizer"] = {"type": tokenizer.config.type, "vocab_size": tokenizer.vocab_size,
+                                    "embodiment": tokenizer.embodiment}
     (path / "meta.json").write_text(json.dumps(meta, indent=2))
     if getattr(policy.head, "bac_schedules", None):
         save_schedules(policy.head.bac_schedules, path / SCHEDULE_FILE)
@@ -71,7 +84,10 @@ def load_policy(path: str | Path, expected_head: str | None = None, device: str 
     backbone_config = dataclasses.replace(config.backbone, pretrained=str(path / "backbone"))
     config = dataclasses.replace(config, backbone=backbone_config)
     normalizer = Normalizer.load(path / "norm_stats.json")
-    policy = VLAPolicy(config, normalizer, backbone=VLMBackbone(backbone_config, load_weights=False))
+    # read first, so that a missing or foreign tokenizer fails before the weights are loaded
+    tokenizer = load_tokenizer(path, config, normalizer.embodiments) if config.head.tokenizer_config else None
+    backbone = VLMBackbone(backbone_config, load_weights=False, lm_head=config.head.uses_vocabulary)
+    policy = VLAPolicy(config, normalizer, backbone=backbone)
     state = load_file(str(path / "model.safetensors"), device=str(device))
     missing_keys, unexpected = policy.load_state_dict(state, strict=False)
     # save_model keeps one name of each tied pair; the others are filled by the tie. Anything else is an error.
@@ -82,7 +98,24 @@ def load_policy(path: str | Path, expected_head: str | None = None, device: str 
     if (path / SCHEDULE_FILE).exists():
         for schedule in load_schedules(path / SCHEDULE_FILE):
             policy.head.add_bac_schedule(schedule)
+    if tokenizer is not None:
+        policy.head.set_action_tokenizer(tokenizer)
     return policy.to(device).eval()
+
+
+def load_tokenizer(path: Path, config: ModelConfig, embodiments: list[str]) -> ActionTokenizer:
+    """The checkpoint's action tokenizer; errors name a missing folder or file and a tokenizer fit on an
+    embodiment the checkpoint has no statistics for."""
+    folder = path / TOKENIZER_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} has a {config.head.type} head but no {TOKENIZER_DIR}/ folder: "
+                                f"the head predicts {config.head.tokenizer_config.type} tokens and needs the tokenizer "
+                                f"it was trained with (saved there by save_pretrained)")
+    tokenizer = ActionTokenizer.load(folder)
+    if tokenizer.embodiment not in embodiments:
+        raise ValueError(f"the action tokenizer in {folder} was fit on embodiment {tokenizer.embodiment!r}, but "
+                         f"checkpoint {path} was trained on {embodiments}; its tokens would mean other actions")
+    return tokenizer
 
 
 def tied_parameter_names(module: torch.nn.Module) -> set[str]:

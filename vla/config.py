@@ -38,9 +38,10 @@ class ModelConfig:
         if self.n_obs_steps < 1:
             raise ValueError(f"model.n_obs_steps must be >= 1; got {self.n_obs_steps}")
         if self.head.reads_language_cache and self.backbone.freeze_language:
-            raise ValueError(f"the {self.head.type} head denoises inside the backbone's language model "
-                             f"(head.denoiser=shared), so the language model must train: set "
-                             f"model.backbone.freeze_language=false, or use head.denoiser=separate")
+            raise ValueError(f"the {self.head.type} head runs its own tokens through the backbone's language model "
+                             f"(dita with head.denoiser=shared, token heads always), so the language model must "
+                             f"train: set model.backbone.freeze_language=false (for dita, head.denoiser=separate "
+                             f"also works)")
         if self.normalization not in NORMALIZATION_MODES:
             raise ValueError(f"model.normalization must be one of {NORMALIZATION_MODES}; got {self.normalization!r}")
         if not self.zscore_clip >= 0:

@@ -29,9 +29,11 @@ class VLAPolicy(nn.Module):
         super().__init__()
         self.config = config
         self.normalizer = normalizer
-        self.backbone = backbone if backbone is not None else VLMBackbone(config.backbone)
+        self.backbone = (backbone if backbone is not None
+                         else VLMBackbone(config.backbone, lm_head=config.head.uses_vocabulary))
         self.head = build_head(config.head, cond_dim=self.backbone.hidden_size, action_dim=config.max_action_dim,
-                               state_dim=config.max_state_dim, action_clip=sample_clip(normalizer.mode, config))
+                               state_dim=config.max_state_dim, action_clip=sample_clip(normalizer.mode, config),
+                               backbone=self.backbone)
 
     @property
     def embodiments(self) -> list[str]:
@@ -45,6 +47,7 @@ class VLAPolicy(nn.Module):
         if tuple(images.shape[1:]) != expected:
             raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] (cameras {self.config.cameras} x "
                              f"{self.config.n_obs_steps} history frames, oldest first); got {list(images.shape)}")
+        self._check_tokenizer_embodiments(embodiment)
         proprio = self.normalizer.normalize_state(state, embodiment).to(images.device)
         backbone = self.backbone(images, instruction, keep_cache=self.head.reads_language_cache)
         return Cond(backbone=backbone, proprio=proprio)
@@ -95,11 +98,19 @@ class VLAPolicy(nn.Module):
         """What `predict(num_steps=num_steps, bac=bac)` samples with: the step count actually used (None / 0 ->
         the head's default), BAC on or off and the threshold of the schedule it uses (an error when bac=True and
         no schedule is calibrated for those steps), and the observation history length."""
-        steps = num_steps or self.head.default_steps()
+        # a head that does not sample iteratively (token decoding) takes no step count
+        steps = (num_steps or self.head.default_steps()) if self.head.default_steps() is not None else None
         cache = self.head.block_cache(steps, True) if bac else None
         return {"num_inference_steps": steps, "bac": bool(bac),
                 "bac_threshold": cache.schedule.threshold if cache is not None else None,
                 "n_obs_steps": self.config.n_obs_steps}
+
+    def _check_tokenizer_embodiments(self, embodiment: list[str]) -> None:
+        """A token head's tokenizer was fit on one embodiment's chunks; refuse samples of another."""
+        tokenizer = self.head.action_tokenizer
+        if tokenizer is not None:
+            for name in sorted(set(embodiment)):
+                tokenizer.check_embodiment(name)
 
     def _normalize_actions(self, actions: Tensor, embodiment: list[str]) -> tuple[Tensor, Tensor]:
         """(normalised actions [B, H, D_max], dim mask [B, D_max]), one normaliser call per embodiment."""

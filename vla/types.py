@@ -7,10 +7,13 @@ L = backbone tokens, C = backbone width.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from vla.backbones.continuation import Continuation
 
 
 @dataclass
@@ -103,6 +106,10 @@ class PrefixCache(Protocol):
         [B, 1, T, L + T] says which keys (prefix, then suffix) each suffix token may attend to."""
         ...
 
+    def continuation(self) -> Continuation:
+        """A causal suffix after the prefix whose keys/values persist between `append` calls (token decoding)."""
+        ...
+
 
 @dataclass
 class BackboneOutput:
@@ -120,6 +127,13 @@ class BackboneOutput:
     cognition: Tensor
     past_key_values: PrefixCache | None = None
 
+    def repeat_interleave(self, repeats: int) -> BackboneOutput:
+        """Each sample repeated `repeats` times in a row."""
+        cache = self.past_key_values
+        return BackboneOutput(self.tokens.repeat_interleave(repeats, 0), self.token_mask.repeat_interleave(repeats, 0),
+                              self.cognition.repeat_interleave(repeats, 0),
+                              None if cache is None else cache.repeat_interleave(repeats))
+
 
 @dataclass
 class Cond:
@@ -131,3 +145,9 @@ class Cond:
     backbone: BackboneOutput
     proprio: Tensor
     extras: dict = field(default_factory=dict)
+
+    def repeat_interleave(self, repeats: int) -> Cond:
+        """Each sample repeated `repeats` times in a row (extras are shared, not repeated)."""
+        if repeats == 1:
+            return self
+        return Cond(self.backbone.repeat_interleave(repeats), self.proprio.repeat_interleave(repeats, 0), self.extras)

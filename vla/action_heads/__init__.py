@@ -1,5 +1,6 @@
 """Action heads behind one interface; importing this package registers the built-in heads."""
 
+from vla.action_heads.ar import ARHead, ARHeadConfig
 from vla.action_heads.base import (
     ActionHead,
     HeadConfig,
@@ -13,4 +14,5 @@ from vla.action_heads.dita import DitaHead, DitaHeadConfig
 from vla.action_heads.flow import FlowHead, FlowHeadConfig
 
 __all__ = ["ActionHead", "HeadConfig", "TransformerHeadConfig", "build_head", "head_config_class", "register_head",
-           "DiTHead", "DiTHeadConfig", "DitaHead", "DitaHeadConfig", "FlowHead", "FlowHeadConfig"]
+           "ARHead", "ARHeadConfig", "DiTHead", "DiTHeadConfig", "DitaHead", "DitaHeadConfig", "FlowHead",
+           "FlowHeadConfig"]

@@ -1,9 +1,13 @@
 """The action-head interface and its registry.
 
 A head owns only its network. It is trained with `loss(cond, actions, pad)` and queried with
-`sample(cond)`; both work in the normalised, padded action space [B, H, D_max]. A new head is one
-module: a config dataclass registered under a name with `@register_head`, and an `ActionHead`
-subclass that the config's `build` returns.
+`sample(cond)` (or `sample_n(cond, n)` for n chunks per observation); both work in the normalised,
+padded action space [B, H, D_max]. A new head is one module: a config dataclass registered under a
+name with `@register_head`, and an `ActionHead` subclass that the config's `head_class` names.
+
+Token heads (`ar`) also need the backbone itself (to add action tokens to its vocabulary: the config's
+`uses_vocabulary`) and a fitted action tokenizer (`tokenizer_config`): `build_head` hands them the
+backbone, training fits the tokenizer and `set_action_tokenizer` attaches it, and the checkpoint keeps it.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import draccus
 import torch
 from torch import Tensor, nn
 
 from vla.types import Cond
+
+if TYPE_CHECKING:
+    from vla.tokenizers import ActionTokenizer, TokenizerConfig
 
 
 @dataclass
@@ -38,6 +46,18 @@ class HeadConfig(draccus.ChoiceRegistry):
     def reads_language_cache(self) -> bool:
         """The head runs its own tokens through the backbone's LLM (so that LLM must train); see ActionHead."""
         return False
+
+    @property
+    def uses_vocabulary(self) -> bool:
+        """The head reads and writes tokens of the backbone LLM's vocabulary: the backbone keeps its LM head and
+        `build_head` passes the backbone to the head (which adds its action tokens)."""
+        return False
+
+    @property
+    def tokenizer_config(self) -> TokenizerConfig | None:
+        """The action tokenizer the head predicts tokens of (fit on the training data before training and saved
+        in the checkpoint's action_tokenizer/); None for heads without one."""
+        return None
 
 
 @dataclass
@@ -62,15 +82,22 @@ class TransformerHeadConfig(HeadConfig):
 
 
 def build_head(config: HeadConfig, cond_dim: int, action_dim: int, state_dim: int,
-               action_clip: float | None = 1.0) -> ActionHead:
+               action_clip: float | None = 1.0, backbone: nn.Module | None = None) -> ActionHead:
     """Instantiate the head a registered config describes (its class is `config.head_class`).
 
     action_clip: sampled normalised actions are clipped to [-action_clip, action_clip]; None: no clip
-    (see `ActionHead.action_clip`)."""
+    (see `ActionHead.action_clip`). backbone: the `VLMBackbone` (built with its LM head), passed to heads whose
+    config `uses_vocabulary` (required for them, ignored for the others)."""
     head_class = getattr(type(config), "head_class", None)
     if head_class is None:
         raise TypeError(f"{type(config).__name__} has no `head_class`; set it to its ActionHead subclass")
-    head = head_class(config, cond_dim=cond_dim, action_dim=action_dim, state_dim=state_dim)
+    extra = {}
+    if config.uses_vocabulary:
+        if backbone is None:
+            raise ValueError(f"the {config.type} head predicts tokens of the backbone's vocabulary: build it with "
+                             f"build_head(..., backbone=VLMBackbone(cfg, lm_head=True)) (VLAPolicy does this)")
+        extra["backbone"] = backbone
+    head = head_class(config, cond_dim=cond_dim, action_dim=action_dim, state_dim=state_dim, **extra)
     head.action_clip = action_clip
     return head
 
@@ -104,6 +131,15 @@ class ActionHead(nn.Module, ABC):
         self.action_clip: float | None = 1.0
 
     @property
+    def action_tokenizer(self) -> ActionTokenizer | None:
+        """The fitted action tokenizer of a token head (None until attached, and for heads without one)."""
+        return None
+
+    def set_action_tokenizer(self, tokenizer: ActionTokenizer) -> None:
+        """Attach a fitted tokenizer (token heads check that it fits them)."""
+        raise TypeError(f"the {self.config.type} head predicts no tokens and takes no action tokenizer")
+
+    @property
     def reads_language_cache(self) -> bool:
         """The head runs its own tokens through the backbone's LLM after the observation prefix, so it needs
         `cond.backbone.past_key_values` (the policy asks the backbone for it)."""
@@ -121,6 +157,15 @@ class ActionHead(nn.Module, ABC):
     @abstractmethod
     def sample(self, cond: Cond, generator: torch.Generator | None = None, **options) -> Tensor:
         """Sample one chunk per batch element: [B, H, D] normalised actions."""
+
+    def sample_n(self, cond: Cond, n: int, generator: torch.Generator | None = None, **options) -> Tensor:
+        """n chunks per batch element, [B, n, H, D], drawn together as one batch of B * n (the backbone's
+        output is repeated, not recomputed): independent draws for stochastic sampling, n equal chunks for a
+        deterministic one (e.g. greedy decoding)."""
+        if n < 1:
+            raise ValueError(f"sample_n needs n >= 1; got {n}")
+        chunks = self.sample(cond.repeat_interleave(n), generator=generator, **options)  # (B * n, H, D)
+        return chunks.view(-1, n, *chunks.shape[1:])
 
     def default_steps(self) -> int | None:
         """Sampling steps when the caller gives none (None: the head does not sample iteratively)."""

@@ -4,6 +4,11 @@ A head that denoises inside the VLM (Dita with `denoiser: shared`) embeds its to
 width and runs them through the LLM's own layers, attending to the observation (image +
 instruction + cognition tokens) through the keys/values cached when the backbone encoded it. The
 prefix is encoded once per observation; each denoising step runs only the few suffix tokens.
+
+A head that writes tokens of the LLM's vocabulary (`ar`) instead opens a `Continuation`: the prefix's
+keys/values plus those of every suffix token run so far, kept between calls, so autoregressive
+decoding runs one token per step (each step attends to the L + t cached keys; nothing is recomputed).
+It reads and writes tokens through the prefix's `Vocabulary` (the LLM's token table and LM head).
 """
 
 from __future__ import annotations
@@ -19,6 +24,33 @@ from vla.types import KV, additive_mask, repeat_kv
 
 
 @dataclass
+class Vocabulary:
+    """The LLM's input token table and its LM head (output embeddings), for heads that read and write tokens.
+
+    softcap: Gemma-2 style final-logit soft-capping (logits -> softcap * tanh(logits / softcap)); None = none.
+    """
+
+    embeddings: nn.Embedding
+    lm_head: nn.Linear
+    softcap: float | None = None
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Token ids [...] (global vocabulary ids) -> input embeddings [..., C], as the LLM embeds text tokens
+        (unscaled table rows: an LLM that rescales its inputs, like Gemma, does so itself)."""
+        return self.embeddings(ids)
+
+    def logits(self, hidden: Tensor, ids: Tensor) -> Tensor:
+        """LM-head logits [..., K] of last-layer hidden states [..., C] for the K token ids `ids` [K] only."""
+        weight = self.lm_head.weight[ids]  # (K, C): the rows of the other tokens are never multiplied
+        logits = hidden.to(weight.dtype) @ weight.T
+        if self.lm_head.bias is not None:
+            logits = logits + self.lm_head.bias[ids]
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
+
+
+@dataclass
 class LanguagePrefix:
     """The backbone LLM's per-layer keys/values of an encoded prefix, and how to continue after it.
 
@@ -31,6 +63,7 @@ class LanguagePrefix:
         features by it), so for Gemma this is 1 / sqrt(hidden) and a unit-scale head token enters the
         LLM at the scale of the prefix tokens; 1 for LLMs that do not rescale.
     dtype: the dtype of the prefix embeddings; the suffix is cast to it.
+    vocabulary: the LLM's token table and LM head, when the backbone kept its LM head (token heads).
     """
 
     keys_values: list[KV]
@@ -39,6 +72,7 @@ class LanguagePrefix:
     language_model: nn.Module
     input_scale: float = 1.0
     dtype: torch.dtype = torch.float32
+    vocabulary: Vocabulary | None = None
 
     def repeat_interleave(self, repeats: int) -> LanguagePrefix:
         """Each sample repeated `repeats` times in a row (one per noise draw)."""
@@ -64,3 +98,43 @@ class LanguagePrefix:
         cache = DynamicCache(ddp_cache_data=self.keys_values)
         return self.language_model(inputs_embeds=embeds, attention_mask=additive_mask(allowed, self.dtype),
                                    past_key_values=cache, position_ids=positions, use_cache=True).last_hidden_state
+
+    def continuation(self) -> Continuation:
+        """An empty suffix after this prefix whose keys/values persist across `Continuation.append` calls."""
+        return Continuation(self)
+
+
+class Continuation:
+    """A growing causal suffix after a `LanguagePrefix`: every appended token's keys/values are kept.
+
+    Each `append(embeds [B, T, C])` runs only the T new tokens: they attend to the real prefix tokens, to
+    every suffix token appended before and causally to each other, at positions continuing each sample's
+    prefix. Appending a sequence in one call or token by token gives the same hidden states (teacher
+    forcing vs decoding). The prefix's own tensors are never modified, so one prefix serves many continuations.
+    """
+
+    def __init__(self, prefix: LanguagePrefix):
+        self.prefix = prefix
+        # DynamicCache.update concatenates into new tensors, so the prefix's keys/values stay intact.
+        self.cache = DynamicCache(ddp_cache_data=prefix.keys_values)
+        self.key_mask = prefix.token_mask.bool()  # (B, L + length): keys a new token may attend to
+        self.length = 0  # suffix tokens appended so far
+
+    def append(self, embeds: Tensor) -> Tensor:
+        """Last-layer hidden states [B, T, C] of T new tokens `embeds` [B, T, C] given in the LLM's input space
+        (a token table row as is; a head's own unit-scale vector times `prefix.input_scale`)."""
+        batch, length = embeds.shape[:2]
+        if batch != self.key_mask.shape[0]:
+            raise ValueError(f"continuation of a batch of {self.key_mask.shape[0]}: got {batch} rows of tokens")
+        device = embeds.device
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        allowed = torch.cat([self.key_mask[:, None, :].expand(batch, length, -1),
+                             causal.expand(batch, -1, -1)], dim=-1)[:, None]  # (B, 1, T, L + length + T)
+        positions = self.prefix.next_position[:, None] + self.length + torch.arange(length, device=device)
+        hidden = self.prefix.language_model(inputs_embeds=embeds.to(self.prefix.dtype),
+                                            attention_mask=additive_mask(allowed, self.prefix.dtype),
+                                            past_key_values=self.cache, position_ids=positions,
+                                            use_cache=True).last_hidden_state
+        self.key_mask = torch.cat([self.key_mask, torch.ones(batch, length, dtype=torch.bool, device=device)], 1)
+        self.length += length
+        return hidden

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from vla.backbones.config import BackboneConfig
-from vla.backbones.continuation import LanguagePrefix
+from vla.backbones.continuation import LanguagePrefix, Vocabulary
 from vla.types import BackboneOutput, additive_mask, validate_images
 
 
@@ -95,26 +95,34 @@ class LLMInputs(NamedTuple):
 
 
 class VLMBackbone(nn.Module):
-    """Pretrained VLM (base model, no LM head) + learnable cognition token.
+    """Pretrained VLM (base model; its LM head only when asked) + learnable cognition token.
 
     forward(images uint8 [B, N, H, W, 3], instructions B strings) -> BackboneOutput with
     tokens [B, L, C], token_mask bool [B, L], cognition [B, C]; C = hidden_size. With
     keep_cache=True also past_key_values: the LLM's prefix cache as a `LanguagePrefix`, through
-    which a head runs its own tokens after the observation.
+    which a head runs its own tokens after the observation (and, with the LM head kept, reads and
+    writes vocabulary tokens through its `Vocabulary`).
     """
 
-    def __init__(self, cfg: BackboneConfig, load_weights: bool = True) -> None:
+    def __init__(self, cfg: BackboneConfig, load_weights: bool = True, lm_head: bool = False) -> None:
         """load_weights=False builds the architecture from the saved HF config only (weights then come
-        from a policy checkpoint's model.safetensors, so they are not read twice)."""
+        from a policy checkpoint's model.safetensors, so they are not read twice).
+
+        lm_head: keep the VLM's LM head (token heads predict vocabulary tokens with it); otherwise it is
+        dropped, as heads that read hidden states never use it (and unused weights upset DDP)."""
         super().__init__()
         cfg.validate()
         self.cfg = cfg
         self.family = _FAMILIES[cfg.family]
         _check_family(cfg)
         self.processor = _load_processor(cfg)
-        full = _load_weights(self.family.model_cls, cfg) if load_weights else _from_config(self.family.model_cls, cfg)
-        self.vlm = full.model  # drop the LM head: only hidden states are needed
+        full = (_load_weights(self.family.model_cls, cfg, lm_head) if load_weights
+                else _from_config(self.family.model_cls, cfg))
+        self.vlm = full.model
+        self.lm_head: nn.Linear | None = full.lm_head if lm_head else None
         self._full_config = full.config
+        self.text_vocab_size: int = self.vlm.get_input_embeddings().num_embeddings  # before any action tokens
+        self.num_added_tokens = 0
         self.hidden_size: int = full.config.text_config.hidden_size
         self.image_size: int = full.config.vision_config.image_size
         self._text_cache: dict[str, list[int]] = {}
@@ -126,9 +134,83 @@ class VLMBackbone(nn.Module):
         self._apply_freezing()
 
     def save_structure(self, directory) -> None:
-        """Write the VLM's HF config and processor (no weights) so the backbone rebuilds offline."""
+        """Write the VLM's HF config and processor (no weights) so the backbone rebuilds offline.
+
+        The config keeps the text vocabulary: action tokens are added again by the head that added them."""
         self._full_config.save_pretrained(directory)
         self.processor.save_pretrained(directory)
+
+    # ---- vocabulary (token heads) ------------------------------------------------------------------
+
+    @property
+    def vocabulary(self) -> Vocabulary | None:
+        """The LLM's token table and LM head, or None when the LM head was dropped."""
+        if self.lm_head is None:
+            return None
+        softcap = getattr(self._full_config.get_text_config(), "final_logit_softcapping", None)
+        return Vocabulary(self.vlm.get_input_embeddings(), self.lm_head, softcap)
+
+    def add_action_tokens(self, count: int, reuse_text_tokens: bool = False) -> Tensor:
+        """Global ids [count] (long) for `count` action tokens; local action id k is ids[k].
+
+        New tokens (default): the token table and LM head grow by `count` rows after the text vocabulary
+        (ids text_vocab_size .. + count - 1), so they never collide with a text token. The new rows start
+        at the mean of the existing ones plus noise of their per-dimension spread (distinct, typical
+        tokens). reuse_text_tokens: OpenVLA's scheme; the last `count` ids of the text vocabulary, taken
+        to be its least used, are overwritten by training; an id the prompt layout or the tokenizer's
+        special tokens use is refused.
+        """
+        if self.lm_head is None:
+            raise ValueError("action tokens need the VLM's LM head, which this backbone dropped; build it with "
+                             "VLMBackbone(..., lm_head=True) (VLAPolicy does this for token heads)")
+        if self.num_added_tokens:
+            raise ValueError(f"this backbone already holds {self.num_added_tokens} action tokens; one token head "
+                             f"per backbone")
+        if count < 1:
+            raise ValueError(f"the number of action tokens must be >= 1; got {count}")
+        vocab = self.text_vocab_size
+        if not reuse_text_tokens:
+            self._grow_vocabulary(count)
+            self.num_added_tokens = count
+            return torch.arange(vocab, vocab + count)
+        reserved = self.reserved_token_ids()
+        if count > vocab - len(reserved):
+            raise ValueError(f"cannot reuse {count} text tokens as action tokens: the text vocabulary has {vocab} "
+                             f"ids, {len(reserved)} of them used by the prompt or special tokens; use new tokens "
+                             f"(head.vocabulary=new) or a tokenizer with fewer ids")
+        ids = torch.arange(vocab - count, vocab)
+        clash = sorted(set(reserved) & set(ids.tolist()))
+        if clash:
+            raise ValueError(f"cannot reuse the last {count} text token ids ({vocab - count}..{vocab - 1}) as action "
+                             f"tokens: the prompt or special tokens use {len(clash)} of them (e.g. {clash[:8]}); use "
+                             f"new tokens (head.vocabulary=new) or a tokenizer with fewer ids")
+        return ids
+
+    def reserved_token_ids(self) -> list[int]:
+        """Ids the prompt layout and the text tokenizer's special tokens use (never reused for actions)."""
+        tok = self.processor.tokenizer
+        ids = set(tok.all_special_ids) | set(self._lead_ids) | set(self._open_ids) | set(self._close_ids)
+        ids |= set(self._text_before) | set(self._text_after)
+        if tok.pad_token_id is not None:
+            ids.add(tok.pad_token_id)
+        return sorted(ids)
+
+    def _grow_vocabulary(self, count: int) -> None:
+        """Append `count` rows to the token table and (unless tied to it) the LM head, in place (as HF's
+        resize_token_embeddings does), so the modules keep their class and the parameter names stay."""
+        table = self.vlm.get_input_embeddings()
+        tied = self.lm_head.weight is table.weight
+        table.weight = nn.Parameter(_with_new_rows(table.weight.data, count), requires_grad=table.weight.requires_grad)
+        table.num_embeddings += count
+        head = self.lm_head
+        if tied:
+            head.weight = table.weight
+        else:
+            head.weight = nn.Parameter(_with_new_rows(head.weight.data, count), requires_grad=head.weight.requires_grad)
+        if head.bias is not None:
+            head.bias = nn.Parameter(torch.cat([head.bias.data, head.bias.data.new_zeros(count)]),
+                                     requires_grad=head.bias.requires_grad)
+        head.out_features += count
 
     # ---- setup -------------------------------------------------------------------------------------
 
@@ -222,7 +304,7 @@ class VLMBackbone(nn.Module):
         next_position = inputs.position_ids.gather(1, inputs.cog_index[:, None])[:, 0] + 1
         scale = self.hidden_size ** -0.5 if self.family.scales_inputs else 1.0
         return LanguagePrefix([(layer.keys, layer.values) for layer in cache.layers], inputs.token_mask,
-                              next_position, self.language_model, scale, inputs.embeds.dtype)
+                              next_position, self.language_model, scale, inputs.embeds.dtype, self.vocabulary)
 
     @property
     def language_model(self) -> nn.Module:
@@ -280,8 +362,15 @@ class VLMBackbone(nn.Module):
         return additive_mask(allowed & token_mask[:, None, :], dtype).unsqueeze(1)
 
 
-# Weights of the HF model the wrapper drops (it keeps only `.model`), so a checkpoint may lack them.
+# Weights of the HF model the wrapper drops unless asked for its LM head, so a checkpoint may lack them.
 _UNUSED_WEIGHTS = ("lm_head.",)
+
+
+def _with_new_rows(weight: Tensor, count: int) -> Tensor:
+    """weight [V, C] followed by `count` rows drawn around its mean with its per-dimension spread: [V + count, C]."""
+    rows = weight.float()
+    new = rows.mean(0) + rows.std(0) * torch.randn(count, rows.shape[1], device=weight.device)
+    return torch.cat([weight, new.to(weight.dtype)])
 
 
 def _check_family(cfg: BackboneConfig) -> None:
@@ -301,11 +390,14 @@ def _check_family(cfg: BackboneConfig) -> None:
                          f"set backbone.family to match (families and their model types: {known})")
 
 
-def _load_weights(cls: type, cfg: BackboneConfig):
-    """The pretrained model; a ValueError when any weight the backbone uses is missing from the checkpoint or has
-    another shape (HF would initialise it at random with only a warning)."""
+def _load_weights(cls: type, cfg: BackboneConfig, lm_head: bool = False):
+    """The pretrained model; a ValueError when any weight the backbone uses (the LM head too when kept, unless
+    it is tied to the token table) is missing from the checkpoint or has another shape (HF would initialise it
+    at random with only a warning)."""
     full, info = _load(cls, cfg, output_loading_info=True)
-    missing = [k for k in info["missing_keys"] if not k.startswith(_UNUSED_WEIGHTS)]
+    tied = full.lm_head.weight is full.model.get_input_embeddings().weight
+    unused = _UNUSED_WEIGHTS if tied or not lm_head else ()
+    missing = [k for k in info["missing_keys"] if not k.startswith(unused)]
     mismatched = [k for k, *_ in info.get("mismatched_keys", [])]
     if missing or mismatched:
         raise ValueError(f"backbone {cfg.pretrained!r} lacks {len(missing)} pretrained weights the {cfg.family} model "

@@ -76,11 +76,15 @@ class HeadVariant:
     options: dict[str, Any] = field(default_factory=dict)
 
     def build_head_config(self, sizes: HeadSizeConfig):
-        """The head config: the shared sizes, then the options (nested ones too, e.g. {diffusion: {...}})."""
+        """The head config: the shared sizes it has (a token head such as ar has no denoiser sizes), then the
+        options (nested ones too, e.g. {diffusion: {...}} or {tokenizer: {type: fast}})."""
         if not self.head:
-            raise ValueError("a head variant must name its registered head (head: dit | dita | flow ...)")
+            raise ValueError("a head variant must name its registered head (head: dit | dita | flow | ar ...)")
+        config_class = head_config_class(self.head)
+        names = {f.name for f in dataclasses.fields(config_class)}
+        shared = {k: v for k, v in dataclasses.asdict(sizes).items() if k in names}
         try:
-            return draccus.decode(head_config_class(self.head), dataclasses.asdict(sizes) | self.options)
+            return draccus.decode(config_class, shared | self.options)
         except draccus.utils.DecodingError as err:
             raise ValueError(f"variant options {self.options} do not fit the {self.head} head config: {err}") from err
 

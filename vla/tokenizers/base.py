@@ -40,6 +40,17 @@ class TokenizerConfig(draccus.ChoiceRegistry):
     def type(self) -> str:
         return self.get_choice_name(self.__class__)
 
+    @property
+    def max_vocab_size(self) -> int:
+        """An upper bound on the fitted `vocab_size`, known before fitting (a token head sizes its vocabulary
+        from it, so a checkpoint's model structure never depends on the fit)."""
+        raise NotImplementedError(f"{type(self).__name__} must define max_vocab_size")
+
+    @property
+    def fixed_length(self) -> bool:
+        """Every chunk encodes to exactly `max_tokens_per_chunk` ids (else a token head ends a sequence itself)."""
+        return False
+
 
 def register_tokenizer(name: str):
     """Class decorator registering a TokenizerConfig subclass under `name`."""

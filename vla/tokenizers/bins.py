@@ -34,6 +34,14 @@ class BinsTokenizerConfig(TokenizerConfig):
             raise ValueError(f"tokenizer quantiles need 0 <= low_quantile < high_quantile <= 1; got "
                              f"low_quantile={self.low_quantile}, high_quantile={self.high_quantile}")
 
+    @property
+    def max_vocab_size(self) -> int:
+        return self.n_bins
+
+    @property
+    def fixed_length(self) -> bool:
+        return True  # H * D ids per chunk
+
 
 class BinsTokenizer(ActionTokenizer):
     """Chunks [B, H, D] <-> H * D bin indices per chunk."""

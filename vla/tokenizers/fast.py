@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.fft import dct, idct
 from tokenizers import Tokenizer, models, trainers
 
 from vla.tokenizers.base import ActionTokenizer, TokenizerConfig, register_tokenizer
@@ -53,6 +52,10 @@ class FastTokenizerConfig(TokenizerConfig):
         if self.min_frequency < 1:
             raise ValueError(f"tokenizer.min_frequency must be >= 1; got {self.min_frequency}")
 
+    @property
+    def max_vocab_size(self) -> int:
+        return self.vocab_size  # BPE training may stop below it
+
 
 class FastTokenizer(ActionTokenizer):
     """Chunks [B, H, D] <-> variable-length BPE ids over rounded, scaled DCT coefficients."""
@@ -74,6 +77,10 @@ class FastTokenizer(ActionTokenizer):
 
     def coefficients(self, chunks: np.ndarray) -> np.ndarray:
         """Normalised chunks [B, H, D] -> rounded, scaled DCT coefficients [B, H*D] int64, coefficient-major."""
+        # imported here: scipy is not a core dependency (the sim extra brings it), and vla.config imports this
+        # module (the ar head's tokenizer choices), so every import of vla.config would otherwise need it
+        from scipy.fft import dct
+
         coeffs = dct(chunks, axis=1, norm="ortho") * self.config.scale  # (B, H, D): row h = frequency h
         return np.rint(coeffs).astype(np.int64).reshape(len(chunks), -1)
 
@@ -112,6 +119,8 @@ class FastTokenizer(ActionTokenizer):
             values = np.array([ord(c) for c in text[:size]], dtype=np.float64) + self.min_coeff
             row[:len(values)] = values
         coeffs = coeffs.reshape(len(tokens), self.horizon, self.action_dim) / self.config.scale  # (B, H, D)
+        from scipy.fft import idct
+
         return idct(coeffs, axis=1, norm="ortho")
 
     def _state(self) -> dict[str, Any]:

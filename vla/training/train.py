@@ -5,6 +5,7 @@
 
 Batches are drawn from an in-memory copy of the LeRobot dataset (see vla.data.dataset), each rank
 with its own seed, so data-parallel ranks see different samples without a sharded DataLoader.
+A token head's action tokenizer is fit on the dataset before the first step (vla.training.tokenizer_fit).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from vla.training.checkpoint import (
     save_training_state,
 )
 from vla.training.logging import ScalarLogger, plot_loss_curve
+from vla.training.tokenizer_fit import describe, fit_action_tokenizer
 
 
 @dataclass
@@ -266,6 +268,10 @@ def train(cfg: TrainRunConfig) -> Path:
         raise FileExistsError(f"{out} already holds checkpoints; pass --train.resume=true to continue, "
                               f"or choose another --train.output_dir")
     policy = build_policy(cfg, demos, resume_from)
+    if resume_from is None and cfg.model.head.tokenizer_config is not None:  # token heads (a resumed one has its own)
+        report = fit_action_tokenizer(policy, demos, out, accelerator.is_main_process, accelerator.wait_for_everyone)
+        if report is not None:
+            accelerator.print(describe(report))
     optimizer = make_optimizer(policy, cfg.train)
     if resume_from is not None:
         load_training_state(resume_from / "training_state", optimizer)

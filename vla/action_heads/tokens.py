@@ -1,0 +1,267 @@
+"""What every token head shares: action tokens in the backbone LLM's vocabulary, teacher forcing, decoding.
+
+A token head predicts an action chunk as a sequence of action-tokenizer ids (`vla/tokenizers`) with
+the backbone's own language model, after the observation prefix:
+
+    [observation prefix: images, instruction, COG] [state token] a_0 a_1 ... a_{T-1} [END]
+
+- Ids. The tokenizer's ids are local, 0..vocab_size-1. The head reserves `num_slots` action tokens in the
+  LLM's vocabulary: the tokenizer's upper bound on its vocabulary (`max_vocab_size`, known before it is
+  fit, so a checkpoint's structure never depends on the fit), plus one end-of-action token (local id
+  `max_vocab_size`) for tokenizers of variable length (FAST). Local id k is LLM id `action_ids[k]`:
+  new rows appended after the text vocabulary (`vocabulary: new`, the default; they never collide with
+  a text token) or the last ids of the text vocabulary (`vocabulary: reuse`, OpenVLA's scheme).
+- Prefix. The observation prefix is the backbone's (images + instruction + cognition token), encoded
+  once and read through its cached keys/values (`LanguagePrefix`). As dit / dita / flow do, the
+  normalised state enters as one projected token after it (`use_proprio`); the first action token is
+  predicted at that token (or, without it, at the cognition token, the prefix's last position).
+- Logits are the LM head's, restricted to the action tokens (and to the ids the fitted tokenizer has):
+  training's cross-entropy and decoding both see only valid action tokens, so decoding cannot emit a
+  text token.
+- Decoding keeps one `Continuation`: each step appends one token, attending to the cached prefix and the
+  tokens before it; `kv_cache=False` recomputes the whole suffix at every step instead (a reference).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vla.action_heads.base import ActionHead, HeadConfig
+from vla.backbones.continuation import Continuation, LanguagePrefix, Vocabulary
+from vla.tokenizers import ActionTokenizer, BinsTokenizerConfig, TokenizerConfig
+from vla.types import Cond
+
+VOCABULARY_MODES = ("new", "reuse")
+
+
+@dataclass
+class TokenHeadConfig(HeadConfig):
+    """Settings every token head shares; not registered itself."""
+
+    # the action tokenizer (--model.head.tokenizer.type bins | fast, plus its own fields)
+    tokenizer: TokenizerConfig = field(default_factory=BinsTokenizerConfig)
+    # new: action tokens appended to the LLM's vocabulary; reuse: the last text token ids (OpenVLA)
+    vocabulary: str = "new"
+    use_proprio: bool = True  # a state token between the observation and the action tokens
+    temperature: float = 0.0  # decoding: 0 = greedy (argmax); > 0 samples from softmax(logits / temperature)
+    # share of the training episodes held out of the tokenizer fit to report its round-trip error (training)
+    tokenizer_holdout: float = 0.1
+    # a tokenizer fit beforehand by `vla-tokenizer fit` (its output_dir or tokenizer folder), loaded by training
+    # instead of fitting one on the training set; it must be of the `tokenizer` type with the same vocabulary
+    tokenizer_path: str = ""
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1:
+            raise ValueError(f"head.horizon must be >= 1; got {self.horizon}")
+        if self.vocabulary not in VOCABULARY_MODES:
+            raise ValueError(f"head.vocabulary must be one of {VOCABULARY_MODES}; got {self.vocabulary!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"head.temperature must be >= 0 (0 = greedy); got {self.temperature}")
+        if not 0 <= self.tokenizer_holdout < 1:
+            raise ValueError(f"head.tokenizer_holdout must be in [0, 1); got {self.tokenizer_holdout}")
+
+    @property
+    def reads_language_cache(self) -> bool:
+        return True
+
+    @property
+    def uses_vocabulary(self) -> bool:
+        return True
+
+    @property
+    def tokenizer_config(self) -> TokenizerConfig:
+        return self.tokenizer
+
+    @property
+    def num_slots(self) -> int:
+        """Action tokens reserved in the LLM vocabulary: the tokenizer's ids (+ END when of variable length)."""
+        return self.tokenizer.max_vocab_size + (0 if self.tokenizer.fixed_length else 1)
+
+
+class TokenHead(ActionHead):
+    """Base of heads whose backbone LLM writes action-tokenizer ids (see the module docstring).
+
+    Subclasses use `targets` (chunks -> local ids), `logits` (teacher forcing), `decode_ids` (decoding)
+    and `ids_to_chunks`.
+    """
+
+    def __init__(self, config: TokenHeadConfig, cond_dim: int, action_dim: int, state_dim: int, backbone):
+        super().__init__(config, action_dim)
+        self.config: TokenHeadConfig = config
+        self.num_slots = config.num_slots
+        self.end_id: int | None = None if config.tokenizer.fixed_length else config.tokenizer.max_vocab_size
+        ids = backbone.add_action_tokens(self.num_slots, reuse_text_tokens=config.vocabulary == "reuse")
+        # derived from the config and the backbone's text vocabulary, so not saved
+        self.register_buffer("action_ids", ids.long(), persistent=False)  # (num_slots,) LLM id of each local id
+        self.state_proj = nn.Linear(state_dim, cond_dim) if config.use_proprio else None
+        self._tokenizer: ActionTokenizer | None = None
+
+    # ---- the tokenizer -------------------------------------------------------------------------------
+
+    @property
+    def action_tokenizer(self) -> ActionTokenizer | None:
+        return self._tokenizer
+
+    def set_action_tokenizer(self, tokenizer: ActionTokenizer) -> None:
+        """Attach a fitted tokenizer; a ValueError unless it is of the configured type with the same vocabulary
+        bound and length rule (the head's structure; fit settings such as a VQ's training steps may differ),
+        fit for this horizon, at most this action width, and within the reserved vocabulary."""
+        kind, mine, theirs = self.config.tokenizer.type, self.config.tokenizer, tokenizer.config
+        if not tokenizer.is_fit:
+            raise ValueError(f"the {self.config.type} head needs a fitted {kind} tokenizer; call fit(chunks) first")
+        if (theirs.type, theirs.max_vocab_size, theirs.fixed_length) != (kind, mine.max_vocab_size, mine.fixed_length):
+            raise ValueError(f"the {self.config.type} head is configured for a {kind} tokenizer of at most "
+                             f"{mine.max_vocab_size} ids ({mine}); got a {theirs.type} tokenizer of at most "
+                             f"{theirs.max_vocab_size} ids ({theirs}): set model.head.tokenizer to match it")
+        if tokenizer.horizon != self.config.horizon or tokenizer.action_dim > self.action_dim:
+            raise ValueError(f"the {kind} tokenizer was fit for chunks of H={tokenizer.horizon}, D="
+                             f"{tokenizer.action_dim}; this head predicts H={self.config.horizon} actions of at most "
+                             f"{self.action_dim} dims (head.horizon, model.max_action_dim)")
+        if tokenizer.vocab_size > self.config.tokenizer.max_vocab_size:
+            raise ValueError(f"the {kind} tokenizer has {tokenizer.vocab_size} ids; the head reserved "
+                             f"{self.config.tokenizer.max_vocab_size}")
+        self._tokenizer = tokenizer
+
+    def require_tokenizer(self) -> ActionTokenizer:
+        if self._tokenizer is None:
+            raise RuntimeError(f"the {self.config.type} head has no fitted action tokenizer: vla-train fits one before "
+                               f"training, a checkpoint loads its action_tokenizer/ folder, or attach one with "
+                               f"head.set_action_tokenizer(tokenizer)")
+        return self._tokenizer
+
+    def valid_slots(self, device: torch.device) -> Tensor:
+        """bool [num_slots]: the local ids decoding may emit (the fitted vocabulary, and END if any)."""
+        slots = torch.arange(self.num_slots, device=device)
+        valid = slots < self.require_tokenizer().vocab_size
+        return valid | (slots == self.end_id) if self.end_id is not None else valid
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest id sequence decoding runs: the tokenizer's bound per chunk (+ END)."""
+        return self.require_tokenizer().max_tokens_per_chunk + (self.end_id is not None)
+
+    # ---- chunks <-> ids ------------------------------------------------------------------------------
+
+    def targets(self, actions: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Normalised padded chunks [B, H, D_max] -> (local ids [B, T] long, real bool [B, T]), END appended for
+        variable-length tokenizers, right-padded with END (or 0) where real is False.
+
+        The tokenizer sees the first D dims it was fit for (the others must be padding: valid [B, H, D_max]);
+        steps past the episode end (valid False) repeat the last real step, as LeRobot pads them, so what
+        the padded entries hold never reaches the loss.
+        """
+        tokenizer = self.require_tokenizer()
+        dim = tokenizer.action_dim
+        real_dims = valid.any(1)  # (B, D_max)
+        if real_dims[:, dim:].any() or not real_dims[:, :dim].all():
+            raise ValueError(f"the {tokenizer.config.type} tokenizer was fit on {dim} action dims; this batch has "
+                             f"{sorted(set(real_dims.sum(1).tolist()))} real dims per sample")
+        steps = valid[:, :, :dim].all(-1)  # (B, H)
+        last = (steps.long() * torch.arange(steps.shape[1], device=steps.device)).argmax(1)  # last real step
+        hold = torch.where(steps, torch.arange(steps.shape[1], device=steps.device), last[:, None])
+        chunks = actions[:, :, :dim].gather(1, hold[:, :, None].expand(-1, -1, dim))  # (B, H, dim)
+        seqs = tokenizer.encode(chunks.detach().float().cpu().numpy())
+        if self.end_id is not None:
+            seqs = [seq + [self.end_id] for seq in seqs]
+        length = max(len(seq) for seq in seqs)
+        ids = torch.full((len(seqs), length), self.end_id if self.end_id is not None else 0, dtype=torch.long)
+        real = torch.zeros(len(seqs), length, dtype=torch.bool)
+        for row, seq in enumerate(seqs):
+            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            real[row, :len(seq)] = True
+        return ids.to(actions.device), real.to(actions.device)
+
+    def ids_to_chunks(self, ids: Tensor) -> Tensor:
+        """Local ids [B, T] (cut at the first END) -> normalised chunks [B, H, D_max] (zero in padded dims,
+        clipped to `action_clip`)."""
+        tokenizer = self.require_tokenizer()
+        seqs = []
+        for row in ids.tolist():
+            seqs.append(row[:row.index(self.end_id)] if self.end_id in row else row)
+        chunks = torch.from_numpy(tokenizer.decode(seqs)).to(ids.device)  # (B, H, dim)
+        out = chunks.new_zeros(len(seqs), self.config.horizon, self.action_dim)
+        out[:, :, :tokenizer.action_dim] = chunks
+        return out if self.action_clip is None else out.clamp(-self.action_clip, self.action_clip)
+
+    # ---- running the LLM -----------------------------------------------------------------------------
+
+    def prefix(self, cond: Cond) -> tuple[LanguagePrefix, Vocabulary]:
+        cached = cond.backbone.past_key_values
+        if cached is None or getattr(cached, "vocabulary", None) is None:
+            raise ValueError(f"the {self.config.type} head continues the backbone's LLM after its prefix and needs "
+                             f"its prefix cache and LM head: call the backbone (built with lm_head=True) with "
+                             f"keep_cache=True (VLAPolicy does both)")
+        return cached, cached.vocabulary
+
+    def start(self, cond: Cond) -> tuple[Continuation, Tensor]:
+        """(a fresh continuation after the prefix [with the state token], the hidden state [B, C] at which the
+        first action token is predicted)."""
+        prefix, _ = self.prefix(cond)
+        continuation = prefix.continuation()
+        if self.state_proj is None:
+            return continuation, cond.backbone.cognition
+        state = self.state_proj(cond.proprio.to(self.state_proj.weight.dtype))[:, None]  # (B, 1, C)
+        return continuation, continuation.append(state * prefix.input_scale)[:, -1]
+
+    def slot_logits(self, vocabulary: Vocabulary, hidden: Tensor) -> Tensor:
+        """Logits [..., num_slots] (float) over the action tokens of hidden states [..., C]; -inf at the ids
+        the fitted tokenizer lacks."""
+        logits = vocabulary.logits(hidden, self.action_ids).float()
+        return logits.masked_fill(~self.valid_slots(logits.device), float("-inf"))
+
+    def logits(self, cond: Cond, ids: Tensor) -> Tensor:
+        """Teacher forcing: logits [B, T, num_slots] predicting each of the local ids [B, T] from those before it,
+        in one pass over the suffix."""
+        _, vocabulary = self.prefix(cond)
+        continuation, first = self.start(cond)
+        hidden = first[:, None]  # (B, 1, C)
+        if ids.shape[1] > 1:
+            inputs = vocabulary.embed(self.action_ids[ids[:, :-1]])  # (B, T - 1, C)
+            hidden = torch.cat([hidden, continuation.append(inputs).to(hidden.dtype)], dim=1)
+        return self.slot_logits(vocabulary, hidden)
+
+    @torch.no_grad()
+    def decode_ids(self, cond: Cond, generator: torch.Generator | None = None, temperature: float = 0.0,
+                   kv_cache: bool = True) -> tuple[Tensor, Tensor]:
+        """Decode local ids [B, T] and each chosen token's probability [B, T] (T <= max_tokens; after a row's END,
+        END repeats with probability 1).
+
+        temperature 0: greedy; > 0: sample from softmax(logits / temperature) with `generator`. kv_cache=False
+        reruns the whole suffix at every step (a reference for tests and latency comparisons)."""
+        _, vocabulary = self.prefix(cond)
+        continuation, hidden = self.start(cond)
+        ids, probs = [], []
+        done = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        for step in range(self.max_tokens):
+            logits = self.slot_logits(vocabulary, hidden)  # (B, num_slots)
+            token, prob = self._choose(logits, temperature, generator)
+            if self.end_id is not None:
+                token = torch.where(done, torch.full_like(token, self.end_id), token)
+                prob = torch.where(done, torch.ones_like(prob), prob)
+                done = done | (token == self.end_id)
+            ids.append(token)
+            probs.append(prob)
+            if done.all() or step == self.max_tokens - 1:
+                break
+            if kv_cache:
+                hidden = continuation.append(vocabulary.embed(self.action_ids[token])[:, None])[:, -1]
+            else:  # the whole suffix again, from a fresh continuation
+                continuation, _ = self.start(cond)
+                hidden = continuation.append(vocabulary.embed(self.action_ids[torch.stack(ids, 1)]))[:, -1]
+        return torch.stack(ids, 1), torch.stack(probs, 1)
+
+    @staticmethod
+    def _choose(logits: Tensor, temperature: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """(token [B], its probability under softmax(logits) [B]) by argmax or by sampling."""
+        probs = logits.softmax(-1)
+        if temperature == 0:
+            token = logits.argmax(-1)
+        else:
+            scaled = (logits / temperature).softmax(-1)
+            device = generator.device if generator is not None else scaled.device
+            token = torch.multinomial(scaled.to(device), 1, generator=generator)[:, 0].to(logits.device)
+        return token, probs.gather(1, token[:, None])[:, 0]
+
