@@ -12,7 +12,8 @@ from vla.action_heads.base import (
 from vla.action_heads.dit import DiTHead, DiTHeadConfig
 from vla.action_heads.dita import DitaHead, DitaHeadConfig
 from vla.action_heads.flow import FlowHead, FlowHeadConfig
+from vla.action_heads.hybrid import HybridHead, HybridHeadConfig
 
 __all__ = ["ActionHead", "HeadConfig", "TransformerHeadConfig", "build_head", "head_config_class", "register_head",
            "ARHead", "ARHeadConfig", "DiTHead", "DiTHeadConfig", "DitaHead", "DitaHeadConfig", "FlowHead",
-           "FlowHeadConfig"]
+           "FlowHeadConfig", "HybridHead", "HybridHeadConfig"]

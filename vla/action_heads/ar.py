@@ -46,13 +46,6 @@ class ARHead(TokenHead):
         accuracy = (logits[real].argmax(-1) == ids[real]).float().mean()
         return {"loss": loss, "token_accuracy": accuracy.detach()}
 
-    def block_cache(self, num_steps: int | None, bac: bool) -> None:
-        """No block caching for token decoding: None, or a ValueError when bac is asked for."""
-        if bac:
-            raise ValueError("BAC caches a denoiser's blocks between denoising steps; the ar head decodes tokens and "
-                             "has none (sample with bac=False, evaluate with --bac false)")
-        return None
-
     @torch.no_grad()
     def sample(self, cond: Cond, generator: torch.Generator | None = None, num_steps: int | None = None,
                bac: bool = False, temperature: float | None = None, kv_cache: bool = True, **options) -> Tensor:

@@ -61,19 +61,38 @@ class ActionDiffusion:
             target = self.train_scheduler.get_velocity(actions, noise, t)
         return noisy, t, target
 
-    def sample(self, denoise: Denoiser, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
-               generator: torch.Generator | None = None, num_steps: int | None = None,
-               inpaint: Inpainting | None = None, clip: float | None = 1.0) -> Tensor:
-        """Run DDIM from pure noise to clean actions of `shape` [B, H, D]; `inpaint` pins the first actions.
-
-        clip: every step's clean-action estimate (and so the result) is clipped to [-clip, clip]; None: no clip.
-        """
-        # A fresh scheduler per call: DDIM's set_timesteps mutates it, and deployment may sample from two threads.
+    def _scheduler(self, num_steps: int | None, clip: float | None, device: torch.device) -> DDIMScheduler:
+        """A fresh DDIM scheduler set to num_steps (default: num_inference_steps); DDIM's set_timesteps mutates
+        it, and deployment may sample from two threads."""
         scheduler = DDIMScheduler.from_config(self.train_scheduler.config, clip_sample=clip is not None,
                                               clip_sample_range=1.0 if clip is None else clip)
         scheduler.set_timesteps(num_steps or self.config.num_inference_steps, device=device)
+        return scheduler
+
+    def inference_timesteps(self, num_steps: int | None, device: torch.device) -> Tensor:
+        """The DDIM timesteps [num_steps] `sample` runs, noisiest first."""
+        return self._scheduler(num_steps, 1.0, device).timesteps
+
+    @staticmethod
+    def initial_noise(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
+                      generator: torch.Generator | None = None) -> Tensor:
+        """The pure noise [B, H, D] sampling starts from (drawn on the generator's device, moved to `device`)."""
         x = torch.randn(shape, generator=generator, device=generator.device if generator else device, dtype=dtype)
-        x = x.to(device)
+        return x.to(device)
+
+    def sample(self, denoise: Denoiser, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype,
+               generator: torch.Generator | None = None, num_steps: int | None = None,
+               inpaint: Inpainting | None = None, clip: float | None = 1.0, noise: Tensor | None = None) -> Tensor:
+        """Run DDIM from pure noise to clean actions of `shape` [B, H, D]; `inpaint` pins the first actions.
+
+        clip: every step's clean-action estimate (and so the result) is clipped to [-clip, clip]; None: no clip.
+        noise: the starting noise [B, H, D] (default: `initial_noise` drawn with `generator`), for a caller that
+        also uses it elsewhere (hybrid's AR tokens read the first step's noisy span).
+        """
+        scheduler = self._scheduler(num_steps, clip, device)
+        if noise is not None and tuple(noise.shape) != tuple(shape):
+            raise ValueError(f"the starting noise must be {list(shape)}; got {list(noise.shape)}")
+        x = self.initial_noise(shape, device, dtype, generator) if noise is None else noise.to(device, dtype)
         timesteps = scheduler.timesteps
         for i, t in enumerate(timesteps):
             pred = denoise(x, t.expand(shape[0]).to(device))

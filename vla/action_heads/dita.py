@@ -100,16 +100,25 @@ class LLMDenoiser(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def embed(self, noisy_tokens: Tensor, t: Tensor) -> Tensor:
+        """[timestep token, action tokens] [B, 1 + N, C] at unit scale, for noisy tokens [B, N, D*G] at times t [B]
+        (shared with the hybrid head, which places them between its span markers)."""
+        return torch.cat([self.t_embed(t)[:, None], self.action_in(noisy_tokens)], dim=1)
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """The LLM's last-layer hidden states at the action tokens [B, N, C] -> prediction [B, N, D*G]."""
+        return self.out(hidden.to(self.out.weight.dtype))
+
     def forward(self, noisy_tokens: Tensor, t: Tensor, memory: LanguagePrefix, real: Tensor, extra: Tensor,
                 cache: BlockCache | None = None) -> Tensor:
         """noisy_tokens [B, N, D*G], t [B], memory: the backbone's prefix cache, real bool [B, L], extra [B, K, C].
 
         cache is always None: with no blocks of its own, `CachedSampling` never hands this head a BAC cache."""
         n = noisy_tokens.shape[1]
-        x = torch.cat([extra, self.t_embed(t)[:, None], self.action_in(noisy_tokens)], dim=1)
+        x = torch.cat([extra, self.embed(noisy_tokens, t)], dim=1)
         allowed = memory_allowed(real, x.shape[1], causal_queries=self.causal_actions)  # (B, 1, T, L + T)
         hidden = memory.extend(x, allowed)
-        return self.out(hidden[:, -n:].to(self.out.weight.dtype))
+        return self.project(hidden[:, -n:])
 
 
 @dataclass

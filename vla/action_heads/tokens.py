@@ -24,6 +24,7 @@ the backbone's own language model, after the observation prefix:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -85,17 +86,23 @@ class TokenHead(ActionHead):
     """Base of heads whose backbone LLM writes action-tokenizer ids (see the module docstring).
 
     Subclasses use `targets` (chunks -> local ids), `logits` (teacher forcing), `decode_ids` (decoding)
-    and `ids_to_chunks`.
+    and `ids_to_chunks`. A subclass that needs special tokens of its own (hybrid's diffusion-span markers) sets
+    `marker_tokens`: they are reserved in the same `add_action_tokens` call, after the action tokens (one call
+    per backbone), and are never decoded.
     """
+
+    marker_tokens = 0  # special tokens reserved after the action tokens; their LLM ids are `marker_ids`
 
     def __init__(self, config: TokenHeadConfig, cond_dim: int, action_dim: int, state_dim: int, backbone):
         super().__init__(config, action_dim)
         self.config: TokenHeadConfig = config
         self.num_slots = config.num_slots
         self.end_id: int | None = None if config.tokenizer.fixed_length else config.tokenizer.max_vocab_size
-        ids = backbone.add_action_tokens(self.num_slots, reuse_text_tokens=config.vocabulary == "reuse")
+        ids = backbone.add_action_tokens(self.num_slots + self.marker_tokens,
+                                         reuse_text_tokens=config.vocabulary == "reuse").long()
         # derived from the config and the backbone's text vocabulary, so not saved
-        self.register_buffer("action_ids", ids.long(), persistent=False)  # (num_slots,) LLM id of each local id
+        self.register_buffer("action_ids", ids[:self.num_slots], persistent=False)  # (num_slots,) LLM id per local id
+        self.register_buffer("marker_ids", ids[self.num_slots:], persistent=False)  # (marker_tokens,)
         self.state_proj = nn.Linear(state_dim, cond_dim) if config.use_proprio else None
         self._tokenizer: ActionTokenizer | None = None
 
@@ -212,11 +219,20 @@ class TokenHead(ActionHead):
         logits = vocabulary.logits(hidden, self.action_ids).float()
         return logits.masked_fill(~self.valid_slots(logits.device), float("-inf"))
 
-    def logits(self, cond: Cond, ids: Tensor) -> Tensor:
+    def block_cache(self, num_steps: int | None, bac: bool) -> None:
+        """No block caching: the LLM's own layers run the head's tokens (None, or a ValueError when bac is asked)."""
+        if bac:
+            raise ValueError(f"BAC caches a denoiser's blocks between denoising steps; the {self.config.type} head "
+                             f"runs its tokens through the backbone's LLM and has none (sample with bac=False, "
+                             f"evaluate with --bac false)")
+        return None
+
+    def logits(self, cond: Cond, ids: Tensor, opened: tuple[Continuation, Tensor] | None = None) -> Tensor:
         """Teacher forcing: logits [B, T, num_slots] predicting each of the local ids [B, T] from those before it,
-        in one pass over the suffix."""
+        in one pass over the suffix. opened: (continuation, hidden [B, C] predicting the first id) to continue
+        from; default `start(cond)`."""
         _, vocabulary = self.prefix(cond)
-        continuation, first = self.start(cond)
+        continuation, first = opened if opened is not None else self.start(cond)
         hidden = first[:, None]  # (B, 1, C)
         if ids.shape[1] > 1:
             inputs = vocabulary.embed(self.action_ids[ids[:, :-1]])  # (B, T - 1, C)
@@ -225,14 +241,18 @@ class TokenHead(ActionHead):
 
     @torch.no_grad()
     def decode_ids(self, cond: Cond, generator: torch.Generator | None = None, temperature: float = 0.0,
-                   kv_cache: bool = True) -> tuple[Tensor, Tensor]:
+                   kv_cache: bool = True, opener: Callable[[], tuple[Continuation, Tensor]] | None = None
+                   ) -> tuple[Tensor, Tensor]:
         """Decode local ids [B, T] and each chosen token's probability [B, T] (T <= max_tokens; after a row's END,
         END repeats with probability 1).
 
         temperature 0: greedy; > 0: sample from softmax(logits / temperature) with `generator`. kv_cache=False
-        reruns the whole suffix at every step (a reference for tests and latency comparisons)."""
+        reruns the whole suffix at every step (a reference for tests and latency comparisons). opener: returns a
+        fresh (continuation, hidden [B, C] predicting the first id) for the tokens to follow; default
+        `start(cond)` (hybrid opens after its diffusion span)."""
         _, vocabulary = self.prefix(cond)
-        continuation, hidden = self.start(cond)
+        opener = opener or (lambda: self.start(cond))
+        continuation, hidden = opener()
         ids, probs = [], []
         done = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         for step in range(self.max_tokens):
@@ -249,7 +269,7 @@ class TokenHead(ActionHead):
             if kv_cache:
                 hidden = continuation.append(vocabulary.embed(self.action_ids[token])[:, None])[:, -1]
             else:  # the whole suffix again, from a fresh continuation
-                continuation, _ = self.start(cond)
+                continuation, _ = opener()
                 hidden = continuation.append(vocabulary.embed(self.action_ids[torch.stack(ids, 1)]))[:, -1]
         return torch.stack(ids, 1), torch.stack(probs, 1)
 

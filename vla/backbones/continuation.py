@@ -108,9 +108,11 @@ class Continuation:
     """A growing causal suffix after a `LanguagePrefix`: every appended token's keys/values are kept.
 
     Each `append(embeds [B, T, C])` runs only the T new tokens: they attend to the real prefix tokens, to
-    every suffix token appended before and causally to each other, at positions continuing each sample's
-    prefix. Appending a sequence in one call or token by token gives the same hidden states (teacher
-    forcing vs decoding). The prefix's own tensors are never modified, so one prefix serves many continuations.
+    every visible suffix token appended before and causally to each other, at positions continuing each
+    sample's prefix. Appending a sequence in one call or token by token gives the same hidden states (teacher
+    forcing vs decoding). Tokens appended with `visible=False` take their positions but later appends never
+    attend to them (hybrid's diffusion span hidden from its AR tokens). The prefix's own tensors are never
+    modified, so one prefix serves many continuations.
     """
 
     def __init__(self, prefix: LanguagePrefix):
@@ -120,9 +122,11 @@ class Continuation:
         self.key_mask = prefix.token_mask.bool()  # (B, L + length): keys a new token may attend to
         self.length = 0  # suffix tokens appended so far
 
-    def append(self, embeds: Tensor) -> Tensor:
+    def append(self, embeds: Tensor, visible: bool = True) -> Tensor:
         """Last-layer hidden states [B, T, C] of T new tokens `embeds` [B, T, C] given in the LLM's input space
-        (a token table row as is; a head's own unit-scale vector times `prefix.input_scale`)."""
+        (a token table row as is; a head's own unit-scale vector times `prefix.input_scale`).
+
+        visible=False: tokens appended later do not attend to these (their keys stay cached but masked)."""
         batch, length = embeds.shape[:2]
         if batch != self.key_mask.shape[0]:
             raise ValueError(f"continuation of a batch of {self.key_mask.shape[0]}: got {batch} rows of tokens")
@@ -135,6 +139,6 @@ class Continuation:
                                             attention_mask=additive_mask(allowed, self.prefix.dtype),
                                             past_key_values=self.cache, position_ids=positions,
                                             use_cache=True).last_hidden_state
-        self.key_mask = torch.cat([self.key_mask, torch.ones(batch, length, dtype=torch.bool, device=device)], 1)
+        self.key_mask = torch.cat([self.key_mask, torch.full((batch, length), visible, device=device)], 1)
         self.length += length
         return hidden
