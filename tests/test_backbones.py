@@ -245,9 +245,9 @@ def test_folder_without_image_processor_says_how_to_add_one(tiny_dirs: dict[str,
 # ---- Qwen2.5-VL: multimodal RoPE and a pinned resolution --------------------------------------------------------
 
 
-def qwen_reference_ids(backbone: VLMBackbone, cameras: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's prompt as HF token ids (each image as its <|image_pad|> placeholders, the cognition slot as a pad
-    token) and the 2-D attention mask: what `Qwen2_5_VLModel` itself is called with."""
+def qwen_reference_ids(backbone: VLMBackbone, cameras: int, suffix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's prompt as HF token ids (each image as its <|image_pad|> placeholders, the cognition slot and
+    `suffix` more text tokens as pad tokens) and the 2-D attention mask: what `Qwen2_5_VLModel` is called with."""
     tokens = (backbone.image_size // 16) ** 2  # patch 8, 2 x 2 merged
     pad = backbone.processor.tokenizer.pad_token_id
     rows = []
@@ -255,22 +255,29 @@ def qwen_reference_ids(backbone: VLMBackbone, cameras: int) -> tuple[torch.Tenso
         row = list(backbone._lead_ids)
         for _ in range(cameras):
             row += backbone._open_ids + [backbone.vlm.config.image_token_id] * tokens + backbone._close_ids
-        rows.append(row + backbone.text_ids(text) + [pad])
+        rows.append(row + backbone.text_ids(text) + [pad] * (1 + suffix))
     width = max(map(len, rows))
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     return torch.tensor([r + [pad] * (width - len(r)) for r in rows]), mask
 
 
 def test_qwen_positions_are_get_rope_index(tiny_dirs: dict[str, Path]) -> None:
-    """3-D position ids [3, B, L] as HF's own get_rope_index gives them for the same prompt, two cameras."""
+    """3-D position ids [3, B, L] as HF's own get_rope_index gives them for the same prompt, two cameras; the
+    suffix after the cached prefix gets those of text tokens following the cognition token."""
     backbone = load(tiny_dirs, "qwen2_5_vl")
-    inputs = backbone.llm_inputs(images(3, 2), INSTRUCTIONS)
-    ids, mask = qwen_reference_ids(backbone, cameras=2)
+    frames = images(3, 2)
+    inputs = backbone.llm_inputs(frames, INSTRUCTIONS)
+    with torch.no_grad():
+        prefix = backbone(frames, INSTRUCTIONS, keep_cache=True).past_key_values
+    ids, mask = qwen_reference_ids(backbone, cameras=2, suffix=3)
     grid = torch.tensor([[1, 4, 4]] * 6)  # patches per image before merging
     expected, _ = backbone.vlm.get_rope_index(ids, image_grid_thw=grid, attention_mask=mask)
-    assert inputs.position_ids.shape == (3, 3, ids.shape[1])
-    real = mask.bool()
-    assert torch.equal(inputs.position_ids[:, real], expected[:, real])
+    assert inputs.position_ids.shape == (3, 3, ids.shape[1] - 3)
+    real = inputs.token_mask
+    assert torch.equal(inputs.position_ids[:, real], expected[:, :, :-3][:, real])
+    for i, length in enumerate(real.sum(1).tolist()):
+        assert torch.equal(prefix.suffix_positions(0, 3)[:, i], expected[:, i, length:length + 3])
+        assert torch.equal(prefix.suffix_positions(2, 1)[:, i], expected[:, i, length + 2:length + 3])
     # an image's 2 x 2 tokens: t fixed, h / w over the grid; the text after it continues from the largest + 1
     first = len(backbone._lead_ids) + len(backbone._open_ids)
     image = inputs.position_ids[:, 0, first:first + 4] - first
@@ -323,3 +330,6 @@ def test_qwen_resolution_is_pinned_and_saved(tiny_dirs: dict[str, Path], tmp_pat
         VLMBackbone(BackboneConfig("qwen2_5_vl", pretrained=str(folder), image_size=288))
     with pytest.raises(ValueError, match="sees 32 px images .*image_size=48 must be 0 or 32"):
         load(tiny_dirs, "paligemma", image_size=48)
+    (folder / "preprocessor_config.json").write_text(json.dumps({**ranged, "patch_size": 14}))  # another model's
+    with pytest.raises(ValueError, match=r"makes patches of .* = \(14, 2, 2\), but its vision tower takes \(8, 2, 2\)"):
+        VLMBackbone(BackboneConfig("qwen2_5_vl", pretrained=str(folder)))
