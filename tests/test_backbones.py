@@ -83,6 +83,19 @@ def test_gradients_reach_cognition_token_and_vision(tiny_dirs: dict[str, Path], 
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vision.parameters())
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mixed_precision_stays_close(tiny_dirs: dict[str, Path], family: str) -> None:
+    """Under bf16 autocast (as on a GPU) the tokens stay within bf16 rounding of the fp32 ones (Qwen2.5-VL: its
+    windowed vision tower and M-RoPE too)."""
+    backbone = load(tiny_dirs, family)
+    with torch.no_grad():
+        exact = backbone(images(3), INSTRUCTIONS)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = backbone(images(3), INSTRUCTIONS)
+    real = exact.token_mask
+    assert (mixed.tokens.float() - exact.tokens)[real].norm() < 0.02 * exact.tokens[real].norm()
+
+
 def _trainable(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 

@@ -51,6 +51,9 @@ def test_flow_head_trains_and_round_trips(qwen_path, train_on_batch, tmp_path):
     assert torch.equal(again.actions, first.actions)
     assert not torch.equal(first.actions, policy.predict(obs, generator=torch.Generator().manual_seed(1),
                                                          num_steps=3).actions)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision, as on a GPU
+        mixed = loaded.predict(obs, generator=torch.Generator().manual_seed(0), num_steps=3).actions
+    assert mixed.shape == first.actions.shape and torch.isfinite(mixed).all()
 
 
 def test_ar_head_trains_decodes_over_its_cache_and_round_trips(qwen_path, train_on_batch, tmp_path):

@@ -523,7 +523,9 @@ def _load_weights(cls: type, cfg: BackboneConfig, lm_head: bool = False):
 def _load_processor(cfg: BackboneConfig):
     """The checkpoint's processor; a ValueError saying how to add an image processor when the folder has none."""
     folder = Path(cfg.pretrained)
-    processor = None if folder.is_dir() and not _has_image_processor(folder) else _load(AutoProcessor, cfg)
+    # Qwen2.5-VL: transformers picks its fast (torchvision) image processor by default and warns; ask for it
+    options = {"use_fast": True} if _FAMILIES[cfg.family].dynamic_resolution else {}
+    processor = None if folder.is_dir() and not _has_image_processor(folder) else _load(AutoProcessor, cfg, **options)
     if getattr(processor, "image_processor", None) is None:
         raise ValueError(f"backbone {cfg.pretrained!r} has no image processor (preprocessor_config.json), which sets "
                          f"the image size, mean and std. Save the processor of the model it was made from into the "
