@@ -429,13 +429,13 @@ class VLMBackbone(nn.Module):
         and each image's grid (1, G, G) as [M, 3] (G = S / P), laid out as `Qwen2VLImageProcessor` does: the frame
         repeated T = temporal_patch_size times, patches ordered by merge window (2 x 2 neighbours in a row)."""
         ip = self.processor.image_processor
-        size, patch, merge, frames = pixels.shape[0], ip.patch_size, ip.merge_size, ip.temporal_patch_size
+        count, patch, merge, frames = pixels.shape[0], ip.patch_size, ip.merge_size, ip.temporal_patch_size
         side = self.image_size // patch
         x = pixels[:, None].expand(-1, frames, -1, -1, -1)  # [M, T, 3, S, S]
-        x = x.reshape(size, frames, 3, side // merge, merge, patch, side // merge, merge, patch)
+        x = x.reshape(count, frames, 3, side // merge, merge, patch, side // merge, merge, patch)
         x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # [M, G/m, G/m, m, m, 3, T, P, P]
-        grid = torch.tensor([[1, side, side]], device=pixels.device).expand(size, -1)
-        return x.reshape(size * side * side, 3 * frames * patch * patch), grid
+        grid = torch.tensor([[1, side, side]], device=pixels.device).expand(count, -1)
+        return x.reshape(count * side * side, 3 * frames * patch * patch), grid
 
     def _image_prefix(self, pixels: Tensor, batch: int) -> Tensor:
         """[B * N, 3, S, S] -> lead text + every camera's wrapped image tokens, [B, P, C]."""
