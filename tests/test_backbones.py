@@ -1,4 +1,4 @@
-"""VLMBackbone on tiny random PaliGemma / SmolVLM checkpoints built offline from configs."""
+"""VLMBackbone on tiny random PaliGemma / SmolVLM / Qwen2.5-VL checkpoints built offline from configs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from vla.backbones import BackboneConfig, VLMBackbone
 from vla.backbones.tiny import ARGS_FILE, build_tiny_vlm
 
-FAMILIES = ["paligemma", "smolvlm"]
+FAMILIES = ["paligemma", "smolvlm", "qwen2_5_vl"]
 INSTRUCTIONS = ["push the puck", "open the drawer", "pick up the red block and put it in the bowl"]
 TINY = dict(image_size=32, patch_size=8, hidden_size=64, vision_layers=1, text_layers=2, heads=2, vocab_size=400)
 
@@ -32,7 +32,7 @@ def images(batch: int, cams: int = 1, size: tuple[int, int] = (32, 32), seed: in
 
 
 def test_config_rejects_unknown_family_and_empty_path() -> None:
-    with pytest.raises(ValueError, match="known families: paligemma, smolvlm"):
+    with pytest.raises(ValueError, match="known families: paligemma, smolvlm, qwen2_5_vl"):
         BackboneConfig(family="llava")
     with pytest.raises(ValueError, match="pretrained is empty"):
         VLMBackbone(BackboneConfig("paligemma"))
@@ -81,6 +81,19 @@ def test_gradients_reach_cognition_token_and_vision(tiny_dirs: dict[str, Path], 
     assert backbone.cognition_token.grad is not None and backbone.cognition_token.grad.abs().sum() > 0
     vision = getattr(backbone.vlm, backbone.family.vision_modules[0])
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vision.parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mixed_precision_stays_close(tiny_dirs: dict[str, Path], family: str) -> None:
+    """Under bf16 autocast (as on a GPU) the tokens stay within bf16 rounding of the fp32 ones (Qwen2.5-VL: its
+    windowed vision tower and M-RoPE too)."""
+    backbone = load(tiny_dirs, family)
+    with torch.no_grad():
+        exact = backbone(images(3), INSTRUCTIONS)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = backbone(images(3), INSTRUCTIONS)
+    real = exact.token_mask
+    assert (mixed.tokens.float() - exact.tokens)[real].norm() < 0.02 * exact.tokens[real].norm()
 
 
 def _trainable(module: torch.nn.Module) -> int:
@@ -138,6 +151,8 @@ def test_build_is_cached(tiny_dirs: dict[str, Path]) -> None:
         ("paligemma", (56, 48), 2.5 / 127.5),  # PIL bicubic in uint8 vs torch bicubic: within ~1 grey level
         ("smolvlm", (32, 32), 1e-6),
         ("smolvlm", (48, 48), 6 / 127.5),  # the HF processor uses Lanczos, torch has bicubic only
+        ("qwen2_5_vl", (32, 32), 1e-5),  # S x S: its processor, pinned to S, keeps the frame as it is
+        ("qwen2_5_vl", (48, 48), 1.5 / (255 * 0.2613)),  # ~1 grey level (over CLIP std): torchvision bicubic
     ],
 )
 def test_torch_preprocessing_matches_hf_processor(
@@ -148,13 +163,19 @@ def test_torch_preprocessing_matches_hf_processor(
     coarse = torch.rand(1, 3, size[0] // 8, size[1] // 8, generator=torch.Generator().manual_seed(1)) * 255
     smooth = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear").round().to(torch.uint8)
     frame = smooth.permute(0, 2, 3, 1)[None]  # [1, 1, H, W, 3]
+    if family == "qwen2_5_vl":  # flattened patches [G * G, 3 * 2 * P * P] and the grid (1, G, G)
+        ref = backbone.processor(images=frame[0, 0].numpy(), text="<|image_pad|>push", return_tensors="pt")
+        patches, grid = backbone.vision_patches(backbone.preprocess(frame))
+        assert ref["image_grid_thw"].tolist() == grid.tolist() == [[1, 4, 4]]
+        torch.testing.assert_close(patches, ref["pixel_values"], atol=atol, rtol=0)
+        return
     hf_images = frame[0, 0].numpy() if family == "paligemma" else [[frame[0, 0].numpy()]]
     ref = backbone.processor(images=hf_images, text="<image>push", return_tensors="pt")["pixel_values"]
     ref = ref.reshape(-1, *ref.shape[-3:])
     torch.testing.assert_close(backbone.preprocess(frame), ref, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ["paligemma", "smolvlm"])  # Qwen2.5-VL's tower has RoPE, no position table
 def test_tiny_vision_positions_start_from_sincos(tiny_dirs: dict[str, Path], family: str) -> None:
     from vla.backbones.tiny import sincos_2d
 
@@ -188,7 +209,9 @@ def copy_checkpoint(tiny_dirs: dict[str, Path], family: str, to: Path) -> Path:
 
 
 @pytest.mark.parametrize("family, other, model_type", [("paligemma", "smolvlm", "idefics3"),
-                                                       ("smolvlm", "paligemma", "paligemma")])
+                                                       ("smolvlm", "paligemma", "paligemma"),
+                                                       ("paligemma", "qwen2_5_vl", "qwen2_5_vl"),
+                                                       ("qwen2_5_vl", "smolvlm", "idefics3")])
 def test_folder_of_another_family_is_refused(tiny_dirs: dict[str, Path], family: str, other: str,
                                              model_type: str) -> None:
     """A folder loaded as the wrong family is refused (HF would build the family's model with every weight random),
@@ -201,10 +224,10 @@ def test_folder_of_another_family_is_refused(tiny_dirs: dict[str, Path], family:
 def test_model_type_of_an_unsupported_vlm_is_named(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     import json
 
-    folder = copy_checkpoint(tiny_dirs, "paligemma", tmp_path / "qwen")
+    folder = copy_checkpoint(tiny_dirs, "paligemma", tmp_path / "llava")
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_5_vl"}))
-    message = "is a 'qwen2_5_vl' model .*backbone.family is 'paligemma'.*smolvlm \\(idefics3\\)"
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "llava"}))
+    message = "is a 'llava' model .*backbone.family is 'paligemma'.*smolvlm \\(idefics3\\), qwen2_5_vl \\(qwen2_5_vl\\)"
     with pytest.raises(ValueError, match=message):
         VLMBackbone(BackboneConfig("paligemma", pretrained=str(folder)))
 
@@ -230,3 +253,96 @@ def test_folder_without_image_processor_says_how_to_add_one(tiny_dirs: dict[str,
     (folder / "preprocessor_config.json").unlink()
     with pytest.raises(ValueError, match=r"no image processor \(preprocessor_config.json\).*save_pretrained"):
         VLMBackbone(BackboneConfig(family, pretrained=str(folder)))
+
+
+# ---- Qwen2.5-VL: multimodal RoPE and a pinned resolution --------------------------------------------------------
+
+
+def qwen_reference_ids(backbone: VLMBackbone, cameras: int, suffix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's prompt as HF token ids (each image as its <|image_pad|> placeholders, the cognition slot and
+    `suffix` more text tokens as pad tokens) and the 2-D attention mask: what `Qwen2_5_VLModel` is called with."""
+    tokens = (backbone.image_size // 16) ** 2  # patch 8, 2 x 2 merged
+    pad = backbone.processor.tokenizer.pad_token_id
+    rows = []
+    for text in INSTRUCTIONS:
+        row = list(backbone._lead_ids)
+        for _ in range(cameras):
+            row += backbone._open_ids + [backbone.vlm.config.image_token_id] * tokens + backbone._close_ids
+        rows.append(row + backbone.text_ids(text) + [pad] * (1 + suffix))
+    width = max(map(len, rows))
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return torch.tensor([r + [pad] * (width - len(r)) for r in rows]), mask
+
+
+def test_qwen_positions_are_get_rope_index(tiny_dirs: dict[str, Path]) -> None:
+    """3-D position ids [3, B, L] as HF's own get_rope_index gives them for the same prompt, two cameras; the
+    suffix after the cached prefix gets those of text tokens following the cognition token."""
+    backbone = load(tiny_dirs, "qwen2_5_vl")
+    frames = images(3, 2)
+    inputs = backbone.llm_inputs(frames, INSTRUCTIONS)
+    with torch.no_grad():
+        prefix = backbone(frames, INSTRUCTIONS, keep_cache=True).past_key_values
+    ids, mask = qwen_reference_ids(backbone, cameras=2, suffix=3)
+    grid = torch.tensor([[1, 4, 4]] * 6)  # patches per image before merging
+    expected, _ = backbone.vlm.get_rope_index(ids, image_grid_thw=grid, attention_mask=mask)
+    assert inputs.position_ids.shape == (3, 3, ids.shape[1] - 3)
+    real = inputs.token_mask
+    assert torch.equal(inputs.position_ids[:, real], expected[:, :, :-3][:, real])
+    for i, length in enumerate(real.sum(1).tolist()):
+        assert torch.equal(prefix.suffix_positions(0, 3)[:, i], expected[:, i, length:length + 3])
+        assert torch.equal(prefix.suffix_positions(2, 1)[:, i], expected[:, i, length + 2:length + 3])
+    # an image's 2 x 2 tokens: t fixed, h / w over the grid; the text after it continues from the largest + 1
+    first = len(backbone._lead_ids) + len(backbone._open_ids)
+    image = inputs.position_ids[:, 0, first:first + 4] - first
+    assert image.tolist() == [[0, 0, 0, 0], [0, 0, 1, 1], [0, 1, 0, 1]]
+    assert inputs.position_ids[:, 0, first + 4].tolist() == [first + 2] * 3  # <|vision_end|>
+
+
+def test_qwen_prefix_equals_the_hf_model(tiny_dirs: dict[str, Path]) -> None:
+    """The backbone's LLM hidden states == Qwen2_5_VLModel's forward (its processor's pixels, its own image
+    placement and rope index) at every real token before the cognition token (causal: unaffected by it)."""
+    backbone = load(tiny_dirs, "qwen2_5_vl")
+    frames = images(3, 2)
+    ids, mask = qwen_reference_ids(backbone, cameras=2)
+    pixels = backbone.processor.image_processor(images=list(frames.flatten(0, 1).numpy()), return_tensors="pt")
+    with torch.no_grad():
+        ours = backbone(frames, INSTRUCTIONS)
+        ref = backbone.vlm(input_ids=ids, attention_mask=mask, pixel_values=pixels["pixel_values"],
+                           image_grid_thw=pixels["image_grid_thw"]).last_hidden_state
+    before_cog = mask.bool() & (torch.arange(ids.shape[1]) < (mask.sum(1) - 1)[:, None])
+    assert torch.equal(ours.token_mask, mask.bool())
+    torch.testing.assert_close(ours.tokens[before_cog], ref[before_cog], atol=1e-5, rtol=1e-4)
+
+
+def test_qwen_resolution_is_pinned_and_saved(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """A processor with a pixel range takes backbone.image_size (else 224), pins min = max pixels to it and saves
+    that with the backbone; sizes off the 16 px token grid or outside the range, and a size for a fixed-resolution
+    family, are refused."""
+    import json
+
+    folder = copy_checkpoint(tiny_dirs, "qwen2_5_vl", tmp_path / "ranged")
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    ranged = {**config, "min_pixels": 16 * 16, "max_pixels": 256 * 256,
+              "size": {"shortest_edge": 16 * 16, "longest_edge": 256 * 256}}
+    (folder / "preprocessor_config.json").write_text(json.dumps(ranged))
+    assert load(tiny_dirs, "qwen2_5_vl").image_size == 32  # the tiny checkpoint's processor is pinned to 32 px
+    default = VLMBackbone(BackboneConfig("qwen2_5_vl", pretrained=str(folder)))
+    assert default.image_size == 224
+    backbone = VLMBackbone(BackboneConfig("qwen2_5_vl", pretrained=str(folder), image_size=48)).eval()
+    out = backbone(images(1, 2), INSTRUCTIONS[:1])
+    assert out.token_mask.shape[1] == len(backbone._lead_ids) + 2 * (1 + 9 + 1) + len(backbone.text_ids(
+        INSTRUCTIONS[0])) + 1  # (48 / 16)^2 = 9 tokens per camera
+    backbone.save_structure(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "preprocessor_config.json").read_text())
+    assert saved["min_pixels"] == saved["max_pixels"] == 48 * 48
+    rebuilt = VLMBackbone(BackboneConfig("qwen2_5_vl", pretrained=str(tmp_path / "saved")), load_weights=False)
+    assert rebuilt.image_size == 48
+    with pytest.raises(ValueError, match="image_size=40 .* multiple of its patch_size \\* merge_size = 16"):
+        VLMBackbone(BackboneConfig("qwen2_5_vl", pretrained=str(folder), image_size=40))
+    with pytest.raises(ValueError, match="image_size=288 gives 82944 pixels, outside the range \\[256, 65536\\]"):
+        VLMBackbone(BackboneConfig("qwen2_5_vl", pretrained=str(folder), image_size=288))
+    with pytest.raises(ValueError, match="sees 32 px images .*image_size=48 must be 0 or 32"):
+        load(tiny_dirs, "paligemma", image_size=48)
+    (folder / "preprocessor_config.json").write_text(json.dumps({**ranged, "patch_size": 14}))  # another model's
+    with pytest.raises(ValueError, match=r"makes patches of .* = \(14, 2, 2\), but its vision tower takes \(8, 2, 2\)"):
+        VLMBackbone(BackboneConfig("qwen2_5_vl", pretrained=str(folder)))

@@ -20,7 +20,7 @@ from vla.policy import VLAPolicy
 from vla.training.train import load_demos, train
 from vla.types import Observation
 
-FAMILIES = ["paligemma", "smolvlm"]
+FAMILIES = ["paligemma", "smolvlm", "qwen2_5_vl"]
 INSTRUCTIONS = ["push the puck", "open the drawer", "pick up the red block and put it in the bowl"]
 TINY = dict(image_size=32, patch_size=8, hidden_size=64, vision_layers=1, text_layers=2, heads=2, vocab_size=400)
 SUFFIX = 5
@@ -42,7 +42,8 @@ def backbone_and_images(tiny_dirs, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_suffix_after_cached_prefix_equals_one_full_pass(tiny_dirs, family):
     """extend() over the cached prefix == one LLM pass over [prefix | suffix] with the same attention rules,
-    for right-padded instructions of different lengths."""
+    for right-padded instructions of different lengths; so does a Continuation appended in two parts.
+    Qwen2.5-VL's prefix has 3-D M-RoPE positions; the suffix's are text positions after the prefix's largest."""
     backbone, images = backbone_and_images(tiny_dirs, family)
     with torch.no_grad():
         inputs = backbone.llm_inputs(images, INSTRUCTIONS)
@@ -51,20 +52,30 @@ def test_suffix_after_cached_prefix_equals_one_full_pass(tiny_dirs, family):
         allowed = memory_allowed(prefix.token_mask, SUFFIX, causal_queries=True)
         got = prefix.extend(suffix, allowed)
         assert torch.equal(got, prefix.extend(suffix, allowed))  # the cached prefix is left intact
+        continuation = prefix.continuation()
+        appended = torch.cat([continuation.append(part * prefix.input_scale) for part in suffix.split([2, 3], 1)], 1)
 
         lowest = torch.finfo(suffix.dtype).min
         top = F.pad(inputs.attention_mask, (0, SUFFIX), value=lowest)  # prefix rows never see the suffix
         bottom = torch.zeros(allowed.shape).masked_fill(~allowed, lowest)
-        positions = torch.cat([inputs.position_ids, prefix.next_position[:, None] + torch.arange(SUFFIX)], dim=1)
+        positions = torch.cat([inputs.position_ids, prefix.suffix_positions(0, SUFFIX)], dim=-1)  # [(3,) B, L + T]
         full = backbone.language_model(inputs_embeds=torch.cat([inputs.embeds, suffix * prefix.input_scale], dim=1),
                                        attention_mask=torch.cat([top, bottom], dim=2),
                                        position_ids=positions).last_hidden_state
     torch.testing.assert_close(got, full[:, -SUFFIX:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(appended, full[:, -SUFFIX:], atol=1e-5, rtol=1e-4)
+    # Gemma multiplies input embeddings by sqrt(hidden): the head's tokens are scaled down by as much (as pi0 does)
+    assert prefix.input_scale == pytest.approx(backbone.hidden_size ** -0.5 if family == "paligemma" else 1.0)
+    if family == "qwen2_5_vl":  # an image's R x R tokens take R text positions: the suffix starts after the largest
+        real = inputs.position_ids.amax(0).masked_fill(~prefix.token_mask, -1)
+        assert prefix.next_position.tolist() == (real.amax(1) + 1).tolist()
+        assert (prefix.next_position < prefix.token_mask.sum(1)).all()
+        assert positions.shape == (3, 3, inputs.embeds.shape[1] + SUFFIX)
+        assert (positions[:, :, -SUFFIX:] == positions[:1, :, -SUFFIX:]).all()  # text: one index on every axis
+        return
     # the suffix continues right after each sample's last real token (PaliGemma counts positions from 1)
     offset = 1 if family == "paligemma" else 0
     assert prefix.next_position.tolist() == (prefix.token_mask.sum(1) + offset).tolist()
-    # Gemma multiplies input embeddings by sqrt(hidden): the head's tokens are scaled down by as much (as pi0 does)
-    assert prefix.input_scale == pytest.approx(backbone.hidden_size ** -0.5 if family == "paligemma" else 1.0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

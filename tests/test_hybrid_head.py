@@ -25,16 +25,16 @@ from vla.types import Observation
 CONTEXTS = ["noisy", "none"]
 
 
-def model_config(vlm_path, **head) -> ModelConfig:
+def model_config(vlm_path, family: str = "paligemma", **head) -> ModelConfig:
     head = {"noise_samples_per_cond": 2} | head
-    return ModelConfig(backbone=BackboneConfig("paligemma", pretrained=str(vlm_path)),
+    return ModelConfig(backbone=BackboneConfig(family, pretrained=str(vlm_path)),
                        head=HybridHeadConfig(horizon=H, **head), max_action_dim=D, max_state_dim=S, image_size=32,
                        cameras=["corner"])
 
 
-def hybrid_policy(vlm_path, seed: int = 0, **head) -> VLAPolicy:
+def hybrid_policy(vlm_path, seed: int = 0, family: str = "paligemma", **head) -> VLAPolicy:
     torch.manual_seed(seed)
-    policy = VLAPolicy(model_config(vlm_path, **head), identity_normalizer())
+    policy = VLAPolicy(model_config(vlm_path, family, **head), identity_normalizer())
     policy.head.set_action_tokenizer(fitted_tokenizer("bins"))
     return policy
 

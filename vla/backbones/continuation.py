@@ -56,7 +56,8 @@ class LanguagePrefix:
 
     keys_values: one (keys, values) pair per LLM layer, [B, kv_heads, L, head_dim].
     token_mask: bool [B, L]; True at real prefix tokens (right padding is never attended to).
-    next_position: long [B]; position id of the first token after each sample's prefix.
+    next_position: long [B]; position id of the first token after each sample's prefix (with M-RoPE: one more than
+        the prefix's largest index on any axis).
     language_model: the HF decoder stack (base model, no LM head) that produced the cache.
     input_scale: multiplies the suffix embeddings. Gemma multiplies every input embedding by
         sqrt(hidden) (its token table is stored that much smaller, and PaliGemma divides its image
@@ -64,6 +65,8 @@ class LanguagePrefix:
         LLM at the scale of the prefix tokens; 1 for LLMs that do not rescale.
     dtype: the dtype of the prefix embeddings; the suffix is cast to it.
     vocabulary: the LLM's token table and LM head, when the backbone kept its LM head (token heads).
+    mrope: the LLM takes multimodal RoPE position ids [3, B, T] (temporal, height, width; Qwen2.5-VL). Suffix
+        tokens are placed as text: the same index on all three axes, counting on from `next_position`.
     """
 
     keys_values: list[KV]
@@ -73,6 +76,7 @@ class LanguagePrefix:
     input_scale: float = 1.0
     dtype: torch.dtype = torch.float32
     vocabulary: Vocabulary | None = None
+    mrope: bool = False
 
     def repeat_interleave(self, repeats: int) -> LanguagePrefix:
         """Each sample repeated `repeats` times in a row (one per noise draw)."""
@@ -93,11 +97,17 @@ class LanguagePrefix:
         if tuple(allowed.shape) != expected:
             raise ValueError(f"suffix attention mask must be {list(expected)}; got {list(allowed.shape)}")
         embeds = (embeds * self.input_scale).to(self.dtype)
-        positions = self.next_position[:, None] + torch.arange(length, device=embeds.device)
+        positions = self.suffix_positions(0, length)
         # A fresh cache per call: DynamicCache.update concatenates into new tensors, so the prefix's stay intact.
         cache = DynamicCache(ddp_cache_data=self.keys_values)
         return self.language_model(inputs_embeds=embeds, attention_mask=additive_mask(allowed, self.dtype),
                                    past_key_values=cache, position_ids=positions, use_cache=True).last_hidden_state
+
+    def suffix_positions(self, start: int, length: int) -> Tensor:
+        """Position ids of suffix tokens start .. start + length - 1 after the prefix: [B, T], or [3, B, T] with
+        M-RoPE (text positions: the three axes equal)."""
+        positions = self.next_position[:, None] + start + torch.arange(length, device=self.next_position.device)
+        return positions.expand(3, -1, -1) if self.mrope else positions
 
     def continuation(self) -> Continuation:
         """An empty suffix after this prefix whose keys/values persist across `Continuation.append` calls."""
@@ -134,7 +144,7 @@ class Continuation:
         causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
         allowed = torch.cat([self.key_mask[:, None, :].expand(batch, length, -1),
                              causal.expand(batch, -1, -1)], dim=-1)[:, None]  # (B, 1, T, L + length + T)
-        positions = self.prefix.next_position[:, None] + self.length + torch.arange(length, device=device)
+        positions = self.prefix.suffix_positions(self.length, length)
         hidden = self.prefix.language_model(inputs_embeds=embeds.to(self.prefix.dtype),
                                             attention_mask=additive_mask(allowed, self.prefix.dtype),
                                             past_key_values=self.cache, position_ids=positions,

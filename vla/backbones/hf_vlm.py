@@ -6,11 +6,20 @@ Sequence per sample (right-padded, so positions never depend on the rest of the 
 
 The image part has the same length for every sample; only the instruction length varies, and the
 cognition token sits right after each sample's instruction. Its last-layer hidden state is `cognition`.
+
+Qwen2.5-VL differs in two ways. Its processor resizes images dynamically (any size within
+[min_pixels, max_pixels], rounded to 28 px); here every camera frame is resized to one fixed square
+S x S (`backbone.image_size`) and the processor is pinned to it (min_pixels = max_pixels = S^2), so each
+camera always gives (S / 28)^2 tokens. Its LLM uses multimodal RoPE: position ids [3, B, L]
+(temporal, height, width), equal on all three axes for text, (t0, t0 + row, t0 + column) for an
+image's tokens, with the text after an image continuing from the largest index + 1
+(`Qwen2_5_VLModel.get_rope_index`'s layout, tested against it).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -26,6 +35,7 @@ from transformers import (
     PaliGemmaForConditionalGeneration,
     PretrainedConfig,
     PreTrainedModel,
+    Qwen2_5_VLForConditionalGeneration,
 )
 
 from vla.backbones.config import BackboneConfig
@@ -48,6 +58,8 @@ class _Family:
     camera_open: tuple[str, ...]  # special tokens before each camera's image tokens
     camera_close: tuple[str, ...]
     text_template: str  # wraps the instruction; "{}" is replaced by it
+    mrope: bool = False  # 3-D multimodal RoPE position ids (temporal, height, width), Qwen2.5-VL
+    dynamic_resolution: bool = False  # the processor picks the image size; pinned here to backbone.image_size
 
 
 _FAMILIES = {
@@ -77,14 +89,32 @@ _FAMILIES = {
         camera_close=("<fake_token_around_image>",),
         text_template="{}<end_of_utterance>\nAssistant:",
     ),
+    "qwen2_5_vl": _Family(  # layout follows its chat template, with the default system prompt it inserts
+        model_cls=Qwen2_5_VLForConditionalGeneration,
+        model_types=("qwen2_5_vl",),
+        vision_modules=("visual",),  # the windowed ViT and its patch merger (the projector)
+        language_module="language_model",
+        position_offset=0,
+        bidirectional_prefix=False,
+        scales_inputs=False,
+        lead_text="<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+        camera_open=("<|vision_start|>",),
+        camera_close=("<|vision_end|>",),
+        text_template="{}<|im_end|>\n<|im_start|>assistant\n",
+        mrope=True,
+        dynamic_resolution=True,
+    ),
 }
+# Qwen2.5-VL's side when neither the config nor the processor fixes one: (224 / 28)^2 = 64 tokens per camera.
+DEFAULT_DYNAMIC_IMAGE_SIZE = 224
 
 
 class LLMInputs(NamedTuple):
     """The language model's inputs for one batch of observations.
 
-    embeds [B, L, C]; attention_mask additive [B, 1, L, L]; position_ids [B, L]; token_mask bool [B, L]
-    (True at real tokens); cog_index [B] (position of each sample's cognition token).
+    embeds [B, L, C]; attention_mask additive [B, 1, L, L]; position_ids [B, L], or [3, B, L] (temporal, height,
+    width) for an M-RoPE family; token_mask bool [B, L] (True at real tokens); cog_index [B] (position of each
+    sample's cognition token).
     """
 
     embeds: Tensor
@@ -124,7 +154,7 @@ class VLMBackbone(nn.Module):
         self.text_vocab_size: int = self.vlm.get_input_embeddings().num_embeddings  # before any action tokens
         self.num_added_tokens = 0
         self.hidden_size: int = full.config.text_config.hidden_size
-        self.image_size: int = full.config.vision_config.image_size
+        self.image_size: int = self._pin_image_size(full.config.vision_config)
         self._text_cache: dict[str, list[int]] = {}
         self._init_image_stats()
         self._init_prompt_ids()
@@ -214,6 +244,41 @@ class VLMBackbone(nn.Module):
 
     # ---- setup -------------------------------------------------------------------------------------
 
+    def _pin_image_size(self, vision_config) -> int:
+        """The side S of the square image the vision tower sees (see `BackboneConfig.image_size`).
+
+        Qwen2.5-VL: the processor is pinned to S (min_pixels = max_pixels = S^2), so an S x S frame passes its
+        smart_resize unchanged and `save_structure` records S with the backbone."""
+        asked = self.cfg.image_size
+        if not self.family.dynamic_resolution:
+            fixed = vision_config.image_size
+            if asked not in (0, fixed):
+                raise ValueError(f"the {self.cfg.family} backbone {self.cfg.pretrained!r} sees {fixed} px images "
+                                 f"(fixed by its vision tower); backbone.image_size={asked} must be 0 or {fixed}")
+            return fixed
+        ip = self.processor.image_processor
+        tower = (vision_config.patch_size, vision_config.spatial_merge_size, vision_config.temporal_patch_size)
+        made = (ip.patch_size, ip.merge_size, ip.temporal_patch_size)
+        if made != tower:
+            raise ValueError(f"the image processor of {self.cfg.pretrained!r} makes patches of (patch_size, "
+                             f"merge_size, temporal_patch_size) = {made}, but its vision tower takes {tower}; save "
+                             f"the processor of the model it was made from")
+        # (min_pixels, max_pixels) live in `size` for the slow and the fast processor alike
+        low, high = ip.size["shortest_edge"], ip.size["longest_edge"]
+        pinned = math.isqrt(low) if low == high else 0
+        size = asked or pinned or DEFAULT_DYNAMIC_IMAGE_SIZE
+        factor = ip.patch_size * ip.merge_size
+        if size % factor:
+            raise ValueError(f"backbone.image_size={size} for {self.cfg.pretrained!r} must be a multiple of its "
+                             f"patch_size * merge_size = {factor} (one image token per {factor} x {factor} px)")
+        if not low <= size * size <= high:
+            raise ValueError(f"backbone.image_size={size} gives {size * size} pixels, outside the range [{low}, "
+                             f"{high}] (min_pixels, max_pixels) the processor of {self.cfg.pretrained!r} allows; set "
+                             f"backbone.image_size=0 to use its own")
+        ip.min_pixels = ip.max_pixels = size * size
+        ip.size = {"shortest_edge": size * size, "longest_edge": size * size}
+        return size
+
     def _init_image_stats(self) -> None:
         ip = self.processor.image_processor
         scale = ip.rescale_factor if ip.do_rescale else 1.0
@@ -281,8 +346,38 @@ class VLMBackbone(nn.Module):
         cog_index = prefix.shape[1] + text_len  # [B]
         positions = torch.arange(embeds.shape[1], device=embeds.device)
         token_mask = positions[None, :] <= cog_index[:, None]  # [B, L]
-        return LLMInputs(embeds, self._attention_mask(token_mask, cog_index, embeds.dtype),
-                         (positions + self.family.position_offset).expand(batch, -1), token_mask, cog_index)
+        if self.family.mrope:
+            position_ids = self._mrope_positions(images.shape[1], embeds.shape[1])[:, None].expand(-1, batch, -1)
+        else:
+            position_ids = (positions + self.family.position_offset).expand(batch, -1)
+        return LLMInputs(embeds, self._attention_mask(token_mask, cog_index, embeds.dtype), position_ids, token_mask,
+                         cog_index)
+
+    def _mrope_positions(self, cameras: int, length: int) -> Tensor:
+        """M-RoPE position ids [3, L] (temporal, height, width) of the prompt layout, as
+        `Qwen2_5_VLModel.get_rope_index` assigns them: a text token has the same index on all three axes, one more
+        than the token before; an image's R x C tokens sit at (s, s + row, s + column), s being the index the next
+        text token would have had, and the text after the image continues at s + max(R, C). The layout is the same
+        for every sample (the instructions come last, right-padded), so one row serves the batch."""
+        rows = cols = self.image_size // (self.processor.image_processor.patch_size
+                                          * self.processor.image_processor.merge_size)
+        grid = torch.stack([torch.zeros(rows * cols, dtype=torch.long),
+                            torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)])  # [3, R*C]
+        parts, start = [], 0
+
+        def text(count: int) -> None:
+            nonlocal start
+            parts.append(torch.arange(start, start + count).expand(3, -1))
+            start += count
+
+        text(len(self._lead_ids))
+        for _ in range(cameras):
+            text(len(self._open_ids))
+            parts.append(grid + start)
+            start += max(rows, cols)
+            text(len(self._close_ids))
+        text(length - sum(part.shape[1] for part in parts))  # instruction, cognition token, padding
+        return torch.cat(parts, dim=1).to(self.cognition_token.device)
 
     def forward(self, images: Tensor, instructions: list[str], keep_cache: bool = False) -> BackboneOutput:
         """images uint8 [B, N, H, W, 3], instructions B strings -> BackboneOutput (see class docstring).
@@ -300,11 +395,14 @@ class VLMBackbone(nn.Module):
         return BackboneOutput(tokens=hidden, token_mask=inputs.token_mask, cognition=cognition, past_key_values=prefix)
 
     def _language_prefix(self, cache: DynamicCache, inputs: LLMInputs) -> LanguagePrefix:
-        """The filled prefix cache as a `LanguagePrefix`; suffix positions continue after each cognition token."""
-        next_position = inputs.position_ids.gather(1, inputs.cog_index[:, None])[:, 0] + 1
+        """The filled prefix cache as a `LanguagePrefix`; suffix positions continue after each cognition token
+        (with M-RoPE, after the largest index on any axis: the cognition token is text, equal on all three)."""
+        positions = inputs.position_ids.amax(0) if self.family.mrope else inputs.position_ids  # [B, L]
+        next_position = positions.gather(1, inputs.cog_index[:, None])[:, 0] + 1
         scale = self.hidden_size ** -0.5 if self.family.scales_inputs else 1.0
         return LanguagePrefix([(layer.keys, layer.values) for layer in cache.layers], inputs.token_mask,
-                              next_position, self.language_model, scale, inputs.embeds.dtype, self.vocabulary)
+                              next_position, self.language_model, scale, inputs.embeds.dtype, self.vocabulary,
+                              mrope=self.family.mrope)
 
     @property
     def language_model(self) -> nn.Module:
@@ -320,8 +418,24 @@ class VLMBackbone(nn.Module):
         """[B * N, 3, S, S] -> projected image tokens [B * N, K, C]."""
         if self.cfg.family == "paligemma":
             return self.vlm.get_image_features(pixels)
+        if self.family.dynamic_resolution:
+            patches, grid = self.vision_patches(pixels)
+            return self.vlm.visual(patches, grid_thw=grid).view(pixels.shape[0], -1, self.hidden_size)
         # Calling the tower directly skips Idefics3's drop-all-zero-images step, which would reshuffle the batch.
         return self.vlm.connector(self.vlm.vision_model(pixel_values=pixels).last_hidden_state)
+
+    def vision_patches(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """Qwen2.5-VL: images [M, 3, S, S] -> the flattened patches its vision tower takes, [M * G * G, 3 * T * P * P],
+        and each image's grid (1, G, G) as [M, 3] (G = S / P), laid out as `Qwen2VLImageProcessor` does: the frame
+        repeated T = temporal_patch_size times, patches ordered by merge window (2 x 2 neighbours in a row)."""
+        ip = self.processor.image_processor
+        count, patch, merge, frames = pixels.shape[0], ip.patch_size, ip.merge_size, ip.temporal_patch_size
+        side = self.image_size // patch
+        x = pixels[:, None].expand(-1, frames, -1, -1, -1)  # [M, T, 3, S, S]
+        x = x.reshape(count, frames, 3, side // merge, merge, patch, side // merge, merge, patch)
+        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # [M, G/m, G/m, m, m, 3, T, P, P]
+        grid = torch.tensor([[1, side, side]], device=pixels.device).expand(count, -1)
+        return x.reshape(count * side * side, 3 * frames * patch * patch), grid
 
     def _image_prefix(self, pixels: Tensor, batch: int) -> Tensor:
         """[B * N, 3, S, S] -> lead text + every camera's wrapped image tokens, [B, P, C]."""
@@ -409,7 +523,9 @@ def _load_weights(cls: type, cfg: BackboneConfig, lm_head: bool = False):
 def _load_processor(cfg: BackboneConfig):
     """The checkpoint's processor; a ValueError saying how to add an image processor when the folder has none."""
     folder = Path(cfg.pretrained)
-    processor = None if folder.is_dir() and not _has_image_processor(folder) else _load(AutoProcessor, cfg)
+    # Qwen2.5-VL: transformers picks its fast (torchvision) image processor by default and warns; ask for it
+    options = {"use_fast": True} if _FAMILIES[cfg.family].dynamic_resolution else {}
+    processor = None if folder.is_dir() and not _has_image_processor(folder) else _load(AutoProcessor, cfg, **options)
     if getattr(processor, "image_processor", None) is None:
         raise ValueError(f"backbone {cfg.pretrained!r} has no image processor (preprocessor_config.json), which sets "
                          f"the image size, mean and std. Save the processor of the model it was made from into the "

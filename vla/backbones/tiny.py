@@ -23,6 +23,12 @@ from transformers import (
     PaliGemmaProcessor,
     PreTrainedTokenizerFast,
     ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2TokenizerFast,
+    Qwen2VLImageProcessor,
+    Qwen2VLVideoProcessor,
     SiglipImageProcessor,
 )
 from transformers.image_utils import PILImageResampling
@@ -35,6 +41,9 @@ _BASE_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<image>"]
 _IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
     f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
 ]
+# Qwen2.5-VL's vision markers and chat-template tokens, named as in its real tokenizer.
+_QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
+QWEN_MERGE = 2  # Qwen2.5-VL merges 2 x 2 neighbouring patches into one LLM token (spatial_merge_size)
 _IMAGE_STATS = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
 _CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json")
 
@@ -65,6 +74,9 @@ def build_tiny_vlm(
             f"image_size {image_size} must be divisible by patch_size {patch_size} and "
             f"hidden_size {hidden_size} by heads {heads}"
         )
+    if family == "qwen2_5_vl" and image_size % (patch_size * QWEN_MERGE):
+        raise ValueError(f"a Qwen2.5-VL image_size must be a multiple of patch_size * {QWEN_MERGE} (the 2 x 2 merged "
+                         f"patches of one LLM token) = {patch_size * QWEN_MERGE}; got {image_size}")
     out = Path(out_dir)
     corpus = sorted(set(instructions))
     args = dict(
@@ -83,14 +95,16 @@ def build_tiny_vlm(
     )
     if _is_built(out, args):
         return out
-    specials = _BASE_SPECIALS + (_IDEFICS3_SPECIALS if family == "smolvlm" else [])
-    # PaliGemmaProcessor type-checks for a Gemma tokenizer class.
-    tokenizer_cls = GemmaTokenizerFast if family == "paligemma" else PreTrainedTokenizerFast
+    specials = _BASE_SPECIALS + {"smolvlm": _IDEFICS3_SPECIALS, "qwen2_5_vl": _QWEN_SPECIALS}.get(family, [])
+    # The processors type-check for their family's tokenizer class.
+    tokenizer_cls = {"paligemma": GemmaTokenizerFast, "qwen2_5_vl": Qwen2TokenizerFast}.get(family,
+                                                                                            PreTrainedTokenizerFast)
     tokenizer = train_tokenizer(corpus, vocab_size, specials, tokenizer_cls)
     processor = _build_processor(family, tokenizer, image_size, patch_size)
     torch.manual_seed(seed)
     model = _build_model(family, processor, args)
-    _init_vision_positions_sincos(model, image_size // patch_size)
+    if family != "qwen2_5_vl":  # Qwen2.5-VL's tower has no learned position table: 2-D RoPE places its patches
+        _init_vision_positions_sincos(model, image_size // patch_size)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -136,6 +150,13 @@ def _build_processor(
     family: str, tokenizer: PreTrainedTokenizerFast, image_size: int, patch_size: int
 ) -> ProcessorMixin:
     n_patches = (image_size // patch_size) ** 2
+    if family == "qwen2_5_vl":
+        # Dynamic resolution pinned to one size: smart_resize keeps an image_size x image_size frame as it is
+        # (min_pixels = max_pixels = its area), so every square camera frame gives (image_size / 16)^2 tokens.
+        pixels = dict(min_pixels=image_size**2, max_pixels=image_size**2, patch_size=patch_size,
+                      merge_size=QWEN_MERGE, temporal_patch_size=2)
+        return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
+                                   video_processor=Qwen2VLVideoProcessor(**pixels))
     if family == "paligemma":
         images = SiglipImageProcessor(
             size={"height": image_size, "width": image_size},
@@ -204,6 +225,8 @@ def _build_model(family: str, processor: ProcessorMixin, args: dict) -> torch.nn
         max_position_embeddings=1024,
     )
     image_token = tokenizer.convert_tokens_to_ids("<image>")
+    if family == "qwen2_5_vl":
+        return _build_qwen(tokenizer, vision, text, args)
     if family == "paligemma":
         config = PaliGemmaConfig(
             # no attention-pooling head: PaliGemma reads the patch tokens, as its real checkpoints do;
@@ -224,3 +247,29 @@ def _build_model(family: str, processor: ProcessorMixin, args: dict) -> torch.nn
         pad_token_id=tokenizer.pad_token_id,
     )
     return Idefics3ForConditionalGeneration(config).eval()
+
+
+def mrope_section(head_dim: int) -> list[int]:
+    """Qwen2.5-VL's split of the rotary frequencies (head_dim / 2) into temporal, height and width parts, scaled
+    from the real models' [16, 24, 24] of head_dim 128."""
+    temporal = head_dim // 8
+    height = (head_dim // 2 - temporal) // 2
+    return [temporal, height, head_dim // 2 - temporal - height]
+
+
+def _build_qwen(tokenizer: PreTrainedTokenizerFast, vision: dict, text: dict, args: dict) -> torch.nn.Module:
+    """A tiny Qwen2.5-VL: windowed vision tower (last block full attention, as the real ones end every 8 blocks),
+    grouped-query attention (half as many key/value heads) and tied embeddings, as Qwen2.5-VL-3B."""
+    ids = {name: tokenizer.convert_tokens_to_ids(f"<|{name}|>") for name in
+           ("image_pad", "video_pad", "vision_start", "vision_end")}
+    vision_config = dict(depth=vision["num_hidden_layers"], hidden_size=vision["hidden_size"],
+                         intermediate_size=vision["intermediate_size"], num_heads=vision["num_attention_heads"],
+                         patch_size=vision["patch_size"], spatial_merge_size=QWEN_MERGE, temporal_patch_size=2,
+                         out_hidden_size=text["hidden_size"], fullatt_block_indexes=[vision["num_hidden_layers"] - 1],
+                         window_size=2 * QWEN_MERGE * vision["patch_size"])  # windows of 2 x 2 LLM tokens
+    text_config = dict(text, num_key_value_heads=max(1, text["num_attention_heads"] // 2), tie_word_embeddings=True,
+                       rope_scaling={"type": "mrope", "mrope_section": mrope_section(text["head_dim"])})
+    config = Qwen2_5_VLConfig(vision_config=vision_config, text_config=text_config, image_token_id=ids["image_pad"],
+                              video_token_id=ids["video_pad"], vision_start_token_id=ids["vision_start"],
+                              vision_end_token_id=ids["vision_end"], tie_word_embeddings=True)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
