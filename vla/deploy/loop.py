@@ -149,9 +149,10 @@ def check_compatible(spec: PolicySpec, robot: Robot, cameras: dict[str, Camera] 
                          f"data (made by an older vla?), so the arm cannot be checked against it: retrain")
     robot_spec = robot.spec
     gripper = [a for a in robot_spec.action_names if "gripper" in a]
-    if gripper and not any("gripper" in a for a in spec.action_names[name]):
+    trained = spec.action_names[name]
+    if gripper and len(trained) == robot_spec.action_dim - len(gripper) and not any("gripper" in a for a in trained):
         raise ValueError(f"{name}: the robot drives a gripper (action {gripper[0]!r}) but the policy was trained "
-                         f"without a gripper dimension (actions {spec.action_names[name]}): train on data with "
+                         f"without a gripper dimension (actions {trained}): train on data with "
                          f"the gripper, or configure the robot without one (UR: --robot.gripper none)")
     for what, trained, robot_value in (("state width", spec.state_dims[name], robot_spec.state_dim),
                                        ("action width", spec.action_dims[name], robot_spec.action_dim),
