@@ -12,7 +12,6 @@ backbone, training fits the tokenizer and `set_action_tokenizer` attaches it, an
 
 from __future__ import annotations
 
-import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import draccus
 import torch
 from torch import Tensor, nn
 
+from vla.registry import choice_class
 from vla.types import Cond
 
 if TYPE_CHECKING:
@@ -109,12 +109,7 @@ def register_head(name: str):
 
 def head_config_class(name: str) -> type[HeadConfig]:
     """Look up a registered head config by name, suggesting the closest on a typo."""
-    known = sorted(HeadConfig.get_known_choices())
-    if name not in known:
-        hint = difflib.get_close_matches(name, known, n=1)
-        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
-        raise ValueError(f"unknown action head '{name}'; registered heads: {known}.{suggestion}")
-    return HeadConfig.get_choice_class(name)
+    return choice_class(HeadConfig, name, "action head")
 
 
 class ActionHead(nn.Module, ABC):

@@ -13,7 +13,6 @@ was fit for, small fitted state) plus any files the subclass writes. No pickle.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -23,6 +22,8 @@ from typing import Any, ClassVar
 
 import draccus
 import numpy as np
+
+from vla.registry import choice_class
 
 META_FILE = "action_tokenizer.json"
 FORMAT_VERSION = 1
@@ -59,12 +60,7 @@ def register_tokenizer(name: str):
 
 def tokenizer_config_class(name: str) -> type[TokenizerConfig]:
     """Look up a registered tokenizer config by name, suggesting the closest on a typo."""
-    known = sorted(TokenizerConfig.get_known_choices())
-    if name not in known:
-        hint = difflib.get_close_matches(name, known, n=1)
-        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
-        raise ValueError(f"unknown action tokenizer '{name}'; registered tokenizers: {known}.{suggestion}")
-    return TokenizerConfig.get_choice_class(name)
+    return choice_class(TokenizerConfig, name, "action tokenizer")
 
 
 def build_tokenizer(config: TokenizerConfig | str) -> ActionTokenizer:
