@@ -38,6 +38,8 @@ class Suite:
     description: str
 
 
+MAX_EPISODE_STEPS = 500  # Meta-World refuses to step an episode further (its max_path_length)
+
 SUITES: dict[str, Suite] = {
     # Eight tasks over the four difficulty groups of vla.sim.tasks (Seo et al. 2022): push among them, and the
     # tasks this repo has demos recipes for (reach, button-press-topdown, push) kept, so a quickstart checkpoint
@@ -49,8 +51,8 @@ SUITES: dict[str, Suite] = {
                "shelf-place"),  # very hard
         episodes_per_task=20, max_steps=300,
         description="8 Meta-World tasks: 3 easy, 2 medium, 2 hard, 1 very hard"),
-    # MT50: every task, grouped by difficulty. 400 actions is LeRobot's Meta-World episode length (its
-    # MetaworldEnv config), under which the published MT50 figures of LeRobot-trained policies were measured.
+    # MT50: every task, grouped by difficulty. 400 actions is LeRobot's Meta-World episode length
+    # (episode_length of its MetaworldEnv config, lerobot 0.4.4).
     "mt50": Suite(tasks=tuple(TASKS), episodes_per_task=10, max_steps=400,
                   description="all 50 Meta-World v3 tasks (MT50) in 4 difficulty groups"),
 }
@@ -80,9 +82,9 @@ def resolve(cfg: SuiteConfig) -> SuiteConfig:
         get_task(task)
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"--tasks names a task twice: {tasks}")
-    if cfg.episodes_per_task < 0 or cfg.max_steps < 0:
-        raise ValueError(f"episodes_per_task and max_steps must be positive (0 = the suite's default); "
-                         f"got {cfg.episodes_per_task} and {cfg.max_steps}")
+    if cfg.episodes_per_task < 0 or not 0 <= cfg.max_steps <= MAX_EPISODE_STEPS:
+        raise ValueError(f"episodes_per_task must be positive and max_steps in 1..{MAX_EPISODE_STEPS} (Meta-World "
+                         f"stops there; 0 = the suite's default); got {cfg.episodes_per_task} and {cfg.max_steps}")
     if cfg.seed_start < EVAL_SEED_START:
         raise ValueError(f"seed_start {cfg.seed_start} is below {EVAL_SEED_START}: demos use those seeds, so the "
                          f"suite would score placements a policy may have been trained on")
@@ -93,8 +95,8 @@ def resolve(cfg: SuiteConfig) -> SuiteConfig:
 
 def group_results(tasks: dict[str, dict]) -> tuple[dict[str, dict], dict]:
     """Per difficulty group present, and overall: episodes pooled (success rate and its Wilson interval) plus
-    the mean of the tasks' rates; overall also has the mean of the group rates, which papers report as the
-    Meta-World average."""
+    the mean of the tasks' rates; overall also has the mean of the group rates (Meta-World papers report per
+    group, and an average may be over groups rather than tasks)."""
     groups = {}
     for difficulty in DIFFICULTIES:
         mine = [t for t in tasks if get_task(t).difficulty == difficulty]
@@ -153,11 +155,12 @@ def run_suite(cfg: SuiteConfig) -> dict:
     trained_on, demos_source = training_instructions(cfg.checkpoint)
     for task, result in results["tasks"].items():
         spec = get_task(task)
+        recorded = [e for e in episodes if e.task == task and e.frames]
         video = Path("videos") / f"{task}.mp4"
-        write_video([e for e in episodes if e.task == task and e.frames], out / video)
+        write_video(recorded, out / video)
         result.update(difficulty=spec.difficulty, instruction=spec.instruction,
                       in_training_demos=None if trained_on is None else spec.instruction in trained_on,
-                      video=str(video) if (out / video).exists() else None)
+                      video=str(video) if recorded else None)
     results["groups"], results["overall"] = group_results(results["tasks"])
     results |= {"suite": cfg.suite, "tasks_from_flag": tuple(cfg.tasks) != SUITES[cfg.suite].tasks,
                 "checkpoint": str(cfg.checkpoint), "camera": camera, "image_size": image_size,
