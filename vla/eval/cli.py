@@ -1,6 +1,7 @@
 """`vla-eval`: closed-loop evaluation of a checkpoint, and the evaluation sub-commands.
 
     vla-eval --checkpoint outputs/train/quickstart/checkpoints/last --episodes_per_task 20
+    vla-eval suite --checkpoint CKPT [--suite metaworld8|mt50]   # task suite with report (vla.eval.suite)
     vla-eval heads ...            # head benchmark (vla.eval.heads_benchmark)
     vla-eval calibrate-bac ...    # BAC schedules for a checkpoint (vla.eval.bac_calibration)
 """
@@ -14,7 +15,8 @@ import draccus
 
 from vla.config import EvalConfig
 
-SUBCOMMANDS = {"heads": "vla.eval.heads_benchmark", "calibrate-bac": "vla.eval.bac_calibration"}
+SUBCOMMANDS = {"suite": "vla.eval.suite", "heads": "vla.eval.heads_benchmark",
+               "calibrate-bac": "vla.eval.bac_calibration"}
 
 
 def main(args: list[str] | None = None) -> None:

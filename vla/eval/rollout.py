@@ -1,8 +1,9 @@
 """Closed-loop evaluation in Meta-World on seeds never used for demonstrations.
 
 Library code: `evaluate(policy, cfg, ...)`; the command line (`vla-eval`) is vla.eval.cli.
-Writes <output_dir>/summary.json (success rate and mean episode length per task, inference
-latency), success.png (bar chart) and rollouts.mp4 (the first episodes of each task).
+Writes <output_dir>/summary.json (success rate with its 95% Wilson interval and mean episode length per task,
+inference latency), success.png (bar chart) and rollouts.mp4 (the first episodes of each task).
+`run_tasks` is the rollout loop alone, for callers that write their own outputs (the suite, vla.eval.suite).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vla.config import EvalConfig
 from vla.deploy.chunking import ActionSchedule
 from vla.deploy.loop import percentiles_ms
 from vla.eval.report import plot_success
+from vla.eval.stats import wilson_interval
 from vla.provenance import provenance
 from vla.sim.metaworld_env import EMBODIMENT, MetaWorldEnv
 from vla.types import Observation
@@ -73,26 +75,34 @@ def evaluate(policy, cfg: EvalConfig, image_size: int, camera: str) -> dict:
     """Roll the policy out on every task; return the summary dict (also written to cfg.output_dir)."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    policy.eval()
     sampling = policy.sampling_settings(cfg.num_inference_steps, cfg.bac)  # fails now if bac has no schedule
-    episodes: list[Episode] = []
-    latencies: list[float] = []
-    total = len(cfg.tasks) * cfg.episodes_per_task
-    with tqdm(total=total, desc="eval") as progress:
-        for task in cfg.tasks:
-            env = MetaWorldEnv(task, seed=cfg.seed_start, image_size=image_size, camera=camera,
-                               max_steps=cfg.max_steps, privileged_state=cfg.privileged_state)
-            for i in range(cfg.episodes_per_task):
-                episode = run_episode(policy, env, cfg.seed_start + i, cfg, latencies, record=i < cfg.videos_per_task)
-                episodes.append(episode)
-                progress.update(1)
-                progress.set_postfix(task=task, success=np.mean([e.success for e in episodes if e.task == task]))
-            env.close()
+    episodes, latencies = run_tasks(policy, cfg, image_size, camera)
     summary = summarize(episodes, latencies, cfg, sampling) | {"provenance": provenance(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_success(summary, out / "success.png")
     write_video([e for e in episodes if e.frames], out / "rollouts.mp4")
     return summary
+
+
+def run_tasks(policy, cfg: EvalConfig, image_size: int, camera: str) -> tuple[list[Episode], list[float]]:
+    """cfg.episodes_per_task episodes of every task in cfg.tasks, on seeds cfg.seed_start, +1, ...; the first
+    cfg.videos_per_task of each task keep their frames. Returns (episodes, seconds per predicted chunk)."""
+    policy.eval()
+    episodes: list[Episode] = []
+    latencies: list[float] = []
+    with tqdm(total=len(cfg.tasks) * cfg.episodes_per_task, desc="eval", unit="episode") as progress:
+        for task in cfg.tasks:
+            env = MetaWorldEnv(task, seed=cfg.seed_start, image_size=image_size, camera=camera,
+                               max_steps=cfg.max_steps, privileged_state=cfg.privileged_state)
+            try:
+                for i in range(cfg.episodes_per_task):
+                    episodes.append(run_episode(policy, env, cfg.seed_start + i, cfg, latencies,
+                                                record=i < cfg.videos_per_task))
+                    progress.update(1)
+                    progress.set_postfix(task=task, success=np.mean([e.success for e in episodes if e.task == task]))
+            finally:
+                env.close()
+    return episodes, latencies
 
 
 def summarize(episodes: list[Episode], latencies: list[float], cfg: EvalConfig, sampling: dict) -> dict:
@@ -101,10 +111,12 @@ def summarize(episodes: list[Episode], latencies: list[float], cfg: EvalConfig, 
     tasks = {}
     for task in cfg.tasks:
         mine = [e for e in episodes if e.task == task]
+        successes = int(sum(e.success for e in mine))
         tasks[task] = {
-            "success_rate": float(np.mean([e.success for e in mine])),
-            "successes": int(sum(e.success for e in mine)),
+            "success_rate": successes / len(mine),
+            "successes": successes,
             "episodes": len(mine),
+            "ci95": list(wilson_interval(successes, len(mine))),  # Wilson score interval of the success rate
             "mean_episode_length": float(np.mean([e.length for e in mine])),
             "seeds": [e.seed for e in mine],
         }

@@ -10,5 +10,7 @@ from vla.sim.metaworld_env import (
     TaskSpec,
     get_task,
 )
+from vla.sim.tasks import DIFFICULTIES, tasks_in
 
-__all__ = ["ACTION_NAMES", "CONTROL_FPS", "EMBODIMENT", "STATE_NAMES", "TASKS", "MetaWorldEnv", "TaskSpec", "get_task"]
+__all__ = ["ACTION_NAMES", "CONTROL_FPS", "DIFFICULTIES", "EMBODIMENT", "STATE_NAMES", "TASKS", "MetaWorldEnv",
+           "TaskSpec", "get_task", "tasks_in"]

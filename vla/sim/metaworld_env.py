@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless off-screen rendering unless the user chose otherwise
@@ -22,6 +21,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless off-screen rendering unles
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium.utils import seeding  # noqa: E402
+
+from vla.sim.tasks import TASKS, TaskSpec, get_task  # noqa: E402, F401  (re-exported)
 
 EMBODIMENT = "metaworld_sawyer"
 STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_opening", "goal_x", "goal_y", "goal_z"]
@@ -40,39 +41,6 @@ MUJOCO_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindG
 # instead of ~3, as a real camera would be placed to frame the workspace rather than the whole robot.
 CAMERA_VARIANTS = {"corner_zoom": ("corner", 30.0)}
 CAMERAS = MUJOCO_CAMERAS + tuple(CAMERA_VARIANTS)
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One Meta-World task.
-
-    goal_in_state: whether the goal position goes into state[4:7]. Only where the goal is not
-    derived from an object position (it would leak where the object is) — zeros otherwise.
-    """
-
-    name: str
-    env_name: str
-    instruction: str
-    goal_in_state: bool
-
-
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec("reach", "reach-v3", "reach the goal", True),
-        TaskSpec("push", "push-v3", "push the puck to the goal", True),
-        TaskSpec("pick-place", "pick-place-v3", "pick up the puck and place it at the goal", True),
-        TaskSpec("button-press-topdown", "button-press-topdown-v3", "press the button from the top", False),
-        TaskSpec("drawer-open", "drawer-open-v3", "open the drawer", False),
-    )
-}
-
-
-def get_task(task: str) -> TaskSpec:
-    """Look a task up by name; ValueError listing the known tasks otherwise."""
-    if task not in TASKS:
-        raise ValueError(f"unknown Meta-World task {task!r}; known tasks: {sorted(TASKS)}")
-    return TASKS[task]
 
 
 def robot_state(full_obs: np.ndarray, goal_in_state: bool, privileged: bool = False) -> np.ndarray:
