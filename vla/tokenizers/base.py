@@ -30,7 +30,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class TokenizerConfig(draccus.ChoiceRegistry):
+class TokenizerConfig(draccus.ChoiceRegistry, ABC):
     """Base of every tokenizer config; `type` in YAML picks the subclass."""
 
     @classmethod
@@ -42,10 +42,10 @@ class TokenizerConfig(draccus.ChoiceRegistry):
         return self.get_choice_name(self.__class__)
 
     @property
+    @abstractmethod
     def max_vocab_size(self) -> int:
         """An upper bound on the fitted `vocab_size`, known before fitting (a token head sizes its vocabulary
         from it, so a checkpoint's model structure never depends on the fit)."""
-        raise NotImplementedError(f"{type(self).__name__} must define max_vocab_size")
 
     @property
     def fixed_length(self) -> bool:
