@@ -18,6 +18,7 @@ from vla.action_heads.prefix import memory_allowed
 from vla.backbones import BackboneConfig
 from vla.checkpoint import load_policy
 from vla.config import ModelConfig
+from vla.kv_cache import buffer_reuse
 from vla.policy import VLAPolicy
 from vla.training.train import load_demos, train
 from vla.types import Observation
@@ -246,6 +247,8 @@ def test_ar_decoding_with_kv_cache_equals_recompute(trained, context):
     seeded = {"generator": torch.Generator().manual_seed(1)}
     chunk = head.sample(cond, **seeded)
     assert torch.equal(chunk, head.sample(cond, generator=torch.Generator().manual_seed(1), kv_cache=False))
+    with buffer_reuse(False):  # every denoising step and token concatenates the prefix keys anew
+        torch.testing.assert_close(chunk, head.sample(cond, generator=torch.Generator().manual_seed(1)))
     assert chunk.shape == (B, H, D) and chunk.abs().max() <= 1.0
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vla.kv_cache import SuffixKV, attend_keys
 from vla.types import KV
 
 
@@ -88,15 +89,15 @@ class DiTBlock(nn.Module):
         k, v = kv.chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
-    def _attend(self, h: Tensor, memory: KV | None, allowed: Tensor | None) -> Tensor:
+    def _attend(self, h: Tensor, memory: KV | SuffixKV | None, allowed: Tensor | None) -> Tensor:
         q, k, v = (self._split(p) for p in F.linear(h, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, -1))
         if memory is not None:
-            k, v = torch.cat([memory[0], k], dim=2), torch.cat([memory[1], v], dim=2)  # (B, heads, M + T, C / heads)
+            k, v = attend_keys(memory, k, v)  # (B, heads, M + T, C / heads)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
                                              dropout_p=self.attn.dropout if self.training else 0.0)
         return self.attn.out_proj(out.transpose(1, 2).flatten(2))  # (B, T, C)
 
-    def forward(self, x: Tensor, c: Tensor | None = None, memory: KV | None = None,
+    def forward(self, x: Tensor, c: Tensor | None = None, memory: KV | SuffixKV | None = None,
                 allowed: Tensor | None = None) -> Tensor:
         """x: [B, T, C] tokens; c: [B, C] or None; memory: `memory_kv` output or None.
 

@@ -25,12 +25,13 @@ own LLM runs
 - Training: L = L_diffusion (masked MSE on the noise) + `ar_loss_weight` * L_CE (mean over the real AR ids),
   over `noise_samples_per_cond` (noise, t) draws per observation (4: REPEATED_DIFFUSION_STEPS in the paper's
   scripts/train.sh).
-- Inference. DDIM runs the span after the cached prefix at every step (a fresh `Continuation` per step: only
-  the span's H + 4 tokens run, the prefix is never recomputed). The AR tokens are decoded greedily after the
+- Inference. DDIM runs the span after the cached prefix at every step (the prefix's scratch `Continuation`,
+  rewound each step: only the span's H + 4 tokens run and their keys/values overwrite the last step's in one
+  preallocated buffer; the prefix is never recomputed nor copied again). The AR tokens are decoded greedily after the
   span of the sampler's first step: its starting noise (the paper's code also feeds the sampler's starting
   noise to the AR pass) at its first timestep (where the paper's code draws a random one), one token per
-  step over that continuation's KV cache. No fork or copy of a continuation is needed: every denoising step
-  opens its own, and the AR one is opened once.
+  step over that continuation's KV cache. No fork or copy of a continuation is needed: each denoising step and
+  then the AR decoding rewind the same one.
 - Collaborative ensemble. The AR branch's confidence is the mean probability of its chosen ids (up to END
   for FAST). At or above `confidence_threshold` (0.96: the paper's theta; its code thresholds the sum of
   six token probabilities at 5.8, a mean of 0.967) the chunk is the average of the diffusion and the
@@ -141,7 +142,7 @@ class HybridHead(TokenHead):
         """Run [state] + the diffusion span after the prefix: (the continuation the AR tokens follow, the hidden
         state [B, C] predicting the first AR id, the predicted noise [B, H, D])."""
         prefix, _ = self.prefix(cond)
-        continuation = prefix.continuation()
+        continuation = prefix.scratch_continuation()  # sampling: one set of buffers for every step, rewritten
         span = self.span(cond, noisy, t)
         state = None
         if self.state_proj is not None:

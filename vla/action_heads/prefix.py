@@ -20,6 +20,7 @@ from vla.action_heads.diffusion import ActionDiffusion
 from vla.action_heads.flow_matching import FlowMatching
 from vla.action_heads.inpaint import make_inpainting
 from vla.backbones.continuation import LanguagePrefix
+from vla.kv_cache import suffix_kv
 from vla.types import Cond, repeat_kv
 
 
@@ -124,6 +125,8 @@ class PrefixHead(CachedSampling, ActionHead):
         num_steps = num_steps or self.default_steps()
         cache = self.block_cache(num_steps, bac)
         memory, real, extra = self.encode(cond)
+        if not isinstance(memory, LanguagePrefix):  # (a LanguagePrefix reuses its own buffers in `extend`)
+            memory = suffix_kv(memory)  # each step writes its tokens' keys after the prefix's, copying nothing else
         shape = (real.shape[0], self.config.horizon, self.action_dim)
         return self.process.sample(lambda x, t: self.denoise(x, t, memory, real, extra, cache), shape,
                                    extra.device, extra.dtype, generator, num_steps,

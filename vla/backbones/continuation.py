@@ -14,12 +14,13 @@ It reads and writes tokens through the prefix's `Vocabulary` (the LLM's token ta
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache
+from transformers import Cache, DynamicCache
 
+from vla.kv_cache import SuffixKV, buffers_reusable
 from vla.types import KV, additive_mask, repeat_kv
 
 
@@ -77,6 +78,7 @@ class LanguagePrefix:
     dtype: torch.dtype = torch.float32
     vocabulary: Vocabulary | None = None
     mrope: bool = False
+    _scratch: Continuation | None = field(default=None, init=False, repr=False, compare=False)
 
     def repeat_interleave(self, repeats: int) -> LanguagePrefix:
         """Each sample repeated `repeats` times in a row (one per noise draw)."""
@@ -90,18 +92,14 @@ class LanguagePrefix:
         """Last-layer hidden states [B, T, C] of tokens `embeds` [B, T, C] placed right after the prefix.
 
         allowed: bool [B, 1, T, L + T]; True where a suffix token may attend to a key (prefix, then suffix).
-        The cached prefix is not modified, so one prefix serves every denoising step.
+        The cached prefix is not modified, so one prefix serves every denoising step; without autograd every call
+        writes its suffix into the same buffers (`scratch_continuation`), copying no prefix keys.
         """
         batch, length = embeds.shape[:2]
         expected = (batch, 1, length, self.token_mask.shape[1] + length)
         if tuple(allowed.shape) != expected:
             raise ValueError(f"suffix attention mask must be {list(expected)}; got {list(allowed.shape)}")
-        embeds = (embeds * self.input_scale).to(self.dtype)
-        positions = self.suffix_positions(0, length)
-        # A fresh cache per call: DynamicCache.update concatenates into new tensors, so the prefix's stay intact.
-        cache = DynamicCache(ddp_cache_data=self.keys_values)
-        return self.language_model(inputs_embeds=embeds, attention_mask=additive_mask(allowed, self.dtype),
-                                   past_key_values=cache, position_ids=positions, use_cache=True).last_hidden_state
+        return self.scratch_continuation().run((embeds * self.input_scale).to(self.dtype), allowed)
 
     def suffix_positions(self, start: int, length: int) -> Tensor:
         """Position ids of suffix tokens start .. start + length - 1 after the prefix: [B, T], or [3, B, T] with
@@ -113,6 +111,19 @@ class LanguagePrefix:
         """An empty suffix after this prefix whose keys/values persist across `Continuation.append` calls."""
         return Continuation(self)
 
+    def scratch_continuation(self) -> Continuation:
+        """An empty suffix after this prefix for a caller that runs one suffix at a time (a denoising step).
+
+        Without autograd it is the same object at every call, rewound: its buffers are allocated once per prefix
+        (once per sampling call) and each call overwrites the previous suffix, so it is valid until the next call.
+        With autograd a new one each call (an in-place write would corrupt keys saved for backward)."""
+        if not buffers_reusable():
+            return Continuation(self)
+        if self._scratch is None:
+            self._scratch = Continuation(self)
+        self._scratch.rewind()
+        return self._scratch
+
 
 class Continuation:
     """A growing causal suffix after a `LanguagePrefix`: every appended token's keys/values are kept.
@@ -122,15 +133,24 @@ class Continuation:
     sample's prefix. Appending a sequence in one call or token by token gives the same hidden states (teacher
     forcing vs decoding). Tokens appended with `visible=False` take their positions but later appends never
     attend to them (hybrid's diffusion span hidden from its AR tokens). The prefix's own tensors are never
-    modified, so one prefix serves many continuations.
+    modified, so one prefix serves many continuations. Without autograd the suffix's keys/values are written
+    into preallocated buffers after a single copy of the prefix (`SuffixCache`); with autograd they are
+    concatenated (transformers' DynamicCache).
     """
 
     def __init__(self, prefix: LanguagePrefix):
         self.prefix = prefix
         # DynamicCache.update concatenates into new tensors, so the prefix's keys/values stay intact.
-        self.cache = DynamicCache(ddp_cache_data=prefix.keys_values)
-        self.key_mask = prefix.token_mask.bool()  # (B, L + length): keys a new token may attend to
+        self.cache = SuffixCache(prefix.keys_values) if buffers_reusable() else DynamicCache(
+            ddp_cache_data=prefix.keys_values)
+        self.rewind()
+
+    def rewind(self) -> None:
+        """Forget the suffix: the next append starts right after the prefix again (in place of the old tokens)."""
+        self.key_mask = self.prefix.token_mask.bool()  # (B, L + length): keys a new token may attend to
         self.length = 0  # suffix tokens appended so far
+        if isinstance(self.cache, DynamicCache):
+            self.cache.crop(self.prefix.token_mask.shape[1])
 
     def append(self, embeds: Tensor, visible: bool = True) -> Tensor:
         """Last-layer hidden states [B, T, C] of T new tokens `embeds` [B, T, C] given in the LLM's input space
@@ -144,11 +164,37 @@ class Continuation:
         causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
         allowed = torch.cat([self.key_mask[:, None, :].expand(batch, length, -1),
                              causal.expand(batch, -1, -1)], dim=-1)[:, None]  # (B, 1, T, L + length + T)
-        positions = self.prefix.suffix_positions(self.length, length)
-        hidden = self.prefix.language_model(inputs_embeds=embeds.to(self.prefix.dtype),
-                                            attention_mask=additive_mask(allowed, self.prefix.dtype),
-                                            past_key_values=self.cache, position_ids=positions,
-                                            use_cache=True).last_hidden_state
+        hidden = self.run(embeds.to(self.prefix.dtype), allowed)
         self.key_mask = torch.cat([self.key_mask, torch.full((batch, length), visible, device=device)], 1)
+        return hidden
+
+    def run(self, embeds: Tensor, allowed: Tensor) -> Tensor:
+        """Hidden states [B, T, C] of `embeds` [B, T, C] (the LLM's input dtype and scale) at the next T suffix
+        positions, attending where allowed [B, 1, T, L + length + T] is True; their keys/values are kept."""
+        length = embeds.shape[1]
+        slots = self.prefix.token_mask.shape[1] + self.length + torch.arange(length, device=embeds.device)
+        if isinstance(self.cache, SuffixCache):
+            self.cache.start = self.length
+        hidden = self.prefix.language_model(inputs_embeds=embeds, attention_mask=additive_mask(allowed, embeds.dtype),
+                                            past_key_values=self.cache, cache_position=slots,
+                                            position_ids=self.prefix.suffix_positions(self.length, length),
+                                            use_cache=True).last_hidden_state
         self.length += length
         return hidden
+
+
+class SuffixCache(Cache):
+    """A transformers `Cache` whose layers keep the prefix's keys/values in `SuffixKV` buffers: each forward writes
+    its tokens' keys/values in place at suffix position `start` (set by the `Continuation` before the call)."""
+
+    def __init__(self, keys_values: list[KV]):
+        super().__init__(layers=[])
+        self.suffix = [SuffixKV(k, v) for k, v in keys_values]
+        self.start = 0
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, cache_kwargs: dict | None = None
+               ) -> KV:
+        return self.suffix[layer_idx].write(key_states, value_states, self.start)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.suffix[layer_idx].prefix_length + self.start
