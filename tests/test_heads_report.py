@@ -57,6 +57,7 @@ def test_variants_build_their_own_configs_and_are_listed(tmp_path):
     report = write_report(cfg, {(h, 0): fake_summary(0.5) for h in cfg.heads}, []).read_text()
     assert "- `dita_shared`: `dita` with denoiser=shared" in report
     assert "- `dita_h2`: `dita` with model.n_obs_steps=2" in report
+    assert "| 1.00 M | 2.00 M | - |" in report  # continuous heads have no tokenizer column
     with pytest.raises(ValueError, match="do not fit the dita head config.*`depht` are not valid"):
         HeadsBenchmarkConfig(heads=["bad"], variants={"bad": HeadVariant(head="dita", options={"depht": 2})})
     nested = HeadVariant(head="dita", options={"diffusion": {"num_inference_steps": 5}})
@@ -66,6 +67,22 @@ def test_variants_build_their_own_configs_and_are_listed(tmp_path):
     with pytest.raises(ValueError, match="bac.heads: dita_shared denoises inside the backbone"):
         HeadsBenchmarkConfig(heads=["dita_shared"], variants={"dita_shared": shared},
                              bac=BACBenchConfig(heads=["dita_shared"]))
+
+
+def test_token_heads_report_their_tokenizer_over_seeds(tmp_path):
+    ar_fast = HeadVariant(head="ar", options={"tokenizer": {"type": "fast"}})
+    cfg = HeadsBenchmarkConfig(heads=["dit", "ar_fast"], seeds=[0, 1], report_dir=str(tmp_path),
+                               variants={"ar_fast": ar_fast})
+    assert pipeline_config(cfg, "ar_fast", 0).model.head.tokenizer.type == "fast"
+    cfg.eval.tasks = ["reach", "button-press-topdown"]
+    runs = {(h, s): fake_summary(0.5) for h in cfg.heads for s in cfg.seeds}
+    for seed, (tokens, error) in enumerate([(10.0, 0.02), (12.0, 0.04)]):
+        runs[("ar_fast", seed)]["tokenizer"] = {"type": "fast", "round_trip": {"tokens_per_chunk": tokens,
+                                                                               "mean_abs_error": error}}
+    report = write_report(cfg, runs, []).read_text()
+    assert "| 1.00 M | 2.00 M | fast: 11.0 / 0.0300 |" in report  # means over the two seeds
+    assert "| 1.00 M | 2.00 M | - |" in report  # dit
+    assert "Token heads: their action tokenizer is fit on the training chunks" in report
 
 
 def test_run_folder_refuses_other_settings_or_commit(tmp_path, monkeypatch):

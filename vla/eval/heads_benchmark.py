@@ -1,7 +1,7 @@
-"""Head benchmark: dit vs dita vs flow (and named variants) on the same Meta-World demos, step budget
+"""Head benchmark: dit vs dita vs flow, the token heads (and named variants) on the same Meta-World demos, step budget
 and seeds; then BAC.
 
-    vla-eval heads                          # the committed report, ~2 h on 2 CPU cores
+    vla-eval heads                          # the committed report, ~3 h alone on 2 CPU cores
     python benchmarks/heads.py --seeds='[0]' --train.steps=200
 
 Each (head, seed) is one pipeline run (`vla.pipeline.run_pipeline`: demos and the tiny VLM are
@@ -36,6 +36,7 @@ from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainCo
 from vla.pipeline import PipelineConfig, TinyBackboneConfig
 from vla.provenance import provenance, same_origin
 from vla.sim.demos import DemoConfig
+from vla.training.tokenizer_fit import FIT_REPORT
 
 TASKS = ["reach", "button-press-topdown"]
 DEFAULT_RECIPE = "configs/bench/heads.yaml"  # nested defaults live here: draccus rebuilds an overridden section
@@ -156,6 +157,9 @@ def train_and_eval(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> dict:
     path = out / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else run_pipeline(pipeline)
     summary["train_s_per_step"] = median_s_per_step(out / "train" / "metrics.csv")
+    fit = out / "train" / FIT_REPORT  # token heads: the tokenizer fit before training, with its held-out round trip
+    if fit.exists():
+        summary["tokenizer"] = json.loads(fit.read_text())
     return summary
 
 

@@ -27,9 +27,27 @@ def head_rows(cfg, runs: dict) -> list[dict]:
                "s_per_step": mean_std([r["train_s_per_step"] for r in mine]),
                "p50": mean_std([r["chunk_latency_ms"]["p50"] for r in mine]),
                "p99": mean_std([r["chunk_latency_ms"]["p99"] for r in mine]),
-               "params": mine[0]["parameters"], "per_seed": [r["mean_success_rate"] for r in mine]}
+               "params": mine[0]["parameters"], "per_seed": [r["mean_success_rate"] for r in mine],
+               "tokens": token_stats(mine)}
         rows.append(row)
     return rows
+
+
+def token_stats(runs: list[dict]) -> dict | None:
+    """A token head's tokenizer over seeds: type, tokens per chunk and held-out round-trip error (normalised
+    units), each the mean over seeds; None for a continuous head."""
+    fits = [r["tokenizer"] for r in runs if "tokenizer" in r]
+    if not fits:
+        return None
+    trips = [f["round_trip"] for f in fits]
+    return {"type": fits[0]["type"], "tokens_per_chunk": float(np.mean([t["tokens_per_chunk"] for t in trips])),
+            "round_trip_error": float(np.mean([t["mean_abs_error"] for t in trips]))}
+
+
+def tokens_cell(tokens: dict | None) -> str:
+    if tokens is None:
+        return "-"
+    return f"{tokens['type']}: {tokens['tokens_per_chunk']:.1f} / {tokens['round_trip_error']:.4f}"
 
 
 BAC_COLOURS = {"off": "#4878a8", "threshold": "#d08a3c", "tolerance": "#6a9f58"}
@@ -62,7 +80,7 @@ def origin(runs: dict) -> str:
 def markdown(cfg, rows: list[dict], bac_rows: list[dict], runs: dict | None = None) -> str:
     tasks = cfg.eval.tasks
     lines = [
-        "# Continuous action heads: " + " vs ".join(cfg.heads) + ", and block-wise adaptive caching",
+        "# Action heads: " + " vs ".join(cfg.heads) + ", and block-wise adaptive caching",
         "",
         f"Same demos ({cfg.demos.episodes_per_task} scripted episodes per task, {cfg.demos.image_size} px corner "
         f"camera), same tiny PaliGemma backbone (trained from scratch), same head size (hidden {cfg.head.hidden}, "
@@ -76,15 +94,16 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict], runs: dict | None = No
         "",
         *([origin(runs), ""] if runs else []),
         "| head | success | " + " | ".join(tasks) + " | per seed | train s/step | latency p50 / p99 (ms) | "
-        "head params | total params |",
-        "|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|",
+        "head params | total params | tokens / chunk, round-trip error |",
+        "|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|",
     ]
     for r in rows:
         per_task = " | ".join(pct(r["tasks"][t]) for t in tasks)
         seeds = ", ".join(f"{100 * s:.0f}" for s in r["per_seed"])
         lines.append(f"| `{r['head']}` | **{pct(r['success'])}** | {per_task} | {seeds} | "
                      f"{r['s_per_step'][0]:.3f} | {r['p50'][0]:.1f} / {r['p99'][0]:.1f} | "
-                     f"{r['params']['head'] / 1e6:.2f} M | {r['params']['total'] / 1e6:.2f} M |")
+                     f"{r['params']['head'] / 1e6:.2f} M | {r['params']['total'] / 1e6:.2f} M | "
+                     f"{tokens_cell(r['tokens'])} |")
     variants = [name for name in cfg.heads if name in cfg.variants]
     if variants:
         lines += ["", "Variants (same sizes, on top of a registered head):"]
@@ -96,6 +115,12 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict], runs: dict | None = No
             note = " (the backbone's LLM layers denoise: hidden / depth / heads above do not apply)" \
                 if v.options.get("denoiser") == "shared" else ""
             lines.append(f"- `{name}`: `{v.head}` with {', '.join(settings) or 'default settings'}{note}")
+    if any(r["tokens"] for r in rows):
+        lines += ["", "Token heads: the backbone's LLM predicts their tokens (hidden / depth / heads above do not "
+                  "apply); their action tokenizer is fit on the training chunks before training, minus "
+                  "held-out episodes; the last column gives its mean tokens per chunk and mean absolute round-trip "
+                  "error on those held-out chunks (normalised action units), averaged over seeds. Their latency is "
+                  "decoding (one token per step over the KV cache) instead of denoising steps."]
     if bac_rows:
         tolerance = f"; tolerance {cfg.bac.tolerance}" if cfg.bac.tolerance is not None else ""
         lines += [
