@@ -82,7 +82,7 @@ def test_token_heads_report_their_tokenizer_over_seeds(tmp_path):
     report = write_report(cfg, runs, []).read_text()
     assert "| 1.00 M | 2.00 M | fast: 11.0 / 0.0300 |" in report  # means over the two seeds
     assert "| 1.00 M | 2.00 M | - |" in report  # dit
-    assert "Token heads: their action tokenizer is fit on the training chunks" in report
+    assert "their action tokenizer is fit on the training chunks before training" in report
 
 
 def test_run_folder_refuses_other_settings_or_commit(tmp_path, monkeypatch):
