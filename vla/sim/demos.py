@@ -37,7 +37,7 @@ from vla.sim.metaworld_env import (
 # Evaluation uses seeds from here on; demos must stay below so no placement is shared.
 EVAL_SEED_START = 100_000
 # Bump when the recorded content changes, so older cached datasets are not reused.
-DEMOS_FORMAT_VERSION = 2
+DEMOS_FORMAT_VERSION = 3  # 3: actions recorded as executed (clipped to [-1, 1])
 GENERATION_FILE = "generation.json"
 # Give up on a task when the expert fails this many seeds in a row: something is broken.
 MAX_CONSECUTIVE_FAILURES = 20

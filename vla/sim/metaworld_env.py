@@ -161,14 +161,20 @@ class MetaWorldEnv:
         return self._observation(), success, success or self._steps >= self.max_steps
 
     def expert_action(self) -> np.ndarray:
-        """Meta-World's scripted expert action float32 [4] for the current full 39-D state."""
+        """Meta-World's scripted expert action float32 [4] for the current full 39-D state, clipped to the action
+        space [-1, 1] as `step` executes it.
+
+        The experts' proportional gains saturate on purpose (raw outputs reach ~+-25), and demos used to record
+        the raw values: the 1-99% range a policy normalises by then spanned e.g. [-0.3, 10] for a dimension whose
+        executed range is [-1, 1], squeezing every executed action into a fifth of the normalised range and
+        training the policy to tell apart values the arm executes identically."""
         if self._full_obs is None:
             raise ValueError("call reset() before expert_action()")
         with warnings.catch_warnings():
             # The experts' gains saturate on purpose; Meta-World warns about it on every step.
             warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high")
             action = self._expert.get_action(self._full_obs)
-        return np.asarray(action, dtype=np.float32)
+        return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
 
     def object_positions(self) -> np.ndarray:
         """Privileged float64 [14] object pose block (obs[4:18]), for tests and debugging only."""
