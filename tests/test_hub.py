@@ -331,6 +331,8 @@ def test_model_card_of_a_trained_and_evaluated_checkpoint(tiny_checkpoint, tiny_
     earlier = model_card(run / "checkpoints" / "step_0000005")
     assert "No evaluation results of this checkpoint were found" in earlier.text
     assert "Trained for 5 steps (of 10 planned)" in earlier.text
+    written_at_save = (run / "checkpoints" / "step_0000005" / "README.md").read_text()
+    assert "Trained for 5 steps (of 10 planned)" in written_at_save and ".tmp" not in written_at_save
 
 
 def test_a_result_older_than_the_checkpoint_is_not_its_result(tmp_path, checkpoint_v2):

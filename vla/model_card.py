@@ -43,13 +43,14 @@ def model_card(folder: str | Path, repo_id: str | None = None, license: str | No
     norm = json.loads((folder / "norm_stats.json").read_text())
     results = [(Path(p), json.loads(Path(p).read_text()))
                for p in (find_eval_results(folder) if eval_results is None else eval_results)]
-    name = repo_id or folder.resolve().name
+    # not the folder's name: vla-train writes checkpoints into a temporary folder that is renamed when complete
+    name = repo_id or f"vla-{meta['head']}-{meta['backbone']['family']}"
     data = ModelCardData(library_name="vla", license=license or None, pipeline_tag="robotics",
                          tags=["robotics", "vla", f"head-{meta['head']}", meta["backbone"]["family"]],
                          datasets=[d["repo_id"] for d in (meta["training"] or {}).get("datasets", [])] or None,
                          base_model=hub_id_or_none(meta["backbone"]["source"]), model_name=name,
                          eval_results=[r for path, result in results for r in card_eval_results(result)] or None)
-    sections = [f"# {name}\n\n{summary_line(meta, config)}", usage(repo_id or str(folder)),
+    sections = [f"# {name}\n\n{summary_line(meta, config)}", usage(repo_id or "path/to/this/checkpoint"),
                 training_section(meta["training"]), embodiments_section(norm), model_section(meta, config, folder),
                 evaluation_section(results, folder), provenance_section(meta["provenance"], written)]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")

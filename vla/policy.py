@@ -3,7 +3,8 @@
 The policy is where robot units meet the heads' normalised, padded space: `forward` normalises a
 training batch and returns the head's losses; `predict` turns an Observation into an ActionChunk
 in the embodiment's own units. `save_pretrained` / `from_pretrained` write and read a
-self-contained checkpoint folder (see `vla/checkpoint.py` for the layout).
+self-contained checkpoint folder (see `vla/checkpoint.py` for the layout), `from_pretrained` also a
+hub id at a revision and `push_to_hub` shares one (see `vla/hub.py`).
 """
 
 from __future__ import annotations
