@@ -45,7 +45,7 @@ def test_checkpoint_round_trip_gives_identical_actions(trained, demos, tmp_path)
     assert before.mask.all()
     assert torch.equal(before.actions, after.actions)
     assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == [
-        "backbone", "config.yaml", "meta.json", "model.safetensors", "norm_stats.json"]
+        "README.md", "backbone", "config.yaml", "meta.json", "model.safetensors", "norm_stats.json"]
     assert not list((tmp_path / "copy").rglob("*.bin")) and not list((tmp_path / "copy").rglob("*.pt"))
 
 

@@ -3,7 +3,8 @@
 The policy is where robot units meet the heads' normalised, padded space: `forward` normalises a
 training batch and returns the head's losses; `predict` turns an Observation into an ActionChunk
 in the embodiment's own units. `save_pretrained` / `from_pretrained` write and read a
-self-contained checkpoint folder (see `vla/checkpoint.py` for the layout).
+self-contained checkpoint folder (see `vla/checkpoint.py` for the layout), `from_pretrained` also a
+hub id at a revision and `push_to_hub` shares one (see `vla/hub.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class VLAPolicy(nn.Module):
         super().__init__()
         self.config = config
         self.normalizer = normalizer
+        # the VLM the backbone's weights came from (hub id or folder), recorded in checkpoints and their model card;
+        # a policy loaded from a checkpoint keeps its original source (None when the checkpoint did not record it)
+        self.backbone_source: str | None = config.backbone.pretrained
         self.backbone = (backbone if backbone is not None
                          else VLMBackbone(config.backbone, lm_head=config.head.uses_vocabulary))
         self.head = build_head(config.head, cond_dim=self.backbone.hidden_size, action_dim=config.max_action_dim,
@@ -122,13 +126,29 @@ class VLAPolicy(nn.Module):
             mask[rows] = self.normalizer.action_mask(name).to(actions.device)
         return target, mask
 
-    def save_pretrained(self, path) -> None:
+    def save_pretrained(self, path, training: dict | None = None) -> None:
+        """Write a checkpoint folder (vla.checkpoint) with its model card; `training`: see save_policy."""
         from vla.checkpoint import save_policy
 
-        save_policy(self, path)
+        save_policy(self, path, training=training)
 
     @classmethod
-    def from_pretrained(cls, path, expected_head: str | None = None) -> VLAPolicy:
+    def from_pretrained(cls, path_or_repo_id, expected_head: str | None = None, revision: str | None = None,
+                        cache_dir: str | None = None, device: str | torch.device = "cpu") -> VLAPolicy:
+        """A checkpoint folder, or a hub id at `revision` (branch, tag or commit) through the HF cache."""
         from vla.checkpoint import load_policy
 
-        return load_policy(path, expected_head=expected_head)
+        return load_policy(path_or_repo_id, expected_head=expected_head, device=device, revision=revision,
+                           cache_dir=cache_dir)
+
+    def push_to_hub(self, repo_id: str, revision: str | None = None, **options):
+        """Save this policy to a temporary folder and push it (vla.hub.push_to_hub, which takes `options`: commit
+        message, private, license, token, api). A checkpoint folder written by vla-train is better pushed with
+        vla.hub.push_to_hub itself: its card then shows the training run and the evaluation results."""
+        import tempfile
+
+        from vla.hub import push_to_hub
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            return push_to_hub(folder, repo_id, revision=revision, **options)

@@ -35,7 +35,8 @@ log = logging.getLogger("vla.deploy")
 
 @dataclass
 class DeployConfig:
-    checkpoint: str = ""  # run this checkpoint in-process ...
+    checkpoint: str = ""  # run this checkpoint (a folder or a hub id) in-process ...
+    revision: str = ""  # with a hub id: the branch, tag or commit to load ("" = main)
     server: str = ""  # ... or ask the policy server at ws://HOST:PORT
     token_env: str = "VLA_SERVER_TOKEN"  # environment variable holding the server's shared token
     robot: RobotConfig = field(default_factory=lambda: RobotConfig.get_choice_class("sim")())
@@ -55,6 +56,8 @@ class DeployConfig:
     def __post_init__(self) -> None:
         if bool(self.checkpoint) == bool(self.server):
             raise ValueError("give exactly one of --checkpoint PATH (in-process) or --server ws://HOST:PORT")
+        if self.revision and not self.checkpoint:
+            raise ValueError("--revision selects the version of --checkpoint (a hub id); a policy server loads its own")
         if self.dry_run and self.record_root:
             raise ValueError("--dry_run with --record_root would record actions the arm never executed; drop one")
         if not 0 < self.speed_scale <= 1:
@@ -72,8 +75,8 @@ def make_policy(cfg: DeployConfig):
         return RemotePolicy(cfg.server, token)  # the server sets its own number of sampling steps
     from vla.deploy.runner import LocalPolicy
 
-    return LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, seed=cfg.seed,
-                                       bac=cfg.bac)
+    return LocalPolicy.from_checkpoint(cfg.checkpoint, revision=cfg.revision or None,
+                                       num_steps=cfg.num_inference_steps or None, seed=cfg.seed, bac=cfg.bac)
 
 
 def deploy(cfg: DeployConfig, policy=None, estop: EStop | None = None) -> dict:

@@ -48,10 +48,12 @@ class LocalPolicy:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_checkpoint(cls, path: str, **kwargs) -> LocalPolicy:
+    def from_checkpoint(cls, path: str, revision: str | None = None, cache_dir: str | None = None,
+                        **kwargs) -> LocalPolicy:
+        """A checkpoint folder, or a hub id at `revision` through the HF cache (vla.checkpoint.load_policy)."""
         from vla.checkpoint import load_policy
 
-        return cls(load_policy(path), **kwargs)
+        return cls(load_policy(path, revision=revision, cache_dir=cache_dir), **kwargs)
 
     def warmup(self) -> None:
         """One inference on a blank observation, so the first real one is not slow."""

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ServerConfig:
-    checkpoint: str = ""
+    checkpoint: str = ""  # a checkpoint folder or a hub id
+    revision: str = ""  # with a hub id: the branch, tag or commit to load ("" = main)
     host: str = "127.0.0.1"  # 0.0.0.0 exposes the server to the network: do it on a trusted LAN only
     port: int = 8765
     token_env: str = "VLA_SERVER_TOKEN"
@@ -224,8 +225,8 @@ def main(args: list[str] | None = None) -> None:
     if not cfg.checkpoint:
         raise SystemExit("vla-serve needs --checkpoint PATH")
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    policy = LocalPolicy.from_checkpoint(cfg.checkpoint, num_steps=cfg.num_inference_steps or None, device=device,
-                                         bac=cfg.bac)
+    policy = LocalPolicy.from_checkpoint(cfg.checkpoint, revision=cfg.revision or None,
+                                         num_steps=cfg.num_inference_steps or None, device=device, bac=cfg.bac)
     policy.warmup()
     asyncio.run(PolicyServer(policy, token, cfg.host, cfg.port, cfg.max_message_mb, cfg.inference_timeout_s,
                              cfg.client_timeout_s).serve())

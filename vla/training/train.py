@@ -136,6 +136,16 @@ def run_record(cfg: TrainRunConfig, demos: ChunkedDemos, num_processes: int) -> 
             "num_processes": num_processes}
 
 
+def training_summary(cfg: TrainRunConfig, demos: ChunkedDemos, record: dict) -> dict:
+    """What a checkpoint records about its training run (meta.json "training", shown on its model card); the
+    step it was saved at is added by save_checkpoint."""
+    dataset = {"repo_id": cfg.data.repo_id, "embodiment": demos.embodiment, "frames": len(demos),
+               "episodes": int(demos.episode_index.unique().numel()), "tasks": list(demos.tasks),
+               "fingerprint": record["run"]["dataset"]}
+    return {"datasets": [dataset], "planned_steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
+            "num_processes": record["run"]["num_processes"], "seed": cfg.train.seed}
+
+
 def run_differences(saved: dict, current: dict) -> list[str]:
     """Human-readable differences between two run records, e.g. ["train.steps: 3000 in the checkpoint, 4000 now"]."""
     old, new = saved["config"], current["config"]
@@ -205,15 +215,16 @@ def make_batch(demos: ChunkedDemos, batch_size: int, image_shift: int, generator
 
 
 def save_checkpoint(accelerator: Accelerator, policy: VLAPolicy, optimizer, step: int, output_dir: str,
-                    generator: torch.Generator, record: dict, keep_last: int = 0) -> Path:
+                    generator: torch.Generator, record: dict, keep_last: int = 0, training: dict | None = None) -> Path:
     """Write checkpoints/step_N atomically (into a temporary folder, renamed when complete, every rank adding its
     RNG state), then point checkpoints/last at it and delete all but the `keep_last` newest (0: keep all).
-    A crash at any point leaves `last` at a complete checkpoint."""
+    A crash at any point leaves `last` at a complete checkpoint. `training`: `training_summary`, for meta.json."""
     folder = checkpoint_dir(output_dir)
     target, tmp = folder / f"step_{step:07d}", folder / f".step_{step:07d}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
-        accelerator.unwrap_model(policy).save_pretrained(tmp)
+        summary = None if training is None else {**training, "steps": step, "history": record.get("history", [])}
+        accelerator.unwrap_model(policy).save_pretrained(tmp, training=summary)
         save_training_state(tmp / "training_state", optimizer, step, record)
     accelerator.wait_for_everyone()
     save_rng_state(tmp / "training_state", accelerator.process_index, generator)
@@ -249,6 +260,7 @@ def train(cfg: TrainRunConfig) -> Path:
     out = Path(cfg.train.output_dir)
     demos = load_demos(cfg.model, cfg.data)
     record = {"run": run_record(cfg, demos, accelerator.num_processes)}
+    training = training_summary(cfg, demos, record)
     last = last_checkpoint(out)
     resume_from = last.resolve() if cfg.train.resume and last.exists() else None
     start_step = 0
@@ -328,7 +340,8 @@ def train(cfg: TrainRunConfig) -> Path:
                               f"finish it)")
         if step % cfg.train.save_every == 0 or step == cfg.train.steps or out_of_time:
             save_checkpoint(accelerator, policy, optimizer, step, cfg.train.output_dir, generator,
-                            {**record, "window_loss": window_loss, "window_steps": window_steps}, cfg.train.keep_last)
+                            {**record, "window_loss": window_loss, "window_steps": window_steps}, cfg.train.keep_last,
+                            training)
         if out_of_time:
             break
     progress.close()
