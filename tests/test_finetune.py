@@ -296,3 +296,23 @@ def test_bad_fine_tuning_inputs_are_refused_by_name(tiny_run_config, tiny_checkp
         ar_model.head.tokenizer, n_bins=32)))
     refused(finetune(tiny_run_config, ar, tmp_path, model=other_bins), sawyer_demos,
             match=r"the backbone of .* does not fit this config: \['backbone.lm_head.weight'")
+
+
+def test_10shot_recipe_fine_tunes_from_the_command_line(tiny_run_config, tiny_checkpoint, tmp_path, capsys):
+    """The documented command: the recipe, the checkpoint's own model config by draccus' include, the new data."""
+    from vla.config import parse
+    from vla.training.train import TrainRunConfig, main
+
+    args = ["--config_path", "configs/finetune/10shot.yaml", "--model", f"include {tiny_checkpoint / 'config.yaml'}",
+            "--train.init_from", str(tiny_checkpoint), "--data.root", tiny_run_config.data.root,
+            "--data.repo_id", tiny_run_config.data.repo_id, "--data.embodiment", "sawyer_b",
+            "--train.output_dir", str(tmp_path)]
+    cfg = parse(TrainRunConfig, args)
+    assert (cfg.train.optim.lr, cfg.train.steps, cfg.data.image_shift) == (1e-4, 1000, 4)
+    assert cfg.model == dataclasses.replace(load_policy(tiny_checkpoint).config,
+                                            backbone=dataclasses.replace(cfg.model.backbone))
+    main([*args, "--train.steps", "2", "--train.batch_size", "4"])
+    assert "init_from" in capsys.readouterr().out
+    report = json.loads((tmp_path / INIT_REPORT).read_text())
+    assert report["new"] == [] and report["reinitialised"] == {} and report["embodiments"]["statistics"] == "added"
+    assert load_policy(tmp_path / "checkpoints" / "last").embodiments == ["metaworld_sawyer", "sawyer_b"]
