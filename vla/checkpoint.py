@@ -10,6 +10,8 @@
     <ckpt>/bac_schedule.json   optional: block-caching schedules per step count (vla.action_heads.bac)
     <ckpt>/action_tokenizer/   token heads only: the fitted action tokenizer (vla.tokenizers; action_tokenizer.json
                                + its files), required by them, never present for the others
+    <ckpt>/adapter/            LoRA runs only: the adapters (peft format) and the tensors trained in full beside
+                               them (vla.training.lora); model.safetensors then holds the merged weights
     <ckpt>/training_state/     resume only, written by vla.training.checkpoint (optimiser, step, RNG states); never
                                shared (SHARED_PATTERNS)
 
@@ -39,7 +41,7 @@ from pathlib import Path
 import draccus
 import torch
 import yaml
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from torch import Tensor
 
 from vla.action_heads.bac import SCHEDULE_FILE, load_schedules, save_schedules
@@ -51,9 +53,10 @@ CARD_FILE = "README.md"
 
 FORMAT_VERSION = 2
 REQUIRED_FILES = ("config.yaml", "model.safetensors", "norm_stats.json", "meta.json", "backbone")
+PARTS = ("backbone", "head")
 # what a checkpoint shares (vla.hub: uploaded, downloaded, replaced on push); fnmatch's * also matches "/"
 SHARED_PATTERNS = ["config.yaml", "model.safetensors", "norm_stats.json", "meta.json", "backbone/*", CARD_FILE,
-                   SCHEDULE_FILE, f"{TOKENIZER_DIR}/*"]
+                   SCHEDULE_FILE, f"{TOKENIZER_DIR}/*", "adapter/*"]
 
 
 @dataclasses.dataclass
@@ -74,9 +77,12 @@ def _v1_to_v2(meta: dict, config: dict) -> tuple[dict, dict]:
 MIGRATIONS: dict[int, Migration] = {1: Migration(_v1_to_v2)}  # version -> its step to version + 1
 
 
-def save_policy(policy, path: str | Path, training: dict | None = None) -> Path:
+def save_policy(policy, path: str | Path, training: dict | None = None,
+                weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `policy` as a checkpoint folder (format FORMAT_VERSION) with its model card. `training`: what the
-    training run was (data, steps; vla-train passes it), stored in meta.json and shown on the card."""
+    training run was (data, steps; vla-train passes it), stored in meta.json and shown on the card. weights: the
+    tensors to write instead of the policy's own, under a plain policy's names (a LoRA-trained policy passes its
+    merged weights: vla.training.lora.save_trained)."""
     from vla.model_card import write_model_card
     from vla.provenance import git_commit, versions
 
@@ -90,14 +96,19 @@ def save_policy(policy, path: str | Path, training: dict | None = None) -> Path:
     config = dataclasses.replace(policy.config, backbone=backbone)
     (path / "config.yaml").write_text(to_yaml(config))
     policy.backbone.save_structure(path / "backbone")
-    save_model(policy, str(path / "model.safetensors"))  # save_model handles tied weights
+    if weights is None:
+        save_model(policy, str(path / "model.safetensors"))  # save_model handles tied weights
+    else:
+        weights = without_shared(weights)
+        save_file(weights, str(path / "model.safetensors"))
     policy.normalizer.save(path / "norm_stats.json")
     meta = {
         "format_version": FORMAT_VERSION,
         "head": policy.config.head.type,
         "embodiments": policy.embodiments,
-        "parameters": {"total": count_parameters(policy), "backbone": count_parameters(policy.backbone),
-                       "head": count_parameters(policy.head)},
+        "parameters": parameter_counts(policy) if weights is None else {
+            "total": sum(t.numel() for t in weights.values()),
+            **{part: sum(t.numel() for n, t in weights.items() if n.startswith(f"{part}.")) for part in PARTS}},
         "backbone": {"family": policy.config.backbone.family, "source": policy.backbone_source},
         "provenance": {**git_commit(), "versions": versions()},
         "training": training,
@@ -193,6 +204,22 @@ def load_tokenizer(path: Path, config: ModelConfig, embodiments: list[str]) -> A
         raise ValueError(f"the action tokenizer in {folder} was fit on embodiment {tokenizer.embodiment!r}, but "
                          f"checkpoint {path} was trained on {embodiments}; its tokens would mean other actions")
     return tokenizer
+
+
+def parameter_counts(policy) -> dict[str, int]:
+    return {"total": count_parameters(policy), **{part: count_parameters(getattr(policy, part)) for part in PARTS}}
+
+
+def without_shared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One name per tensor storage (tied weights keep their first name, as save_model does), each contiguous:
+    safetensors refuses shared tensors. load_policy fills the others through the tie."""
+    kept, seen = {}, set()
+    for name, tensor in weights.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            kept[name] = tensor.contiguous()
+    return kept
 
 
 def tied_parameter_names(module: torch.nn.Module) -> set[str]:

@@ -78,6 +78,30 @@ class OptimConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters trained instead of the weights they adapt (vla.training.lora; peft's LoraConfig is built from
+    this). targets: glob patterns over the policy's module names, each matching at least one nn.Linear, e.g.
+    "backbone.language.*_proj" ("backbone.vision" / "backbone.language" stand for the family's vision tower +
+    projector / language model) or "head.*"; [] = no LoRA. Everything else is frozen except `train_also`."""
+
+    targets: list[str] = field(default_factory=list)
+    r: int = 16  # rank of each adapter
+    alpha: float = 32.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # dropout on the adapters' input
+    # module-name prefixes trained in full beside the adapters (e.g. "head"); layers that init_from re-initialised
+    # or added always train
+    train_also: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or not self.alpha > 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"train.lora needs r >= 1, alpha > 0 and 0 <= dropout < 1; got r={self.r}, "
+                             f"alpha={self.alpha}, dropout={self.dropout}")
+        if self.train_also and not self.targets:
+            raise ValueError(f"train.lora.train_also={self.train_also} without train.lora.targets: without adapters "
+                             f"everything trains already; give the targets, or use train.freeze for the rest")
+
+
+@dataclass
 class TrainConfig:
     steps: int = 3000
     batch_size: int = 64
@@ -96,6 +120,14 @@ class TrainConfig:
     # schedule still spans `steps`); 0 = no limit. Makes the step count machine-dependent: not for reproducible runs
     time_limit_s: float = 0.0
     optim: OptimConfig = field(default_factory=OptimConfig)
+    # fine-tuning (vla.training.finetune). init_from: a policy checkpoint folder whose tensors of matching name and
+    # shape start this run (a new run, not a resume; model.* describes the policy, the backbone is the checkpoint's);
+    # its embodiments' statistics are kept and the dataset's embodiment is added. "" = start from model.backbone
+    init_from: str = ""
+    # module-name prefixes kept fixed, e.g. [backbone.vision, head.net.blocks.0] ("backbone.vision" /
+    # "backbone.language" stand for the family's vision tower + projector / language model)
+    freeze: list[str] = field(default_factory=list)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass

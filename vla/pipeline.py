@@ -35,6 +35,9 @@ class TinyBackboneConfig:
     vision_layers: int = 2
     text_layers: int = 2
     heads: int = 4
+    # tasks whose instructions the text tokenizer also learns besides the demos' (tasks a policy will later be
+    # fine-tuned on: a real VLM's vocabulary knows their words too)
+    extra_tasks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -52,7 +55,7 @@ def build_backbone(cfg: PipelineConfig) -> Path:
     from vla.backbones.tiny import build_tiny_vlm
 
     tiny = cfg.tiny_backbone
-    instructions = [get_task(t).instruction for t in cfg.demos.tasks]
+    instructions = [get_task(t).instruction for t in cfg.demos.tasks + tiny.extra_tasks]
     name = f"{tiny.family}-h{tiny.hidden_size}-px{cfg.demos.image_size}"
     return build_tiny_vlm(tiny.family, Path(tiny.root) / name, instructions, image_size=cfg.demos.image_size,
                           patch_size=tiny.patch_size, hidden_size=tiny.hidden_size, vision_layers=tiny.vision_layers,

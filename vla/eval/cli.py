@@ -3,6 +3,7 @@
     vla-eval --checkpoint outputs/train/quickstart/checkpoints/last --episodes_per_task 20
     vla-eval suite --checkpoint CKPT [--suite metaworld8|mt50]   # task suite with report (vla.eval.suite)
     vla-eval heads ...            # head benchmark (vla.eval.heads_benchmark)
+    vla-eval fewshot ...          # few-shot benchmark on ML10 (vla.eval.fewshot_benchmark)
     vla-eval calibrate-bac ...    # BAC schedules for a checkpoint (vla.eval.bac_calibration)
 """
 
@@ -16,7 +17,7 @@ import draccus
 from vla.config import EvalConfig
 
 SUBCOMMANDS = {"suite": "vla.eval.suite", "heads": "vla.eval.heads_benchmark",
-               "calibrate-bac": "vla.eval.bac_calibration"}
+               "fewshot": "vla.eval.fewshot_benchmark", "calibrate-bac": "vla.eval.bac_calibration"}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-from vla.checkpoint import count_parameters, load_policy
+from vla.checkpoint import count_parameters, load_policy, load_tokenizer
 from vla.config import DataConfig, ModelConfig, TrainConfig, parse, to_yaml
 from vla.data.augment import random_shift
 from vla.data.dataset import ChunkedDemos, load_chunked_demos
@@ -40,7 +40,9 @@ from vla.training.checkpoint import (
     save_rng_state,
     save_training_state,
 )
+from vla.training.finetune import checkpoint_fingerprint, freeze, init_from_checkpoint, publish_init_report
 from vla.training.logging import ScalarLogger, plot_loss_curve
+from vla.training.lora import add_lora, load_adapter, save_trained
 from vla.training.tokenizer_fit import describe, fit_action_tokenizer
 
 
@@ -98,17 +100,34 @@ def check_observation_spec(model: ModelConfig, demos: ChunkedDemos) -> None:
 
 
 def build_policy(cfg: TrainRunConfig, demos: ChunkedDemos, resume_from: Path | None) -> VLAPolicy:
-    """A fresh policy (stats computed from the demos), or the one in `resume_from` when resuming."""
-    if resume_from is not None:
+    """A fresh policy (stats computed from the demos), one started from train.init_from (vla.training.finetune), or
+    the one in `resume_from` when resuming; then train.freeze and train.lora decide what trains.
+    A LoRA run resumes by building its base as at step 0 and loading the checkpoint's adapters (vla.training.lora)."""
+    init = None
+    if resume_from is not None and not cfg.train.lora.targets:
         policy = load_policy(resume_from)
         policy.train()
         if demos.embodiment not in policy.normalizer.stats:
             raise ValueError(f"resuming {resume_from}: it has no statistics for the dataset's embodiment "
                              f"{demos.embodiment!r}")
-        return policy
-    normalizer = Normalizer.from_demos(demos, cfg.model.normalization, cfg.model.max_action_dim,
-                                       cfg.model.max_state_dim)
-    return VLAPolicy(cfg.model, normalizer)
+    elif cfg.train.init_from:
+        policy, init = init_from_checkpoint(cfg.model, demos, cfg.train.init_from,
+                                            dataset=f"dataset {cfg.data.repo_id} at {cfg.data.root}")
+        if resume_from is None:
+            publish_init_report(init, cfg.train.output_dir)
+    else:
+        normalizer = Normalizer.from_demos(demos, cfg.model.normalization, cfg.model.max_action_dim,
+                                           cfg.model.max_state_dim)
+        policy = VLAPolicy(cfg.model, normalizer)
+    fresh = init.fresh if init is not None else []
+    if cfg.train.lora.targets:
+        add_lora(policy, cfg.train.lora, fresh)
+    freeze(policy, cfg.train.freeze, fresh)
+    if resume_from is not None and cfg.train.lora.targets:  # the base as at step 0, then what the run trained
+        load_adapter(policy, resume_from)
+        if cfg.model.head.tokenizer_config is not None:
+            policy.head.set_action_tokenizer(load_tokenizer(resume_from, policy.config, policy.embodiments))
+    return policy
 
 
 # settings that do not change what a run computes: they may differ when a run is resumed
@@ -132,6 +151,8 @@ def dataset_fingerprint(demos: ChunkedDemos) -> str:
 def run_record(cfg: TrainRunConfig, demos: ChunkedDemos, num_processes: int) -> dict:
     """Everything a run's trajectory depends on; a checkpoint resumes exactly only under the same record."""
     config = {k: v for k, v in flat_config(cfg).items() if k not in RUN_CONTROL_FIELDS}
+    if cfg.train.init_from:  # what the run starts from, not only where it was
+        config["train.init_from (sha256)"] = checkpoint_fingerprint(cfg.train.init_from)
     return {"config": config, "dataset": dataset_fingerprint(demos), "frames": len(demos),
             "num_processes": num_processes}
 
@@ -166,7 +187,9 @@ def check_resumable(last: Path, saved: dict, current: dict, cfg: TrainConfig) ->
         raise ValueError(f"{last} was written by an older vla without RNG state and run record: it cannot be "
                          f"resumed exactly; choose a new --train.output_dir")
     step, diffs = saved["step"], run_differences(saved["run"], current)
-    model_diffs = [d for d in diffs if d.startswith(("model.", "num_processes"))]
+    # as the model, what starts and what trains (its optimiser state has one slot per trainable tensor)
+    model_diffs = [d for d in diffs if d.startswith(("model.", "num_processes", "train.init_from", "train.freeze",
+                                                     "train.lora"))]
     if model_diffs:  # the weights, optimiser moments and per-rank RNG states fit only the run's own model and ranks
         raise ValueError(f"cannot resume {last} with a different model or number of processes ("
                          + "; ".join(model_diffs) + "): choose a new --train.output_dir")
@@ -224,7 +247,7 @@ def save_checkpoint(accelerator: Accelerator, policy: VLAPolicy, optimizer, step
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
         summary = None if training is None else {**training, "steps": step, "history": record.get("history", [])}
-        accelerator.unwrap_model(policy).save_pretrained(tmp, training=summary)
+        save_trained(accelerator.unwrap_model(policy), tmp, training=summary)
         save_training_state(tmp / "training_state", optimizer, step, record)
     accelerator.wait_for_everyone()
     save_rng_state(tmp / "training_state", accelerator.process_index, generator)
@@ -280,7 +303,8 @@ def train(cfg: TrainRunConfig) -> Path:
         raise FileExistsError(f"{out} already holds checkpoints; pass --train.resume=true to continue, "
                               f"or choose another --train.output_dir")
     policy = build_policy(cfg, demos, resume_from)
-    if resume_from is None and cfg.model.head.tokenizer_config is not None:  # token heads (a resumed one has its own)
+    # token heads: a resumed or init_from policy has its tokenizer already
+    if policy.head.action_tokenizer is None and cfg.model.head.tokenizer_config is not None:
         report = fit_action_tokenizer(policy, demos, out, accelerator.is_main_process, accelerator.wait_for_everyone)
         if report is not None:
             accelerator.print(describe(report))

@@ -1,0 +1,167 @@
+"""The few-shot benchmark's report: one markdown page and one PNG (held-out tasks by arm; the pretrained policy
+on its training tasks per difficulty group)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from vla.eval.heads_report import mean_std, pct  # noqa: E402
+from vla.eval.report import GROUP_COLOURS, success_bars  # noqa: E402
+from vla.eval.suite import pooled  # noqa: E402
+from vla.sim.tasks import get_task  # noqa: E402
+
+ZERO_SHOT = "zero-shot"
+ARM_COLOURS = ["#4878a8", "#d08a3c", "#6a9f58", "#b05a7a", "#7a68a6"]
+
+
+def arm_rows(cfg, results: dict) -> list[dict]:
+    """Per arm (and the zero-shot policy): success on each held-out task (mean ± sample std over seeds), the mean
+    over tasks (mean ± std over seeds of each seed's mean), episodes pooled with their Wilson interval, and costs."""
+    rows = []
+    if results.get("zero_shot"):
+        tasks = results["zero_shot"]["tasks"]
+        rows.append({"arm": ZERO_SHOT, "init": "pretrained, not trained on the task",
+                     "tasks": {t: (tasks[t]["success_rate"], 0.0) for t in cfg.tasks},
+                     "success": (float(np.mean([tasks[t]["success_rate"] for t in cfg.tasks])), 0.0), "per_seed": [],
+                     "pooled": pooled([tasks[t] for t in cfg.tasks]), "trained": 0, "s_per_step": None})
+    for arm, spec in cfg.arms.items():
+        runs = {(t, s): results["runs"][f"{arm}/{t}/s{s}"] for t in cfg.tasks for s in cfg.seeds}
+        rate = {key: run["tasks"][key[0]]["success_rate"] for key, run in runs.items()}
+        per_seed = [float(np.mean([rate[(t, s)] for t in cfg.tasks])) for s in cfg.seeds]
+        rows.append({"arm": arm, "init": describe_arm(spec),
+                     "tasks": {t: mean_std([rate[(t, s)] for s in cfg.seeds]) for t in cfg.tasks},
+                     "success": mean_std(per_seed), "per_seed": per_seed,
+                     "pooled": pooled([run["tasks"][t] for (t, _), run in runs.items()]),
+                     "trained": int(np.mean([run["parameters"]["trained"] for run in runs.values()])),
+                     "total": int(np.mean([run["parameters"]["total"] for run in runs.values()])),
+                     "s_per_step": float(np.mean([run["train_s_per_step"] for run in runs.values()]))})
+    return rows
+
+
+def describe_arm(spec) -> str:
+    what = "from the backbone's initial weights" if spec.init == "scratch" else "init_from the pretrained policy"
+    if spec.lora.targets:
+        what += (f", LoRA r={spec.lora.r} alpha={spec.lora.alpha:g} on {', '.join(spec.lora.targets)}"
+                 + (f" (+ {', '.join(spec.lora.train_also)} in full)" if spec.lora.train_also else ""))
+    if spec.freeze:
+        what += f", frozen {', '.join(spec.freeze)}"
+    return what + (f", lr {spec.lr:g}" if spec.lr else "")
+
+
+def ci(result: dict) -> str:
+    low, high = result["ci95"]
+    return f"{100 * result['success_rate']:.0f}% ({result['successes']}/{result['episodes']}; " \
+           f"{100 * low:.0f}-{100 * high:.0f})"
+
+
+def origin(results: dict) -> str:
+    """The commits that made the stages (from their provenance), for the header."""
+    stages = [results["pretrain"], *results["runs"].values(), *([results["zero_shot"]] if results["zero_shot"] else [])]
+    commits = sorted({str((s.get("provenance") or {}).get("commit"))[:10] for s in stages})
+    return f"Made by `benchmarks/fewshot.py` at commit {', '.join(commits)}; every stage's figures, with the full " \
+           f"config, command, library versions and machine, are in `fewshot_results.json`."
+
+
+def with_args(recipe: str, args: list[str]) -> str:
+    return f"`{recipe}`" + (f" with `{' '.join(args)}`" if args else "")
+
+
+def setup(cfg, pipeline, recipe) -> str:
+    """The paragraph saying what was trained on what, and how it was evaluated."""
+    demos, tiny, train, ev = pipeline.demos, pipeline.tiny_backbone, recipe.train, cfg.eval
+    return (f"Pretraining tasks ({len(demos.tasks)}): {', '.join(demos.tasks)}; {demos.episodes_per_task} scripted "
+            f"demos each, robot-only state, {demos.camera} camera at {demos.image_size} px; a tiny {tiny.family} "
+            f"(hidden {tiny.hidden_size}, random init) + {pipeline.model.head.type} head, {pipeline.train.steps} steps "
+            f"of batch {pipeline.train.batch_size} ({with_args(cfg.pretrain_recipe, cfg.pretrain_args)}). Held out: "
+            f"{', '.join(cfg.tasks)}, {cfg.demos_per_task} demos each (the same for every arm and seed); every arm "
+            f"trains {train.steps} steps of batch {train.batch_size} per task "
+            f"({with_args(cfg.finetune_recipe, cfg.finetune_args)}, lr {train.optim.lr:g} unless the arm sets its "
+            f"own), seeds {cfg.seeds}. Closed loop on Meta-World seeds never used for demos: {ev.episodes_per_task} "
+            f"episodes per task and seed, at most {ev.max_steps} actions, {ev.num_inference_steps} denoising steps, "
+            f"{ev.schedule.execute_steps} actions per chunk.")
+
+
+def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
+    pre = results["pretrain"]
+    lines = [
+        "# Few-shot fine-tuning on Meta-World ML10: " + " vs ".join(cfg.arms),
+        "",
+        setup(cfg, pipeline, recipe),
+        "",
+        origin(results),
+        "",
+        "## Held-out tasks",
+        "",
+        "Success per task is mean ± sample std over seeds; \"mean\" is the mean over tasks (± std over seeds); "
+        "\"pooled\" counts every episode of every task and seed, with its 95% Wilson interval.",
+        "",
+        "| arm | mean | " + " | ".join(f"{t} ({get_task(t).difficulty})" for t in cfg.tasks)
+        + " | pooled (95% CI) | per seed | trained params | train s/step |",
+        "|---|---|" + "---|" * len(cfg.tasks) + "---|---|---|---|",
+    ]
+    for r in rows:
+        per_task = " | ".join(pct(r["tasks"][t]) for t in cfg.tasks)
+        seeds = ", ".join(f"{100 * s:.0f}" for s in r["per_seed"]) or "-"
+        trained = f"{r['trained'] / 1e6:.2f} M of {r['total'] / 1e6:.2f} M" if r["arm"] != ZERO_SHOT else "-"
+        speed = f"{r['s_per_step']:.3f}" if r["s_per_step"] is not None else "-"
+        lines.append(f"| `{r['arm']}` | **{pct(r['success'])}** | {per_task} | {ci(r['pooled'])} | {seeds} | "
+                     f"{trained} | {speed} |")
+    lines += ["", "Arms:"] + [f"- `{r['arm']}`: {r['init']}" for r in rows]
+    lines += [
+        "",
+        "## The pretrained policy on its training tasks",
+        "",
+        f"{pipeline.eval.episodes_per_task} episodes per task; groups are Meta-World's difficulty split (Seo et al. "
+        f"2022, `vla/sim/tasks.py`), episodes pooled, 95% Wilson intervals. Pretraining: "
+        f"{pre.get('timings_s', {}).get('train_s', 0) / 3600:.2f} h of training at "
+        f"{pre['train_s_per_step']:.3f} s/step.",
+        "",
+        "| group | tasks | success (95% CI) |",
+        "|---|---|---|",
+    ]
+    for group, result in pre["groups"].items():
+        lines.append(f"| {group.replace('_', ' ')} | {', '.join(result['tasks'])} | {ci(result)} |")
+    lines.append(f"| all | {len(pre['tasks'])} | {ci(pre['overall'])} |")
+    lines += ["", "| task | group | success (95% CI) | mean episode length |", "|---|---|---|---|"]
+    for task, result in pre["tasks"].items():
+        lines.append(f"| {task} | {get_task(task).difficulty.replace('_', ' ')} | {ci(result)} | "
+                     f"{result['mean_episode_length']:.0f} |")
+    lines += ["", "![held-out success by arm; pretrained policy per group](fewshot.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(cfg, rows: list[dict], pretrained: dict, path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [2, 1]})
+    names = [*cfg.tasks, "mean"]
+    width = 0.8 / len(rows)
+    for i, (row, colour) in enumerate(zip(rows, ARM_COLOURS * len(rows), strict=False)):
+        values = [row["tasks"][t] for t in cfg.tasks] + [row["success"]]
+        x = np.arange(len(names)) + (i - (len(rows) - 1) / 2) * width
+        left.bar(x, [100 * m for m, _ in values], width, yerr=[100 * s for _, s in values], capsize=3, color=colour,
+                 label=row["arm"])
+    left.set_xticks(np.arange(len(names)), names, rotation=20)
+    left.set_ylim(0, 105)
+    left.set_ylabel("closed-loop success (%)")
+    left.set_title(f"held-out tasks, {cfg.demos_per_task} demos each: mean ± std over seeds {cfg.seeds}", fontsize=10)
+    left.legend(fontsize=8)
+    groups = {g.replace("_", " "): r for g, r in pretrained["groups"].items()} | {"all": pretrained["overall"]}
+    success_bars(right, groups, [GROUP_COLOURS.get(g.replace(" ", "_"), "#777777") for g in groups])
+    right.set_title("pretrained policy on its training tasks (pooled, 95% CI)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(cfg, pipeline, recipe, results: dict) -> Path:
+    out = Path(cfg.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = arm_rows(cfg, results)
+    (out / "fewshot.md").write_text(markdown(cfg, pipeline, recipe, results, rows))
+    plot(cfg, rows, results["pretrain"], out / "fewshot.png")
+    return out / "fewshot.md"
