@@ -170,7 +170,8 @@ def controller_config(task: RobosuiteTask) -> dict:
 class RobosuiteEnv:
     """A robosuite task (see the module docstring) as a vla.sim.envs.SimEnv.
 
-    Observations are dicts: "images" uint8 [C, S, S, 3] in `cameras` order, "image" the first [S, S, 3],
+    Observations are dicts: "images" uint8 [C, S, S, 3] in `cameras` order (cameras=() renders none: C = 0, for
+    fast expert checks), "image" the first [S, S, 3] (absent when C = 0),
     "state" float32 [J + 1] (joint positions, gripper; + cube xyz with privileged_state), "instruction" str.
     Actions are float [D] as `action_names` says (D = 7 for Panda OSC and UR5e joint control).
     """
@@ -321,12 +322,14 @@ class RobosuiteEnv:
         return np.concatenate(parts).astype(np.float32)
 
     def render(self) -> np.ndarray:
-        """uint8 [C, S, S, 3]: one picture per camera."""
-        return np.stack([self._renderer.render(self.data, camera) for camera in self.cameras])
+        """uint8 [C, S, S, 3]: one picture per camera (C = 0 with cameras=(): nothing is rendered)."""
+        pictures = [self._renderer.render(self.data, camera) for camera in self.cameras]
+        return np.stack(pictures) if pictures else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
 
     def _observation(self) -> dict[str, Any]:
         images = self.render()
-        return {"images": images, "image": images[0], "state": self.state(), "instruction": self.instruction}
+        first = {"image": images[0]} if len(images) else {}
+        return {"images": images, **first, "state": self.state(), "instruction": self.instruction}
 
     def close(self) -> None:
         self._renderer.close()
