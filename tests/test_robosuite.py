@@ -40,7 +40,7 @@ def test_task_names_pick_arm_and_controller():
 
 
 @pytest.mark.parametrize("name, message", [
-    ("robosuite/Lift/Kuka", "unknown robosuite arm 'Kuka'.*'Panda', 'Sawyer', 'UR5e'"),
+    ("robosuite/Lift/Sawyer", "unknown robosuite arm 'Sawyer'.*'Panda', 'UR5e'"),
     ("robosuite/Stack/Panda", "unknown robosuite task 'Stack'.*'Lift'"),
     ("robosuite/Lift/UR5e/OSC_YAW", "unknown robosuite controller 'OSC_YAW'.*'JOINT_POSITION', 'OSC_POSE'"),
     ("robosuite/Lift", "robosuite/<Task>/<Arm>"),
@@ -250,3 +250,18 @@ def test_tiny_policy_trains_on_robosuite_demos_and_runs_in_vla_eval(ur5e_demos, 
 
     frames = imageio.mimread(tmp_path / "eval" / "rollouts.mp4")
     assert len(frames) == 7 and frames[0].shape == (4 * 32, 4 * 2 * 32, 3)  # 7 frames, both cameras side by side
+
+
+def test_train_recipe_fits_the_registry_entry():
+    """configs/train/robosuite_ur5e_dit.yaml reads the demos through the UR5e entry with its image slots and room for
+    its action and state widths (test_config parses every recipe)."""
+    from pathlib import Path
+
+    from vla.config import parse
+    from vla.training.train import TrainRunConfig
+
+    recipe = Path(__file__).resolve().parents[1] / "configs/train/robosuite_ur5e_dit.yaml"
+    cfg = parse(TrainRunConfig, [f"--config_path={recipe}"])
+    entry = load_embodiment(cfg.data.embodiment_config)
+    assert entry.name == "robosuite_ur5e_joint" and all(not entry.slot(s).missing for s in cfg.model.cameras)
+    assert (cfg.model.max_action_dim, cfg.model.max_state_dim) == (entry.action_dim, entry.state_dim)

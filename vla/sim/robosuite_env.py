@@ -2,13 +2,13 @@
 have other action spaces, so a dataset mixture is really cross-embodiment.
 
 Task names are `robosuite/<Task>/<Arm>[/<Controller>]`, e.g. `robosuite/Lift/UR5e`. Each arm has a default
-controller: the Panda (and Sawyer) take robosuite's OSC_POSE, 7-D end-effector steps [dx, dy, dz, drx, dry, drz,
+controller: the Panda takes robosuite's OSC_POSE, 7-D end-effector steps [dx, dy, dz, drx, dry, drz,
 gripper] in [-1, 1] (x 0.05 m and x 0.5 rad, a rotation vector, in the robot base frame); the UR5e takes
 JOINT_POSITION with absolute targets, 7-D [6 joint positions in rad, gripper], the same names and kind as
 vla.robot_io.ur's servoJ mode, which drives a real UR5e. The gripper value is robosuite's: the sign closes (+) or
 opens (-) the fingers a little each step (0.2 of the stroke), 0 keeps them.
 
-The state is robot-only: the arm's joint positions (rad) and the gripper's first joint (m for the Panda and Sawyer
+The state is robot-only: the arm's joint positions (rad) and the gripper's first joint (m for the Panda's
 fingers, rad for the UR5e's Robotiq 2F-85 knuckle). With `privileged_state` the cube position follows
 (diagnostics only, as for Meta-World). Cameras: `agentview` (third person) and `robot0_eye_in_hand` (wrist),
 rendered with the shared fast renderer (vla.sim.render) instead of robosuite's own (~70 ms a camera at 96 px here),
@@ -63,9 +63,10 @@ class ArmSpec:
     default_controller: str
 
 
+# Not the Sawyer: robosuite 1.5.1's Sawyer model does not compile on mujoco 3.3.0 ("mesh volume is too small:
+# robot0_head_1").
 ARMS = {
     "Panda": ArmSpec(tuple(f"joint{i}" for i in range(1, 8)), "m", "OSC_POSE"),
-    "Sawyer": ArmSpec(tuple(f"right_j{i}" for i in range(7)), "m", "OSC_POSE"),
     # PolyScope's joint names, as vla.robot_io.ur names a real UR5e's (robosuite: shoulder_pan_joint, ...)
     "UR5e": ArmSpec(tuple(UR_JOINTS), "rad", "JOINT_POSITION"),
 }
