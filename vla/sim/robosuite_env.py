@@ -196,10 +196,14 @@ class RobosuiteEnv:
                 has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False, control_freq=CONTROL_FPS,
                 horizon=max_steps, ignore_done=True, hard_reset=False, reward_shaping=False)
         self._robot = self._env.robots[0]
-        self._check_arm()
         self._renderer = OffscreenRenderer(self.model, image_size, hidden_geom_groups=(COLLISION_GEOM_GROUP,))
-        for camera in self.cameras:
-            self._renderer.check_camera(camera, "robosuite")
+        try:
+            self._check_arm()
+            for camera in self.cameras:
+                self._renderer.check_camera(camera, "robosuite")
+        except ValueError:
+            self.close()
+            raise
         self._arm_dofs = np.asarray(self._robot._ref_joint_vel_indexes)
         self._arm_qpos = np.asarray(self._robot._ref_joint_pos_indexes)
         self._gripper_qpos = int(self._robot._ref_gripper_joint_pos_indexes["right"][0])
