@@ -32,7 +32,7 @@ def test_policy_with_history_trains_evaluates_and_deploys(tiny_run_config, tmp_p
     assert policy.config.n_obs_steps == 2
     summary = evaluate(policy, EvalConfig(tasks=["reach"], episodes_per_task=1, max_steps=5, num_inference_steps=2,
                                           videos_per_task=0, output_dir=str(tmp_path / "eval")),
-                       image_size=model.image_size, camera=model.cameras[0])
+                       image_size=model.image_size, cameras=model.cameras)
     assert summary["tasks"]["reach"]["episodes"] == 1
     runner = LocalPolicy(policy, num_steps=2)
     assert runner.spec.image_slots == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from camera_geometry import assert_seen_where_projected, pinhole_projection
 
 from vla.sim import ACTION_NAMES, STATE_NAMES, TASKS, MetaWorldEnv
 from vla.sim.metaworld_env import CAMERAS
@@ -114,23 +115,14 @@ def _puck_pixel(env: MetaWorldEnv, xyz) -> np.ndarray | None:
 
 
 def _upright_projection(env: MetaWorldEnv, camera: str, xyz, size: int) -> np.ndarray:
-    """Where a pinhole camera at the MuJoCo camera's pose, looking the same way but held upright, sees `xyz`:
-    world up (+z) points up in the picture; for a camera looking straight down, the table's far side (+y) does."""
+    """Where a pinhole camera at the MuJoCo camera's pose, held upright, sees `xyz` (camera_geometry)."""
     import mujoco
 
     from vla.sim.metaworld_env import CAMERA_VARIANTS
 
     camera_id = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA_VARIANTS.get(camera, (camera,))[0])
-    position, axes = env._env.data.cam_xpos[camera_id], env._env.data.cam_xmat[camera_id].reshape(3, 3)
-    forward = -axes[:, 2]  # a MuJoCo camera looks along its -z axis
-    world_up = np.array([0.0, 0.0, 1.0]) if abs(forward[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    right = np.cross(forward, world_up)
-    right /= np.linalg.norm(right)
-    up = np.cross(right, forward)
-    relative = np.asarray(xyz) - position
-    focal = 0.5 * size / np.tan(np.deg2rad(env.model.cam_fovy[camera_id]) / 2)
-    depth = relative @ forward
-    return np.array([size / 2 + focal * (relative @ right) / depth, size / 2 - focal * (relative @ up) / depth])
+    return pinhole_projection(env._env.data.cam_xpos[camera_id], env._env.data.cam_xmat[camera_id].reshape(3, 3),
+                              env.model.cam_fovy[camera_id], xyz, size)
 
 
 @pytest.mark.parametrize("camera", CAMERAS)
@@ -150,11 +142,4 @@ def test_rendered_images_are_upright(camera):
             expected.append(_upright_projection(env, camera, point, size))
     env.close()
     assert len(seen) >= 3, f"camera {camera!r} sees the puck at only {len(seen)} of {len(points)} points"
-    seen, expected = np.stack(seen), np.stack(expected)
-    upright_error = np.median(np.linalg.norm(seen - expected, axis=1))
-    flipped = {"upside down": np.stack([size - expected[:, 0], size - expected[:, 1]], 1),
-               "mirrored": np.stack([size - expected[:, 0], expected[:, 1]], 1),
-               "vertically flipped": np.stack([expected[:, 0], size - expected[:, 1]], 1)}
-    assert upright_error < 0.05 * size, f"{camera!r}: puck {upright_error:.1f} px off the upright view"
-    for name, other in flipped.items():
-        assert np.median(np.linalg.norm(seen - other, axis=1)) > 2 * upright_error + 3, f"{camera!r} looks {name}"
+    assert_seen_where_projected(np.stack(seen), np.stack(expected), size, camera)

@@ -42,6 +42,7 @@ FORMATS = ("lerobot", "rlds")
 DIM_KINDS = {
     "ee_delta_xyz": "end-effector translation step",
     "ee_delta_rpy": "end-effector rotation step (roll, pitch, yaw)",
+    "ee_delta_rotvec": "end-effector rotation step as a rotation vector (axis times angle; robosuite's OSC)",
     "ee_abs_xyz": "absolute end-effector position",
     "ee_abs_rpy": "absolute end-effector orientation as roll, pitch, yaw",
     "ee_abs_quat": "absolute end-effector orientation as a quaternion",
@@ -58,7 +59,7 @@ UNITS = ("m", "rad", "deg", "m/s", "rad/s", "normalized", "binary", "percent", "
 NORMALIZATIONS = ("quantile", "zscore", "none")  # none: the dimension is passed through (e.g. a 0/1 gripper)
 GRIPPER_COMMANDS = ("absolute", "relative")  # relative: +-1 events that open / close, 0 = keep
 # EmbodimentInfo.action_kind (what deploy checks an arm against) from the kinds of the arm's dimensions
-_COARSE_KINDS = {"ee_delta": {"ee_delta_xyz", "ee_delta_rpy"}, "joint_position": {"joint_position"}}
+_COARSE_KINDS = {"ee_delta": {"ee_delta_xyz", "ee_delta_rpy", "ee_delta_rotvec"}, "joint_position": {"joint_position"}}
 _TOP_FIELDS = ("name", "format", "fps", "dataset", "robot", "instruction_key", "normalization", "action", "state",
                "cameras", "key_widths", "gripper")
 _PART_FIELDS = ("key", "names", "kind", "unit", "start", "normalization")

@@ -1,6 +1,7 @@
 """`vla-eval`: closed-loop evaluation of a checkpoint, and the evaluation sub-commands.
 
     vla-eval --checkpoint outputs/train/quickstart/checkpoints/last --episodes_per_task 20
+    vla-eval --checkpoint CKPT --tasks '[robosuite/Lift/UR5e]'   # a robosuite task (vla.sim.robosuite_env)
     vla-eval suite --checkpoint CKPT [--suite metaworld8|mt50]   # task suite with report (vla.eval.suite)
     vla-eval heads ...            # head benchmark (vla.eval.heads_benchmark)
     vla-eval fewshot ...          # few-shot benchmark on ML10 (vla.eval.fewshot_benchmark)
@@ -40,7 +41,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> dict:
     policy = load_policy(cfg.checkpoint)
     if not cfg.output_dir:
         cfg.output_dir = str(Path(cfg.checkpoint).resolve().parent.parent / "eval")
-    summary = evaluate(policy, cfg, policy.config.image_size, policy.config.cameras[0])
+    summary = evaluate(policy, cfg, policy.config.image_size, policy.config.cameras)
     print_summary(summary)
     return summary
 

@@ -1,4 +1,4 @@
-"""Closed-loop evaluation in Meta-World on seeds never used for demonstrations.
+"""Closed-loop evaluation in simulation (Meta-World, robosuite: vla.sim.envs) on seeds never used for demonstrations.
 
 Library code: `evaluate(policy, cfg, ...)`; the command line (`vla-eval`) is vla.eval.cli.
 Writes <output_dir>/summary.json (success rate with its 95% Wilson interval and mean episode length per task,
@@ -12,6 +12,7 @@ import dataclasses
 import json
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -25,7 +26,7 @@ from vla.deploy.loop import percentiles_ms
 from vla.eval.report import plot_success
 from vla.eval.stats import wilson_interval
 from vla.provenance import provenance
-from vla.sim.metaworld_env import EMBODIMENT, MetaWorldEnv
+from vla.sim.envs import SimEnv, make_env
 from vla.types import Observation
 
 
@@ -39,44 +40,51 @@ class Episode:
 
 
 def observation_batch(obs: dict, embodiment: str, history: deque | None = None) -> Observation:
-    """One simulator observation as a batch of one: images [1, n, H, W, 3] (the last n frames, oldest first;
-    just this one without a history), state [1, S]."""
-    frames = list(history) if history else [obs["image"]]
-    image = torch.from_numpy(np.stack(frames))[None]
+    """One simulator observation as a batch of one: images [1, n * C, H, W, 3] (the cameras of the last n frames,
+    time-major, oldest first; just this one without a history), state [1, S]. history: obs["images"] [C, H, W, 3]
+    of the last n steps."""
+    frames = list(history) if history else [obs["images"]]
+    image = torch.from_numpy(np.concatenate(frames))[None]
     state = torch.from_numpy(np.asarray(obs["state"], dtype=np.float32))[None]
     return Observation(images=image, state=state, instruction=[obs["instruction"]], embodiment=[embodiment])
 
 
-def run_episode(policy, env: MetaWorldEnv, seed: int, cfg: EvalConfig, latencies: list[float],
+def video_frame(obs: dict) -> np.ndarray:
+    """uint8 [H, C * W, 3]: the observation's cameras side by side."""
+    return np.concatenate(list(obs["images"]), axis=1)
+
+
+def run_episode(policy, env: SimEnv, seed: int, cfg: EvalConfig, latencies: list[float],
                 record: bool) -> Episode:
     schedule = ActionSchedule(cfg.schedule, policy.config.head.horizon)
     generator = torch.Generator().manual_seed(seed)
     obs = env.reset(seed=seed)
-    history = deque([obs["image"]] * policy.config.n_obs_steps, maxlen=policy.config.n_obs_steps)
-    frames = [obs["image"]] if record else []
+    history = deque([obs["images"]] * policy.config.n_obs_steps, maxlen=policy.config.n_obs_steps)
+    frames = [video_frame(obs)] if record else []
     success, steps = False, 0
     done = False
     while not done:
         if schedule.needs_chunk(steps):
             start = time.perf_counter()
-            chunk = policy.predict(observation_batch(obs, EMBODIMENT, history), generator=generator,
+            chunk = policy.predict(observation_batch(obs, env.embodiment, history), generator=generator,
                                    num_steps=cfg.num_inference_steps or None, bac=cfg.bac)
             latencies.append(time.perf_counter() - start)
             schedule.add(chunk.actions[0, :, chunk.mask[0]].numpy(), start_step=steps)
         obs, success, done = env.step(schedule.action(steps))
-        history.append(obs["image"])
+        history.append(obs["images"])
         steps += 1
         if record:
-            frames.append(obs["image"])
-    return Episode(env.spec.name, seed, success, steps, frames)
+            frames.append(video_frame(obs))
+    return Episode(env.task, seed, success, steps, frames)
 
 
-def evaluate(policy, cfg: EvalConfig, image_size: int, camera: str) -> dict:
-    """Roll the policy out on every task; return the summary dict (also written to cfg.output_dir)."""
+def evaluate(policy, cfg: EvalConfig, image_size: int, cameras: str | Sequence[str]) -> dict:
+    """Roll the policy out on every task; return the summary dict (also written to cfg.output_dir).
+    cameras: the policy's cameras (model.cameras: simulator camera names or registry image slots), in order."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     sampling = policy.sampling_settings(cfg.num_inference_steps, cfg.bac)  # fails now if bac has no schedule
-    episodes, latencies = run_tasks(policy, cfg, image_size, camera)
+    episodes, latencies = run_tasks(policy, cfg, image_size, cameras)
     summary = summarize(episodes, latencies, cfg, sampling) | {"provenance": provenance(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_success(summary, out / "success.png")
@@ -84,17 +92,21 @@ def evaluate(policy, cfg: EvalConfig, image_size: int, camera: str) -> dict:
     return summary
 
 
-def run_tasks(policy, cfg: EvalConfig, image_size: int, camera: str) -> tuple[list[Episode], list[float]]:
-    """cfg.episodes_per_task episodes of every task in cfg.tasks, on seeds cfg.seed_start, +1, ...; the first
-    cfg.videos_per_task of each task keep their frames. Returns (episodes, seconds per predicted chunk)."""
+def run_tasks(policy, cfg: EvalConfig, image_size: int,
+              cameras: str | Sequence[str]) -> tuple[list[Episode], list[float]]:
+    """cfg.episodes_per_task episodes of every task in cfg.tasks (Meta-World or robosuite names, vla.sim.envs), on
+    seeds cfg.seed_start, +1, ...; the first cfg.videos_per_task of each task keep their frames (cameras side by
+    side). Returns (episodes, seconds per predicted chunk)."""
     policy.eval()
+    cameras = [cameras] if isinstance(cameras, str) else list(cameras)
     episodes: list[Episode] = []
     latencies: list[float] = []
     with tqdm(total=len(cfg.tasks) * cfg.episodes_per_task, desc="eval", unit="episode") as progress:
         for task in cfg.tasks:
-            env = MetaWorldEnv(task, seed=cfg.seed_start, image_size=image_size, camera=camera,
-                               max_steps=cfg.max_steps, privileged_state=cfg.privileged_state)
+            env = make_env(task, seed=cfg.seed_start, image_size=image_size, cameras=cameras,
+                           max_steps=cfg.max_steps, privileged_state=cfg.privileged_state)
             try:
+                check_embodiment(policy, env)
                 for i in range(cfg.episodes_per_task):
                     episodes.append(run_episode(policy, env, cfg.seed_start + i, cfg, latencies,
                                                 record=i < cfg.videos_per_task))
@@ -103,6 +115,14 @@ def run_tasks(policy, cfg: EvalConfig, image_size: int, camera: str) -> tuple[li
             finally:
                 env.close()
     return episodes, latencies
+
+
+def check_embodiment(policy, env: SimEnv) -> None:
+    """A ValueError naming both sides unless the checkpoint was trained on the task's embodiment."""
+    trained = sorted(policy.normalizer.stats)
+    if env.embodiment not in trained:
+        raise ValueError(f"task {env.task!r} is embodiment {env.embodiment!r}, but the checkpoint has statistics only "
+                         f"for {trained}: evaluate it on tasks of the embodiments it was trained on")
 
 
 def summarize(episodes: list[Episode], latencies: list[float], cfg: EvalConfig, sampling: dict) -> dict:

@@ -1,5 +1,6 @@
-"""Simulated tasks (Meta-World) and scripted demonstrations."""
+"""Simulated tasks (Meta-World; robosuite through vla.sim.envs.make_env) and scripted demonstrations."""
 
+from vla.sim.envs import SimEnv, SimSpec, make_env, sim_spec
 from vla.sim.metaworld_env import (
     ACTION_NAMES,
     CONTROL_FPS,
@@ -13,4 +14,4 @@ from vla.sim.metaworld_env import (
 from vla.sim.tasks import DIFFICULTIES, tasks_in
 
 __all__ = ["ACTION_NAMES", "CONTROL_FPS", "DIFFICULTIES", "EMBODIMENT", "STATE_NAMES", "TASKS", "MetaWorldEnv",
-           "TaskSpec", "get_task", "tasks_in"]
+           "SimEnv", "SimSpec", "TaskSpec", "get_task", "make_env", "sim_spec", "tasks_in"]

@@ -1,7 +1,12 @@
-"""Scripted Meta-World demonstrations written as a LeRobot dataset (lerobot 0.4.4 API).
+"""Scripted simulator demonstrations written as a LeRobot dataset (lerobot 0.4.4 API).
 
     vla-demos --episodes_per_task=10 --tasks='[push]'
     python -m vla.sim.demos --image_size=96
+    vla-demos --tasks='[robosuite/Lift/UR5e]' --repo_id=local/robosuite_ur5e   # robosuite (vla.sim.robosuite_env)
+
+One dataset holds one embodiment (one robot_type, action and state width): its tasks must all be of the same
+simulator and arm (`vla.sim.envs.sim_spec`). A Meta-World dataset records `camera`; a robosuite one records both
+of its cameras (agentview, robot0_eye_in_hand).
 
 Frame t holds the observation before action t and that action. Only episodes where the
 scripted expert succeeds are kept; a failed seed is skipped and the next seed is tried.
@@ -24,15 +29,7 @@ from tqdm import tqdm
 
 from vla.data.embodiment import write_action_kind
 from vla.data.features import lerobot_features
-from vla.sim.metaworld_env import (
-    ACTION_NAMES,
-    CONTROL_FPS,
-    EMBODIMENT,
-    PRIVILEGED_STATE_NAMES,
-    STATE_NAMES,
-    MetaWorldEnv,
-    get_task,
-)
+from vla.sim.envs import SimEnv, SimSpec, is_robosuite, make_env, sim_spec
 
 # Evaluation uses seeds from here on; demos must stay below so no placement is shared.
 EVAL_SEED_START = 100_000
@@ -51,7 +48,7 @@ class DemoConfig:
     episodes_per_task: int = 40
     seed_start: int = 0
     image_size: int = 64
-    camera: str = "corner"
+    camera: str = "corner"  # Meta-World's camera; robosuite tasks record their own two (leave this as is)
     max_steps: int = 200
     steps_after_success: int = 10  # keep recording the expert this long after it first succeeds
     privileged_state: bool = False  # diagnostics only: add the object position to the state
@@ -73,25 +70,43 @@ class DemoConfig:
         return Path(self.root) / f"{self.repo_id}-{digest}"
 
     def validate(self) -> None:
-        for task in self.tasks:
-            get_task(task)
-        if not self.tasks:
-            raise ValueError("DemoConfig.tasks is empty")
+        self.spec()
         if self.episodes_per_task <= 0:
             raise ValueError(f"episodes_per_task must be positive; got {self.episodes_per_task}")
         if not 0 <= self.seed_start < EVAL_SEED_START:
             raise ValueError(f"seed_start must be in [0, {EVAL_SEED_START}) (evaluation seeds start there); "
                              f"got {self.seed_start}")
 
+    def spec(self) -> SimSpec:
+        """What the dataset's frames are; a ValueError when the tasks are of different embodiments."""
+        if not self.tasks:
+            raise ValueError("DemoConfig.tasks is empty")
+        specs = {task: sim_spec(task, self.privileged_state) for task in self.tasks}
+        first = specs[self.tasks[0]]
+        for task, spec in specs.items():
+            if (spec.embodiment, spec.action_names, spec.state_names) != (
+                    first.embodiment, first.action_names, first.state_names):
+                raise ValueError(f"one dataset holds one embodiment: {self.tasks[0]!r} is {first.embodiment!r} but "
+                                 f"{task!r} is {spec.embodiment!r}; record them as separate datasets "
+                                 f"(different --repo_id)")
+        if is_robosuite(self.tasks[0]) and self.camera != DemoConfig.camera:
+            raise ValueError(f"--camera={self.camera!r} names a Meta-World camera; robosuite tasks record "
+                             f"{list(first.cameras)}")
+        return first
 
-def dataset_features(image_size: int, camera: str, privileged_state: bool = False) -> dict[str, dict]:
-    """LeRobot feature spec: one camera image, the 7-D robot state, the 4-D action."""
-    names = PRIVILEGED_STATE_NAMES if privileged_state else STATE_NAMES
-    return lerobot_features([camera], image_size, names, ACTION_NAMES)
+    def cameras(self) -> list[str]:
+        """The cameras recorded: Meta-World's `camera`, or the robosuite task's own."""
+        return list(self.spec().cameras) if is_robosuite(self.tasks[0]) else [self.camera]
 
 
-def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int = 0) -> tuple[list[dict[str, Any]], bool]:
-    """One expert episode at `seed`: (frames of image/state/action, success).
+def dataset_features(cfg: DemoConfig) -> dict[str, dict]:
+    """LeRobot feature spec: one image per recorded camera, the robot state, the action (named)."""
+    spec = cfg.spec()
+    return lerobot_features(cfg.cameras(), cfg.image_size, list(spec.state_names), list(spec.action_names))
+
+
+def rollout_expert(env: SimEnv, seed: int, steps_after_success: int = 0) -> tuple[list[dict[str, Any]], bool]:
+    """One expert episode at `seed`: (frames of images [C, H, W, 3] / state / action, success).
 
     The expert keeps acting for `steps_after_success` steps after first success: Meta-World's
     experts stop right at the success boundary, so without these frames a policy never sees the
@@ -102,7 +117,7 @@ def rollout_expert(env: MetaWorldEnv, seed: int, steps_after_success: int = 0) -
     succeeded_at: int | None = None
     for step in range(env.max_steps):
         action = env.expert_action()
-        frames.append({"image": obs["image"], "state": obs["state"], "action": action})
+        frames.append({"images": obs["images"], "state": obs["state"], "action": action})
         obs, success, _ = env.step(action)
         if success and succeeded_at is None:
             succeeded_at = step
@@ -132,6 +147,7 @@ def generate_demos(cfg: DemoConfig) -> Path:
 
     datasets.disable_progress_bars()  # one "Map" bar per saved episode otherwise
     cfg.validate()
+    spec = cfg.spec()
     cached = load_cached(cfg)
     if cached is not None:
         print(f"Using cached demos at {cached} (same config)")
@@ -140,17 +156,16 @@ def generate_demos(cfg: DemoConfig) -> Path:
     if path.exists():  # an interrupted earlier run: no completion marker
         shutil.rmtree(path)
     dataset = LeRobotDataset.create(
-        repo_id=cfg.repo_id, fps=CONTROL_FPS,
-        features=dataset_features(cfg.image_size, cfg.camera, cfg.privileged_state), root=path,
-        robot_type=EMBODIMENT, use_videos=False, image_writer_threads=cfg.image_writer_threads)
+        repo_id=cfg.repo_id, fps=spec.fps, features=dataset_features(cfg), root=path,
+        robot_type=spec.embodiment, use_videos=False, image_writer_threads=cfg.image_writer_threads)
     seeds_used: dict[str, list[int]] = {}
     failed_seeds: dict[str, list[int]] = {}
     with tqdm(total=len(cfg.tasks) * cfg.episodes_per_task, desc="expert demos", unit="episode") as bar:
         for task in cfg.tasks:
             seeds_used[task], failed_seeds[task] = _record_task(dataset, cfg, task, bar)
     dataset.finalize()
-    write_action_kind(path, "ee_delta")  # Meta-World's actions are hand displacements
-    generation = {"config": cfg.cache_key(), "embodiment": EMBODIMENT, "fps": CONTROL_FPS,
+    write_action_kind(path, spec.action_kind)
+    generation = {"config": cfg.cache_key(), "embodiment": spec.embodiment, "fps": spec.fps,
                   "seeds_used": seeds_used, "failed_seeds": failed_seeds}
     (path / GENERATION_FILE).write_text(json.dumps(generation, indent=1))
     return path
@@ -158,9 +173,9 @@ def generate_demos(cfg: DemoConfig) -> Path:
 
 def _record_task(dataset: Any, cfg: DemoConfig, task: str, bar: tqdm) -> tuple[list[int], list[int]]:
     """Add successful episodes of one task to the dataset; returns (seeds used, seeds failed)."""
-    camera_key = f"observation.images.{cfg.camera}"
-    env = MetaWorldEnv(task, seed=cfg.seed_start, image_size=cfg.image_size, camera=cfg.camera,
-                       max_steps=cfg.max_steps, privileged_state=cfg.privileged_state)
+    cameras = cfg.cameras()
+    env = make_env(task, seed=cfg.seed_start, image_size=cfg.image_size, cameras=cameras, max_steps=cfg.max_steps,
+                   privileged_state=cfg.privileged_state)
     used: list[int] = []
     failed: list[int] = []
     seed = cfg.seed_start
@@ -171,8 +186,10 @@ def _record_task(dataset: Any, cfg: DemoConfig, task: str, bar: tqdm) -> tuple[l
             frames, success = rollout_expert(env, seed, cfg.steps_after_success)
             if success:
                 for frame in frames:
-                    dataset.add_frame({camera_key: frame["image"], "observation.state": frame["state"],
-                                       "action": frame["action"], "task": env.instruction})
+                    images = {f"observation.images.{c}": image for c, image in zip(cameras, frame["images"],
+                                                                                     strict=True)}
+                    dataset.add_frame(images | {"observation.state": frame["state"], "action": frame["action"],
+                                                "task": env.instruction})
                 dataset.save_episode()
                 used.append(seed)
                 bar.update(1)

@@ -22,6 +22,8 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from gymnasium.utils import seeding  # noqa: E402
 
+from vla.sim.envs import SimSpec  # noqa: E402
+from vla.sim.render import OffscreenRenderer  # noqa: E402
 from vla.sim.tasks import TASKS, TaskSpec, get_task  # noqa: E402, F401  (re-exported)
 
 EMBODIMENT = "metaworld_sawyer"
@@ -43,6 +45,15 @@ CAMERA_VARIANTS = {"corner_zoom": ("corner", 30.0)}
 CAMERAS = MUJOCO_CAMERAS + tuple(CAMERA_VARIANTS)
 
 
+def metaworld_spec(task: str, privileged_state: bool = False) -> SimSpec:
+    """What a Meta-World task's frames are (vla.sim.envs.sim_spec)."""
+    spec = get_task(task)
+    return SimSpec(task=spec.name, instruction=spec.instruction, embodiment=EMBODIMENT, fps=CONTROL_FPS,
+                   action_names=tuple(ACTION_NAMES),
+                   state_names=tuple(PRIVILEGED_STATE_NAMES if privileged_state else STATE_NAMES),
+                   action_kind="ee_delta", cameras=("corner",))
+
+
 def robot_state(full_obs: np.ndarray, goal_in_state: bool, privileged: bool = False) -> np.ndarray:
     """Robot-only state float32 [7] from Meta-World's 39-D observation.
 
@@ -55,7 +66,7 @@ def robot_state(full_obs: np.ndarray, goal_in_state: bool, privileged: bool = Fa
 
 
 class FastRenderer:
-    """mujoco.Renderer without shadows, reflections, multisampling or debug sites.
+    """Meta-World's named cameras (and CAMERA_VARIANTS) through the shared `OffscreenRenderer`.
 
     About 16 ms per frame instead of ~200 ms for Meta-World's default renderer on CPU (EGL).
     Sites (goal markers) are hidden: they are debugging aids, not part of the scene.
@@ -67,14 +78,7 @@ class FastRenderer:
         mujoco_camera, fovy = CAMERA_VARIANTS.get(camera, (camera, None))
         if fovy is not None:
             model.cam_fovy[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, mujoco_camera)] = fovy
-        model.vis.quality.offsamples = 0  # must be set before the GL context is created
-        model.vis.global_.offwidth = max(model.vis.global_.offwidth, image_size)
-        model.vis.global_.offheight = max(model.vis.global_.offheight, image_size)
-        self._renderer = mujoco.Renderer(model, image_size, image_size)
-        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-        self._option = mujoco.MjvOption()
-        self._option.sitegroup[:] = 0
+        self._renderer = OffscreenRenderer(model, image_size)
         self._camera = mujoco_camera
         # The "corner" cameras are defined with a downward image y axis in Meta-World's XML,
         # which renders upside down; flipping both axes (a 180 degree turn) makes them upright.
@@ -82,8 +86,7 @@ class FastRenderer:
 
     def render(self, data: mujoco.MjData) -> np.ndarray:
         """uint8 [H, W, 3] picture from the camera."""
-        self._renderer.update_scene(data, camera=self._camera, scene_option=self._option)
-        image = self._renderer.render()
+        image = self._renderer.render(data, self._camera)
         return np.ascontiguousarray(image[::-1, ::-1]) if self._rotate else image
 
     def close(self) -> None:
@@ -91,11 +94,13 @@ class FastRenderer:
 
 
 class MetaWorldEnv:
-    """A Meta-World v3 task with seeded placements, camera images and a scripted expert.
+    """A Meta-World v3 task with seeded placements, camera images and a scripted expert (a vla.sim.envs.SimEnv).
 
-    Observations are dicts: "image" uint8 [H, W, 3], "state" float32 [7], "instruction" str.
-    Actions are float [4]: end-effector delta xyz and gripper effort, each in [-1, 1].
+    Observations are dicts: "image" uint8 [H, W, 3], "images" the same as [1, H, W, 3], "state" float32 [7],
+    "instruction" str. Actions are float [4]: end-effector delta xyz and gripper effort, each in [-1, 1].
     """
+
+    embodiment = EMBODIMENT
 
     def __init__(self, task: str, seed: int, image_size: int = 64, camera: str = "corner",
                  max_steps: int = 200, privileged_state: bool = False) -> None:
@@ -128,6 +133,14 @@ class MetaWorldEnv:
     @property
     def instruction(self) -> str:
         return self.spec.instruction
+
+    @property
+    def task(self) -> str:
+        return self.spec.name
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return (self.camera,)
 
     @property
     def model(self) -> mujoco.MjModel:
@@ -188,8 +201,10 @@ class MetaWorldEnv:
 
     def _observation(self) -> dict[str, Any]:
         assert self._full_obs is not None
+        image = self.render()
         return {
-            "image": self.render(),
+            "image": image,
+            "images": image[None],
             "state": robot_state(self._full_obs, self.spec.goal_in_state, self.privileged_state),
             "instruction": self.spec.instruction,
         }
