@@ -51,6 +51,8 @@ def run_episode(policy, env: MetaWorldEnv, seed: int, cfg: EvalConfig, latencies
                 record: bool) -> Episode:
     schedule = ActionSchedule(cfg.schedule, policy.config.head.horizon)
     generator = torch.Generator().manual_seed(seed)
+    if hasattr(policy, "reset"):  # a policy with state across steps (LeRobot's action queues, vla.eval.lerobot_policy)
+        policy.reset()
     obs = env.reset(seed=seed)
     history = deque([obs["image"]] * policy.config.n_obs_steps, maxlen=policy.config.n_obs_steps)
     frames = [obs["image"]] if record else []
@@ -73,10 +75,15 @@ def run_episode(policy, env: MetaWorldEnv, seed: int, cfg: EvalConfig, latencies
 
 def evaluate(policy, cfg: EvalConfig, image_size: int, camera: str) -> dict:
     """Roll the policy out on every task; return the summary dict (also written to cfg.output_dir)."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     sampling = policy.sampling_settings(cfg.num_inference_steps, cfg.bac)  # fails now if bac has no schedule
     episodes, latencies = run_tasks(policy, cfg, image_size, camera)
+    return write_summary(episodes, latencies, cfg, sampling)
+
+
+def write_summary(episodes: list[Episode], latencies: list[float], cfg: EvalConfig, sampling: dict) -> dict:
+    """`summarize` plus provenance, written to cfg.output_dir as summary.json, success.png and rollouts.mp4."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     summary = summarize(episodes, latencies, cfg, sampling) | {"provenance": provenance(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_success(summary, out / "success.png")
