@@ -3,6 +3,8 @@
     vla-eval --checkpoint outputs/train/quickstart/checkpoints/last --episodes_per_task 20
     vla-eval suite --checkpoint CKPT [--suite metaworld8|mt50]   # task suite with report (vla.eval.suite)
     vla-eval heads ...            # head benchmark (vla.eval.heads_benchmark)
+    vla-eval vs-lerobot ...       # our heads vs LeRobot's ACT / Diffusion Policy / SmolVLA (vla.eval.vs_lerobot)
+    vla-eval cost ...             # latency, step time and FLOPs at equal parameters (vla.eval.cost)
     vla-eval calibrate-bac ...    # BAC schedules for a checkpoint (vla.eval.bac_calibration)
 """
 
@@ -16,7 +18,8 @@ import draccus
 from vla.config import EvalConfig
 
 SUBCOMMANDS = {"suite": "vla.eval.suite", "heads": "vla.eval.heads_benchmark",
-               "calibrate-bac": "vla.eval.bac_calibration"}
+               "calibrate-bac": "vla.eval.bac_calibration", "vs-lerobot": "vla.eval.vs_lerobot",
+               "cost": "vla.eval.cost"}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -62,7 +62,8 @@ class LeRobotTrainSettings:
 
 
 def default_lerobot() -> dict[str, LeRobotPolicySpec]:
-    return {"act": LeRobotPolicySpec(type="act"), "diffusion": LeRobotPolicySpec(type="diffusion")}
+    return {"act": LeRobotPolicySpec(type="act"), "diffusion": LeRobotPolicySpec(type="diffusion"),
+            "smolvla": LeRobotPolicySpec(type="smolvla")}
 
 
 @dataclass
@@ -79,7 +80,7 @@ class VsLeRobotConfig:
     image_shift: int = 4  # our random-shift augmentation (LeRobot's policies use their own)
     # steps x batch_size: the samples every policy sees; log_every / save_every apply to LeRobot's runs too
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=2000, batch_size=32, save_every=500, log_every=50, optim=OptimConfig(lr=5e-4, warmup_steps=100)))
+        steps=1000, batch_size=32, save_every=250, log_every=50, optim=OptimConfig(lr=5e-4, warmup_steps=100)))
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(
         tasks=list(TASKS), episodes_per_task=20, max_steps=300, videos_per_task=1, num_inference_steps=10))
     lerobot_train: LeRobotTrainSettings = field(default_factory=LeRobotTrainSettings)

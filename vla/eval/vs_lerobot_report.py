@@ -64,6 +64,13 @@ def execution(r: dict) -> str:
     return f"{e['n_action_steps']} of {e['chunk_size']}{steps}{ensemble}"
 
 
+def shown(value) -> str:
+    """An option's value as the page shows it: paths inside the working directory relative to it."""
+    if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(Path.cwd()):
+        return str(Path(value).relative_to(Path.cwd()))
+    return str(value)
+
+
 def source(r: dict) -> str:
     return f"ours (`{r['type']}` head)" if r["kind"] == "ours" else f"LeRobot `{r['type']}`"
 
@@ -109,7 +116,7 @@ def markdown(cfg, table: list[dict]) -> str:
     lines += ["", "LeRobot settings (on top of LeRobot's defaults; LeRobot's seed = our seed):"]
     for r in table:
         if r["kind"] == "lerobot":
-            options = ", ".join(f"`{k}={v}`" for k, v in (r["options"] or {}).items()) or "LeRobot's defaults"
+            options = ", ".join(f"`{k}={shown(v)}`" for k, v in (r["options"] or {}).items()) or "LeRobot's defaults"
             lines.append(f"- `{r['name']}` (`{r['type']}`): {options}")
     lines += ["", REFERENCE, "",
               "The raw rows (one per policy and seed, each with its commit, full config, command, library versions "
