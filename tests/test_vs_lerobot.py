@@ -171,6 +171,7 @@ def test_interrupted_lerobot_run_resumes_and_failures_show_the_log(tmp_path, mon
         in calls[0] and "--steps=8" in calls[0]
     assert summary["resumed_at_step"] == 4 and summary["s_per_step"] == pytest.approx(0.4)  # after the 1st window
     assert summary["samples_per_s"] == pytest.approx(10.0) and summary["peak_rss_mb"] == 512.0
+    assert summary["samples_per_s_update"] == pytest.approx(4 / 0.3)  # without data loading
     assert train_lerobot(run) == summary and len(calls) == 1  # finished: reused
 
     (out.parent / "train.json").unlink()
@@ -187,7 +188,7 @@ def test_interrupted_lerobot_run_resumes_and_failures_show_the_log(tmp_path, mon
 # ---- the comparison, end to end --------------------------------------------------------------------
 
 
-def smoke_config(root: Path):
+def smoke_config(root: Path, demos: DemoConfig):
     from vla.eval.vs_lerobot import VsLeRobotConfig
 
     act = LeRobotPolicySpec(type="act", options={"dim_model": 32, "dim_feedforward": 64, "n_heads": 2,
@@ -195,8 +196,7 @@ def smoke_config(root: Path):
                                                  "n_action_steps": 4})
     return VsLeRobotConfig(
         heads=["dit"], lerobot={"act": act}, seeds=[0],
-        demos=DemoConfig(tasks=["reach"], episodes_per_task=2, image_size=IMAGE, max_steps=60,
-                         root=str(root / "datasets"), image_writer_threads=0),
+        demos=demos,
         tiny_backbone=TinyBackboneConfig(root=str(root / "tiny_vlm"), hidden_size=32, heads=2),
         head=HeadSizeConfig(horizon=8, hidden=32, depth=2, heads=2), image_shift=2,
         train=TrainConfig(steps=4, batch_size=4, log_every=2, save_every=4),
@@ -205,12 +205,13 @@ def smoke_config(root: Path):
 
 
 @pytest.fixture(scope="module")
-def comparison(tmp_path_factory):
-    """The comparison on a smoke config (our dit and LeRobot's ACT, 4 steps each, one short episode), at a clean
-    checkout as far as provenance can tell."""
+def comparison(tmp_path_factory, tiny_demo_config, tiny_demos_path):
+    """The comparison on a smoke config (our dit and LeRobot's ACT, 4 steps each on the tiny demos, one short
+    episode), at a clean checkout as far as provenance can tell."""
     from vla.eval.vs_lerobot import run_comparison
 
-    cfg = smoke_config(tmp_path_factory.mktemp("vs_lerobot"))
+    assert tiny_demo_config.image_size == IMAGE
+    cfg = smoke_config(tmp_path_factory.mktemp("vs_lerobot"), tiny_demo_config)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(provenance, "git_commit", lambda: dict(CLEAN))
         report = run_comparison(cfg)

@@ -9,7 +9,8 @@ LeRobot's own defaults and optimiser presets for everything not set: the policy'
 push, no wandb, and no pretrained weights (`NO_PRETRAINED`: none can be fetched here, and our backbones are trained
 from scratch too). A run resumes from LeRobot's last checkpoint when interrupted; a finished one is never retrained
 (its `train.json` is returned). `train.json` records LeRobot's time per step (its logged `updt_s` + `data_s`, median
-over the log windows after the first), samples per second, the training process's peak resident memory and the
+over the log windows after the first; also `updt_s` alone, without data loading), samples per second, the training
+process's peak resident memory and the
 checkpoint (`<output_dir>/checkpoints/last/pretrained_model`, loadable with `vla.eval.lerobot_policy`).
 """
 
@@ -82,7 +83,7 @@ class LeRobotRun:
     seed: int
     output_dir: str
     device: str = "cpu"
-    num_workers: int = 0  # LeRobot decodes the dataset's PNG frames in the data loader; 0: in the training process
+    num_workers: int = 0  # LeRobot's data-loader processes (decoding the PNG frames); 0: in the training process
     log_freq: int = 50
     save_freq: int = 500
 
@@ -143,9 +144,14 @@ def run_measured(cmd: list[str], log_path: Path, env: dict[str, str] | None = No
     return Measured(proc.returncode, usage.ru_maxrss / 1024, time.time() - start)  # ru_maxrss is in KiB on Linux
 
 
-def step_seconds(log_text: str) -> list[float]:
-    """LeRobot's logged seconds per step (update + data loading, averaged over each log window), in order."""
-    return [float(update) + float(data) for update, data in STEP_TIME.findall(log_text)]
+def step_seconds(log_text: str) -> list[tuple[float, float]]:
+    """LeRobot's logged (update, data loading) seconds per step, averaged over each log window, in order."""
+    return [(float(update), float(data)) for update, data in STEP_TIME.findall(log_text)]
+
+
+def median_after_first(values: list[float]) -> float:
+    """The median over the log windows after the first (which holds start-up costs), as for our runs."""
+    return float(np.median(values[1:] or values))
 
 
 def train_lerobot(run: LeRobotRun) -> dict:
@@ -173,9 +179,12 @@ def train_lerobot(run: LeRobotRun) -> dict:
     seconds = step_seconds(text)
     if not seconds:
         raise RuntimeError(f"no LeRobot step times (updt_s / data_s) in {log_path}: was log_freq > steps?")
-    s_per_step = float(np.median(seconds[1:] or seconds))  # the first window holds start-up costs
+    s_per_step = median_after_first([update + data for update, data in seconds])
+    update_s = median_after_first([update for update, _ in seconds])  # forward, backward, optimiser
     summary = {"policy": run.spec.type, "steps": run.steps, "batch_size": run.batch_size, "seed": run.seed,
-               "s_per_step": s_per_step, "samples_per_s": run.batch_size / s_per_step, "log_windows": len(seconds),
+               "s_per_step": s_per_step, "samples_per_s": run.batch_size / s_per_step,
+               "update_s_per_step": update_s, "samples_per_s_update": run.batch_size / update_s,
+               "log_windows": len(seconds),
                "peak_rss_mb": measured.peak_rss_mb, "wall_s": measured.wall_s, "resumed_at_step": resumed_at,
                "checkpoint": str(last)}
     summary_path.write_text(json.dumps(summary, indent=1))

@@ -58,7 +58,7 @@ class LeRobotTrainSettings:
     """How LeRobot's training script runs (the same for every LeRobot policy)."""
 
     device: str = "cpu"
-    num_workers: int = 0  # data-loader processes; 0 decodes frames in the training process (2-core machine)
+    num_workers: int = 0  # LeRobot's data-loader processes (PNG decoding); 0: in the training process
 
 
 def default_lerobot() -> dict[str, LeRobotPolicySpec]:
@@ -157,6 +157,7 @@ def our_row(cfg: VsLeRobotConfig, head: str, seed: int, summary: dict, trained: 
             **outcome(summary), "parameters": {"total": summary["parameters"]["total"], "vision": vision},
             "s_per_step": summary["train_s_per_step"],
             "samples_per_s": cfg.train.batch_size / summary["train_s_per_step"],
+            "samples_per_s_update": None,  # our batches come from memory: nothing to take apart
             "peak_rss_mb": trained.get("peak_rss_mb"), "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
             "execution": {"chunk_size": cfg.head.horizon, "n_action_steps": settings["schedule"]["execute_steps"],
                           "num_inference_steps": settings["num_inference_steps"]},
@@ -226,7 +227,8 @@ def lerobot_run(cfg: VsLeRobotConfig, name: str, seed: int, dataset_dir: Path) -
     settings = summary["settings"]
     return {"name": name, "kind": "lerobot", "type": run.spec.type, "seed": seed, **outcome(summary),
             "parameters": policy.parameter_counts(), "s_per_step": trained["s_per_step"],
-            "samples_per_s": trained["samples_per_s"], "peak_rss_mb": trained["peak_rss_mb"],
+            "samples_per_s": trained["samples_per_s"], "samples_per_s_update": trained["samples_per_s_update"],
+            "peak_rss_mb": trained["peak_rss_mb"],
             "steps": run.steps, "batch_size": run.batch_size,
             "execution": {"chunk_size": settings["chunk_size"], "n_action_steps": settings["n_action_steps"],
                           "num_inference_steps": settings["num_inference_steps"],
