@@ -74,15 +74,12 @@ def wire(cfg: PipelineConfig, dataset_dir: Path, backbone_dir: Path) -> Pipeline
     return dataclasses.replace(cfg, model=model, data=data, train=train, eval=evaluation)
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
-    from vla.checkpoint import load_policy
-    from vla.eval.report import print_summary
-    from vla.eval.rollout import evaluate
+def train_stage(cfg: PipelineConfig, timings: dict | None = None) -> tuple[PipelineConfig, Path]:
+    """Demos, tiny VLM and training, each cached or resumed: (the config wired to what they produced, the final
+    checkpoint). A finished run is returned without training. `timings` (if given) gets demos_s and train_s."""
     from vla.training.train import TrainRunConfig, train
 
-    record = provenance(cfg)  # the config as given, before the stages fill in their paths
-
-    timings = {}
+    timings = {} if timings is None else timings
     start = time.time()
     dataset_dir = generate_demos(cfg.demos)
     timings["demos_s"] = time.time() - start
@@ -90,6 +87,18 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     start = time.time()
     checkpoint = train(TrainRunConfig(model=cfg.model, data=cfg.data, train=cfg.train))
     timings["train_s"] = time.time() - start
+    return cfg, checkpoint
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict:
+    from vla.checkpoint import load_policy
+    from vla.eval.report import print_summary
+    from vla.eval.rollout import evaluate
+
+    record = provenance(cfg)  # the config as given, before the stages fill in their paths
+
+    timings: dict = {}
+    cfg, checkpoint = train_stage(cfg, timings)
     start = time.time()
     policy = load_policy(checkpoint)
     summary = evaluate(policy, cfg.eval, cfg.demos.image_size, cfg.demos.camera)

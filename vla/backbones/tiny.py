@@ -42,6 +42,10 @@ _IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<global-img>", "<end_of_utte
     f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)
 ]
 # Qwen2.5-VL's vision markers and chat-template tokens, named as in its real tokenizer.
+# SmolVLM's tokenizer names its image and turn tokens (tokenizer_config.json "extra_special_tokens"); SmolVLM's
+# processor and LeRobot's SmolVLA read them as attributes (tokenizer.fake_image_token_id, ...).
+_SMOLVLM_TOKEN_NAMES = {"fake_image_token": "<fake_token_around_image>", "global_image_token": "<global-img>",
+                        "image_token": "<image>", "end_of_utterance_token": "<end_of_utterance>"}
 _QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
 QWEN_MERGE = 2  # Qwen2.5-VL merges 2 x 2 neighbouring patches into one LLM token (spatial_merge_size)
 _IMAGE_STATS = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
@@ -93,13 +97,16 @@ def build_tiny_vlm(
         position_init="sincos_2d",  # recorded so models built before this init are not reused
         vision_use_head=False,
     )
+    if family == "smolvlm":  # recorded so tiny SmolVLMs built before the token names are not reused
+        args["tokenizer_names"] = "smolvlm2"
     if _is_built(out, args):
         return out
     specials = _BASE_SPECIALS + {"smolvlm": _IDEFICS3_SPECIALS, "qwen2_5_vl": _QWEN_SPECIALS}.get(family, [])
     # The processors type-check for their family's tokenizer class.
     tokenizer_cls = {"paligemma": GemmaTokenizerFast, "qwen2_5_vl": Qwen2TokenizerFast}.get(family,
                                                                                             PreTrainedTokenizerFast)
-    tokenizer = train_tokenizer(corpus, vocab_size, specials, tokenizer_cls)
+    tokenizer = train_tokenizer(corpus, vocab_size, specials, tokenizer_cls,
+                                names=_SMOLVLM_TOKEN_NAMES if family == "smolvlm" else None)
     processor = _build_processor(family, tokenizer, image_size, patch_size)
     torch.manual_seed(seed)
     model = _build_model(family, processor, args)
@@ -117,8 +124,10 @@ def train_tokenizer(
     vocab_size: int,
     specials: list[str],
     tokenizer_cls: type[PreTrainedTokenizerFast] = PreTrainedTokenizerFast,
+    names: dict[str, str] | None = None,
 ) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on corpus offline and wrap it for transformers."""
+    """Train a byte-level BPE tokenizer on corpus offline and wrap it for transformers; `names` gives special tokens
+    attribute names ({"image_token": "<image>"} -> tokenizer.image_token, tokenizer.image_token_id)."""
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -136,6 +145,7 @@ def train_tokenizer(
         pad_token="<pad>",
         unk_token="<unk>",
         additional_special_tokens=specials[4:],
+        extra_special_tokens=names or {},
     )
 
 

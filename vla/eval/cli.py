@@ -5,6 +5,8 @@
     vla-eval suite --checkpoint CKPT [--suite metaworld8|mt50]   # task suite with report (vla.eval.suite)
     vla-eval heads ...            # head benchmark (vla.eval.heads_benchmark)
     vla-eval fewshot ...          # few-shot benchmark on ML10 (vla.eval.fewshot_benchmark)
+    vla-eval vs-lerobot ...       # our heads vs LeRobot's ACT / Diffusion Policy / SmolVLA (vla.eval.vs_lerobot)
+    vla-eval cost ...             # latency, step time and FLOPs at equal parameters (vla.eval.cost)
     vla-eval calibrate-bac ...    # BAC schedules for a checkpoint (vla.eval.bac_calibration)
 """
 
@@ -18,7 +20,8 @@ import draccus
 from vla.config import EvalConfig
 
 SUBCOMMANDS = {"suite": "vla.eval.suite", "heads": "vla.eval.heads_benchmark",
-               "fewshot": "vla.eval.fewshot_benchmark", "calibrate-bac": "vla.eval.bac_calibration"}
+               "fewshot": "vla.eval.fewshot_benchmark", "calibrate-bac": "vla.eval.bac_calibration",
+               "vs-lerobot": "vla.eval.vs_lerobot", "cost": "vla.eval.cost"}
 
 
 def main(args: list[str] | None = None) -> None:

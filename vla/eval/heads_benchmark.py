@@ -149,11 +149,17 @@ def pipeline_config(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> Pipeline
 
 def train_and_eval(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> dict:
     """One pipeline run (reused when its summary exists), plus its median training time per step."""
-    from vla.pipeline import run_pipeline
-
     pipeline = pipeline_config(cfg, head, seed)
     out = run_dir(cfg, head, seed)
     check_run_origin(out, pipeline, cfg.reuse_stale)
+    return run_summary(pipeline, out)
+
+
+def run_summary(pipeline: PipelineConfig, out: Path) -> dict:
+    """The summary of the pipeline run in `out` (reused when it exists, else the pipeline runs: training resumes or
+    is reused), plus its median training time per step. The caller has checked the folder's origin."""
+    from vla.pipeline import run_pipeline
+
     path = out / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else run_pipeline(pipeline)
     summary["train_s_per_step"] = median_s_per_step(out / "train" / "metrics.csv")

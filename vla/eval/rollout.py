@@ -58,6 +58,8 @@ def run_episode(policy, env: SimEnv, seed: int, cfg: EvalConfig, latencies: list
                 record: bool) -> Episode:
     schedule = ActionSchedule(cfg.schedule, policy.config.head.horizon)
     generator = torch.Generator().manual_seed(seed)
+    if hasattr(policy, "reset"):  # a policy with state across steps (LeRobot's action queues, vla.eval.lerobot_policy)
+        policy.reset()
     obs = env.reset(seed=seed)
     history = deque([obs["images"]] * policy.config.n_obs_steps, maxlen=policy.config.n_obs_steps)
     frames = [video_frame(obs)] if record else []
@@ -81,10 +83,15 @@ def run_episode(policy, env: SimEnv, seed: int, cfg: EvalConfig, latencies: list
 def evaluate(policy, cfg: EvalConfig, image_size: int, cameras: str | Sequence[str]) -> dict:
     """Roll the policy out on every task; return the summary dict (also written to cfg.output_dir).
     cameras: the policy's cameras (model.cameras: simulator camera names or registry image slots), in order."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     sampling = policy.sampling_settings(cfg.num_inference_steps, cfg.bac)  # fails now if bac has no schedule
     episodes, latencies = run_tasks(policy, cfg, image_size, cameras)
+    return write_summary(episodes, latencies, cfg, sampling)
+
+
+def write_summary(episodes: list[Episode], latencies: list[float], cfg: EvalConfig, sampling: dict) -> dict:
+    """`summarize` plus provenance, written to cfg.output_dir as summary.json, success.png and rollouts.mp4."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     summary = summarize(episodes, latencies, cfg, sampling) | {"provenance": provenance(cfg)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_success(summary, out / "success.png")
