@@ -215,10 +215,12 @@ def test_one_dataset_holds_one_embodiment(tmp_path):
 def test_eval_refuses_a_task_of_an_embodiment_the_checkpoint_lacks(ur5e):
     from vla.eval.rollout import check_embodiment
 
-    policy = SimpleNamespace(normalizer=SimpleNamespace(stats={"metaworld_sawyer": {}}))
+    policy = SimpleNamespace(embodiments=["metaworld_sawyer"])
     with pytest.raises(ValueError, match="'robosuite_ur5e_joint', but the checkpoint has statistics only for "
                                          r"\['metaworld_sawyer'\]"):
         check_embodiment(policy, ur5e)
+    check_embodiment(SimpleNamespace(embodiments=["robosuite_ur5e_joint"]), ur5e)
+    check_embodiment(SimpleNamespace(embodiments=None), ur5e)  # a LeRobot policy names none: not checked
 
 
 @pytest.mark.slow

@@ -97,6 +97,12 @@ class LeRobotPolicy:
         self.policy.eval()
         return self
 
+    @property
+    def embodiments(self) -> None:
+        """LeRobot checkpoints name no embodiment (their statistics are per dataset key): the rollout's embodiment
+        check does not apply; the comparison trains them on the evaluated task's own dataset."""
+        return None
+
     def reset(self) -> None:
         """Start an episode: LeRobot's action and observation queues are cleared (as `lerobot_eval.rollout` does)."""
         self.policy.reset()

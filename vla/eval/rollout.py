@@ -125,9 +125,10 @@ def run_tasks(policy, cfg: EvalConfig, image_size: int,
 
 
 def check_embodiment(policy, env: SimEnv) -> None:
-    """A ValueError naming both sides unless the checkpoint was trained on the task's embodiment."""
-    trained = sorted(policy.normalizer.stats)
-    if env.embodiment not in trained:
+    """A ValueError naming both sides unless the checkpoint was trained on the task's embodiment (not checked for a
+    policy that records none: `embodiments` None, as LeRobot's)."""
+    trained = policy.embodiments
+    if trained is not None and env.embodiment not in trained:
         raise ValueError(f"task {env.task!r} is embodiment {env.embodiment!r}, but the checkpoint has statistics only "
                          f"for {trained}: evaluate it on tasks of the embodiments it was trained on")
 
