@@ -7,7 +7,9 @@ the key (draccus' DecodingError / argparse error).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import draccus
 
@@ -154,6 +156,16 @@ class EvalConfig:
 
 def parse(config_class: type, args: list[str] | None = None):
     """Parse a config dataclass from `--config_path=FILE.yaml` plus dotted overrides."""
+    return draccus.parse(config_class, args=args)
+
+
+def parse_with_recipe(config_class: type, recipe: str, args: list[str] | None = None):
+    """`parse` with `recipe` as the --config_path when the arguments give none (and the file exists, i.e. when run
+    from the repository root): a benchmark's nested defaults live in its recipe, since draccus rebuilds a whole
+    section that a flag overrides. args: default sys.argv[1:]."""
+    args = list(sys.argv[1:] if args is None else args)
+    if not any(a.startswith("--config_path") for a in args) and Path(recipe).exists():
+        args = [f"--config_path={recipe}", *args]
     return draccus.parse(config_class, args=args)
 
 

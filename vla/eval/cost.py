@@ -29,18 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import draccus
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vla.action_heads import build_head
+from vla.config import parse_with_recipe
 from vla.eval.heads_benchmark import HeadSizeConfig, HeadVariant
 from vla.eval.lerobot_train import LeRobotPolicySpec
 from vla.provenance import provenance
@@ -314,12 +313,7 @@ def run_cost(cfg: CostConfig) -> Path:
 
 def main(args: list[str] | None = None) -> None:
     """Parse flags on top of configs/bench/cost.yaml (or another --config_path) and run."""
-    args = list(sys.argv[1:] if args is None else args)
-    if not any(a.startswith("--config_path") for a in args) and Path(DEFAULT_RECIPE).exists():
-        args = [f"--config_path={DEFAULT_RECIPE}", *args]
-    cfg = draccus.parse(CostConfig, args=args)
-    print(f"report: {run_cost(cfg)}")
-
+    print(f"report: {run_cost(parse_with_recipe(CostConfig, DEFAULT_RECIPE, args))}")
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import draccus
 from safetensors import safe_open
 
-from vla.config import EvalConfig, LoraConfig, ModelConfig, from_yaml
+from vla.config import EvalConfig, LoraConfig, ModelConfig, from_yaml, parse_with_recipe
 from vla.eval.heads_benchmark import check_run_origin, median_s_per_step
 from vla.eval.suite import group_results
 from vla.pipeline import PipelineConfig
@@ -257,11 +256,7 @@ def run_benchmark(cfg: FewshotConfig) -> Path:
 
 def main(args: list[str] | None = None) -> None:
     """Parse flags on top of configs/bench/fewshot.yaml (or another --config_path) and run."""
-    args = list(sys.argv[1:] if args is None else args)
-    if not any(a.startswith("--config_path") for a in args) and Path(DEFAULT_CONFIG).exists():
-        args = [f"--config_path={DEFAULT_CONFIG}", *args]
-    print(f"report: {run_benchmark(draccus.parse(FewshotConfig, args=args))}")
-
+    print(f"report: {run_benchmark(parse_with_recipe(FewshotConfig, DEFAULT_CONFIG, args))}")
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 
 from vla.action_heads import head_config_class
 from vla.action_heads.bac import SCHEDULE_FILE, BlockCache, calibrate_head, load_schedules, save_schedules
-from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig
+from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, parse_with_recipe
 from vla.pipeline import PipelineConfig, TinyBackboneConfig
 from vla.provenance import provenance, same_origin
 from vla.sim.demos import DemoConfig
@@ -300,12 +299,7 @@ def run_benchmark(cfg: HeadsBenchmarkConfig) -> Path:
 
 def main(args: list[str] | None = None) -> None:
     """Parse flags on top of configs/bench/heads.yaml (or another --config_path) and run."""
-    args = list(sys.argv[1:] if args is None else args)
-    if not any(a.startswith("--config_path") for a in args) and Path(DEFAULT_RECIPE).exists():
-        args = [f"--config_path={DEFAULT_RECIPE}", *args]
-    cfg = draccus.parse(HeadsBenchmarkConfig, args=args)
-    print(f"report: {run_benchmark(cfg)}")
-
+    print(f"report: {run_benchmark(parse_with_recipe(HeadsBenchmarkConfig, DEFAULT_RECIPE, args))}")
 
 if __name__ == "__main__":
     main()

@@ -29,9 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import draccus
-
-from vla.config import EvalConfig, OptimConfig, TrainConfig, to_yaml
+from vla.config import EvalConfig, OptimConfig, TrainConfig, parse_with_recipe, to_yaml
 from vla.deploy.chunking import ScheduleConfig
 from vla.eval.heads_benchmark import (
     BACBenchConfig,
@@ -267,12 +265,7 @@ def run_comparison(cfg: VsLeRobotConfig) -> Path:
 
 def main(args: list[str] | None = None) -> None:
     """Parse flags on top of configs/bench/vs_lerobot.yaml (or another --config_path) and run."""
-    args = list(sys.argv[1:] if args is None else args)
-    if not any(a.startswith("--config_path") for a in args) and Path(DEFAULT_RECIPE).exists():
-        args = [f"--config_path={DEFAULT_RECIPE}", *args]
-    cfg = draccus.parse(VsLeRobotConfig, args=args)
-    print(f"report: {run_comparison(cfg)}")
-
+    print(f"report: {run_comparison(parse_with_recipe(VsLeRobotConfig, DEFAULT_RECIPE, args))}")
 
 if __name__ == "__main__":
     main()
