@@ -207,7 +207,8 @@ def entry_layout(entry: Embodiment, meta: Any, where: str, camera_slots: list[st
     Errors name the dataset (`where`), the key, what the entry expects and what the dataset has."""
     if entry.format != "lerobot":
         raise ValueError(f"{where}: {entry.source} describes a {entry.format} dataset; this loader reads LeRobot "
-                         f"datasets (an RLDS reader is issue 15 item 2)")
+                         f"datasets: convert it with `vla-data convert-rlds` and read the result with the entry it "
+                         f"writes (<output_root>/meta/vla_embodiment.yaml)")
     if abs(float(meta.fps) - entry.fps) > 1e-6:
         raise ValueError(f"{where}: fps {meta.fps} != {entry.fps} in {entry.source} (fps); the actions would be "
                          f"executed at the wrong rate")

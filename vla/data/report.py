@@ -1,4 +1,5 @@
-"""`vla-data report`: what is in a LeRobot dataset, before training on it.
+"""`vla-data report`: what is in a LeRobot dataset, before training on it (`vla-data convert-rlds`: see
+vla.data.convert_rlds).
 
     vla-data report --root outputs/datasets --repo_id local/metaworld-1a2b3c4d \\
         [--embodiment_config metaworld_sawyer] [--output_dir outputs/data_report] [--idle_threshold 0.01]
@@ -279,9 +280,15 @@ def write_report(cfg: DatasetReportConfig, command: list[str] | None = None) -> 
 
 def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
+    if args[:1] == ["convert-rlds"]:
+        from vla.data.convert_rlds import main as convert_rlds
+
+        return convert_rlds(args[1:])
     if args[:1] != ["report"]:
         raise SystemExit("usage: vla-data report --root DIR --repo_id ID [--embodiment_config NAME] "
-                         "[--output_dir DIR]   (vla-data report --help lists every option)")
+                         "[--output_dir DIR]\n"
+                         "       vla-data convert-rlds --rlds_dir DIR --embodiment_config NAME --output_root DIR "
+                         "--repo_id ID\n(vla-data <command> --help lists every option)")
     cfg = draccus.parse(DatasetReportConfig, args=args[1:])
     path = write_report(cfg, ["vla-data", *args])
     print(f"wrote {path} (+ dataset_report.json, frames.png, actions.png)")
