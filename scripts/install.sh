@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the package with its simulator and dev extras (pinned stack, see pyproject.toml).
+# Create .venv and install the package with its simulator, dev and deepspeed extras (pinned stack, see pyproject.toml).
+# DS_BUILD_OPS=0: DeepSpeed compiles no CUDA ops at install (the tests run its ZeRO-2/3 on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
@@ -9,4 +10,4 @@ fi
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[sim,dev]"
+DS_BUILD_OPS=0 python -m pip install -q -e ".[sim,dev,deepspeed]"

@@ -14,6 +14,8 @@
                                them (vla.training.lora); model.safetensors then holds the merged weights
     <ckpt>/training_state/     resume only, written by vla.training.checkpoint (optimiser, step, RNG states); never
                                shared (SHARED_PATTERNS)
+    <ckpt>/export_check.json   the last checkpoint of a vla-train run: its predictions against the live model's
+                               (vla.training.export)
 
 `load_policy` takes such a folder or a hub id (+ revision), resolved through the HF cache (vla.hub).
 Deploy, the policy server and evaluation load checkpoints from here without importing training.
@@ -235,4 +237,5 @@ def tied_parameter_names(module: torch.nn.Module) -> set[str]:
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+    """Parameter count; a ZeRO-3-partitioned parameter counts with its full size (ds_numel)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters() if p.requires_grad or not trainable_only)

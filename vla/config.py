@@ -18,6 +18,8 @@ from vla.backbones.config import BackboneConfig
 from vla.deploy.chunking import ScheduleConfig
 
 NORMALIZATION_MODES = ("quantile", "zscore")
+LOG_BACKENDS = ("csv", "tensorboard", "wandb")
+MIXED_PRECISION = ("no", "bf16")
 
 
 @dataclass
@@ -121,6 +123,20 @@ class TrainConfig:
     # stop (and save) after this wall time, leaving a partial run (rerun the command to continue it; the LR
     # schedule still spans `steps`); 0 = no limit. Makes the step count machine-dependent: not for reproducible runs
     time_limit_s: float = 0.0
+    # micro-batches of batch_size (per process) summed into each optimiser step: a step sees
+    # batch_size * grad_accum_steps * processes samples (recorded in the checkpoint as samples_per_step)
+    grad_accum_steps: int = 1
+    # recompute the VLM's layer activations in backward instead of storing them (less memory, ~1 more forward)
+    gradient_checkpointing: bool = False
+    # EMA of the trainable weights with this decay (e.g. 0.999; 0 = off). When on, checkpoints (and so evaluation
+    # and export) hold the EMA weights, meta.json says so, and the trained weights are kept for resuming
+    ema_decay: float = 0.0
+    # where scalars go besides output_dir/metrics.csv (always written): csv (nothing else) | tensorboard (tb/) |
+    # wandb (output_dir/wandb; offline unless WANDB_MODE=online, so it works without network)
+    log_backend: str = "tensorboard"
+    wandb_project: str = "vla"
+    # after the last step, check that the saved checkpoint predicts the same actions as the live model (every rank)
+    verify_export: bool = True
     optim: OptimConfig = field(default_factory=OptimConfig)
     # fine-tuning (vla.training.finetune). init_from: a policy checkpoint folder whose tensors of matching name and
     # shape start this run (a new run, not a resume; model.* describes the policy, the backbone is the checkpoint's);
@@ -130,6 +146,16 @@ class TrainConfig:
     # "backbone.language" stand for the family's vision tower + projector / language model)
     freeze: list[str] = field(default_factory=list)
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"train.grad_accum_steps must be >= 1; got {self.grad_accum_steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0 = no EMA; 0.999 is typical); got {self.ema_decay}")
+        if self.log_backend not in LOG_BACKENDS:
+            raise ValueError(f"train.log_backend must be one of {LOG_BACKENDS}; got {self.log_backend!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"train.mixed_precision must be one of {MIXED_PRECISION}; got {self.mixed_precision!r}")
 
 
 @dataclass

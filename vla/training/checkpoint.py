@@ -1,9 +1,18 @@
 """Training state saved beside a policy checkpoint, for resuming only: <ckpt>/training_state/.
 
-    <ckpt>/training_state/     optimiser moments (safetensors), step + run record (state.json),
-                               every RNG of each rank (rng_rank<r>.safetensors + .json)
+    <ckpt>/training_state/state.json            step, run record, samples seen, the loss window being logged
+    <ckpt>/training_state/optimizer.safetensors single process / DDP: the optimiser moments (param-group settings in
+                                                state.json)
+    <ckpt>/training_state/model.safetensors     single process / DDP with EMA: the trained weights (the policy
+                                                folder then holds the EMA weights)
+    <ckpt>/training_state/accelerate/           DeepSpeed / FSDP: accelerator.save_state, every rank's partition of
+                                                the weights and optimiser (DeepSpeed's / torch.distributed.checkpoint's
+                                                own format)
+    <ckpt>/training_state/ema*.safetensors      with EMA: its fp32 averages (vla.training.ema; one file per rank when
+                                                they are partitioned)
+    <ckpt>/training_state/rng_rank<r>.*         every RNG of each rank (safetensors + JSON)
 
-The policy itself (config, weights, statistics) is written by `vla.checkpoint`.
+The policy itself (config, consolidated weights, statistics) is written by `vla.checkpoint`.
 """
 
 from __future__ import annotations
@@ -14,13 +23,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+SHARDED_STATE_DIR = "accelerate"  # accelerator.save_state's folder under DeepSpeed / FSDP
+TRAINED_WEIGHTS = "model.safetensors"
 
 
-def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer, step: int, extra: dict) -> None:
-    """Optimiser tensors to safetensors, the rest (step, param-group settings, `extra`) to JSON."""
+def save_training_state(path: str | Path, optimizer: torch.optim.Optimizer | None, step: int, extra: dict) -> None:
+    """Optimiser tensors to safetensors, the rest (step, param-group settings, `extra`) to JSON; without an optimiser
+    (its state is in the sharded folder) only the JSON."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if optimizer is None:
+        (path / "state.json").write_text(json.dumps({"step": step, **extra}))
+        return
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, slots in state["state"].items():
@@ -51,6 +68,20 @@ def load_training_state(path: str | Path, optimizer: torch.optim.Optimizer) -> d
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in record["param_groups"]]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     return record
+
+
+def save_trained_weights(path: str | Path, model: nn.Module) -> None:
+    """The trained (not averaged) weights, when the policy folder holds EMA weights (save_model handles ties)."""
+    save_model(model, str(Path(path) / TRAINED_WEIGHTS))
+
+
+def load_trained_weights(path: str | Path, model: nn.Module) -> None:
+    """Restore what save_trained_weights wrote; a missing file names the likely cause."""
+    file = Path(path) / TRAINED_WEIGHTS
+    if not file.exists():
+        raise FileNotFoundError(f"{path} has no {TRAINED_WEIGHTS}: the checkpoint was written without EMA, so its "
+                                f"policy weights are the trained ones")
+    load_model(model, str(file))
 
 
 def rng_state_files(path: str | Path, rank: int) -> tuple[Path, Path]:

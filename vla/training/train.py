@@ -1,11 +1,26 @@
-"""The training loop: Accelerate, AdamW with warmup + cosine decay, clipping, logging, checkpoints.
+"""The training loop: Accelerate, AdamW with warmup + cosine decay, clipping, EMA, logging, checkpoints.
 
     vla-train --config_path configs/train/metaworld_dit.yaml --train.steps 2000
-    accelerate launch --multi_gpu --num_processes 2 train.py --config_path ...   (same code, 2 ranks)
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8 train.py --config_path ...
+    accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml --num_processes 8 train.py ...
+    accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml --num_processes 8 train.py ...
+    accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes 8 train.py ...
+    torchrun --nproc_per_node 8 -m vla.training.train --config_path ...          (DDP, as ddp.yaml)
+
+The same code runs every backend (vla.training.distributed): `--train.batch_size` is per process and micro-batch,
+`--train.grad_accum_steps` micro-batches make one optimiser step, `--train.mixed_precision bf16` autocasts (DeepSpeed:
+bf16 weights), `--train.gradient_checkpointing` recomputes the VLM's activations, `--train.ema_decay` keeps an EMA
+whose weights the checkpoints hold; `--train.init_from`, `--train.freeze` and `--train.lora` decide what starts and
+what trains (vla.training.finetune, vla.training.lora; LoRA not under ZeRO-3 / FSDP). Without CUDA the accelerate
+configs run on CPU over gloo with `--num_processes 2` (the tests do this for each).
 
 Batches are drawn from an in-memory copy of the LeRobot dataset (see vla.data.dataset), each rank
 with its own seed, so data-parallel ranks see different samples without a sharded DataLoader.
 A token head's action tokenizer is fit on the dataset before the first step (vla.training.tokenizer_fit).
+
+Every checkpoint is a policy folder with the weights consolidated from all ranks (vla.training.export) plus
+training_state/ for resuming (vla.training.checkpoint); after the last step the folder's predictions are checked
+against the live model's (export_check.json). Decisions that start or end a run are taken by every rank together.
 """
 
 from __future__ import annotations
@@ -17,11 +32,12 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm import tqdm
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -32,18 +48,36 @@ from vla.data.dataset import ChunkedDemos, load_chunked_demos
 from vla.data.normalize import Normalizer
 from vla.data.registry import Embodiment, load_embodiment
 from vla.policy import VLAPolicy
-from vla.provenance import differing_keys, flat_config
+from vla.provenance import differing_keys, flat_config, provenance
 from vla.training.checkpoint import (
+    SHARDED_STATE_DIR,
     load_rng_state,
+    load_trained_weights,
     load_training_state,
     read_training_record,
     save_rng_state,
+    save_trained_weights,
     save_training_state,
 )
+from vla.training.distributed import (
+    decided_on_main,
+    describe,
+    forward_autocast,
+    fsdp_layer_classes,
+    gather_floats,
+    is_sharded,
+    make_accelerator,
+    on_any_rank,
+    whole_model_construction,
+)
+from vla.training.ema import WeightEMA
+from vla.training.export import export_policy, verify_export, weights_record
 from vla.training.finetune import checkpoint_fingerprint, freeze, init_from_checkpoint, publish_init_report
-from vla.training.logging import ScalarLogger, plot_loss_curve
-from vla.training.lora import add_lora, load_adapter, save_trained
-from vla.training.tokenizer_fit import describe, fit_action_tokenizer
+from vla.training.gradient_checkpointing import enable_gradient_checkpointing
+from vla.training.logging import ScalarLogger, Telemetry, plot_loss_curve
+from vla.training.lora import add_lora, load_adapter
+from vla.training.tokenizer_fit import describe as describe_fit
+from vla.training.tokenizer_fit import fit_action_tokenizer
 
 
 @dataclass
@@ -132,8 +166,15 @@ def build_policy(cfg: TrainRunConfig, demos: ChunkedDemos, resume_from: Path | N
 
 # settings that do not change what a run computes: they may differ when a run is resumed
 RUN_CONTROL_FIELDS = frozenset({"train.output_dir", "train.resume", "train.resume_with_changes", "train.time_limit_s",
-                                "train.log_every", "train.save_every", "train.keep_last",
+                                "train.log_every", "train.save_every", "train.keep_last", "train.log_backend",
+                                "train.wandb_project", "train.verify_export",
+                                # recomputation restores the RNG state: the same numbers, with less memory
+                                "train.gradient_checkpointing",
                                 "data.root"})  # the dataset's content is compared by fingerprint instead
+# the saved weights, optimiser moments (one slot per trainable tensor), EMA and per-rank state fit only these: never
+# resumed under other values
+STATE_SHAPING = ("model.", "num_processes", "distributed", "train.init_from", "train.freeze", "train.lora",
+                 "train.ema_decay")
 
 
 def dataset_fingerprint(demos: ChunkedDemos) -> str:
@@ -148,13 +189,13 @@ def dataset_fingerprint(demos: ChunkedDemos) -> str:
     return digest.hexdigest()
 
 
-def run_record(cfg: TrainRunConfig, demos: ChunkedDemos, num_processes: int) -> dict:
+def run_record(cfg: TrainRunConfig, demos: ChunkedDemos, num_processes: int, distributed: dict | None = None) -> dict:
     """Everything a run's trajectory depends on; a checkpoint resumes exactly only under the same record."""
     config = {k: v for k, v in flat_config(cfg).items() if k not in RUN_CONTROL_FIELDS}
     if cfg.train.init_from:  # what the run starts from, not only where it was
         config["train.init_from (sha256)"] = checkpoint_fingerprint(cfg.train.init_from)
     return {"config": config, "dataset": dataset_fingerprint(demos), "frames": len(demos),
-            "num_processes": num_processes}
+            "num_processes": num_processes, "distributed": distributed or {"backend": "single"}}
 
 
 def training_summary(cfg: TrainRunConfig, demos: ChunkedDemos, record: dict) -> dict:
@@ -164,12 +205,16 @@ def training_summary(cfg: TrainRunConfig, demos: ChunkedDemos, record: dict) -> 
                "episodes": int(demos.episode_index.unique().numel()), "tasks": list(demos.tasks),
                "fingerprint": record["run"]["dataset"]}
     return {"datasets": [dataset], "planned_steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
-            "num_processes": record["run"]["num_processes"], "seed": cfg.train.seed}
+            "grad_accum_steps": cfg.train.grad_accum_steps, "num_processes": record["run"]["num_processes"],
+            "distributed": record["run"]["distributed"], "seed": cfg.train.seed}
 
 
 def run_differences(saved: dict, current: dict) -> list[str]:
-    """Human-readable differences between two run records, e.g. ["train.steps: 3000 in the checkpoint, 4000 now"]."""
-    old, new = saved["config"], current["config"]
+    """Human-readable differences between two run records, e.g. ["train.steps: 3000 in the checkpoint, 4000 now"].
+    A train setting the checkpoint's record lacks (added to vla after it was written) counts as its default."""
+    new = current["config"]
+    added = {k: v for k, v in flat_config(TrainConfig()).items() if f"train.{k}" in new}
+    old = {**{f"train.{k}": v for k, v in added.items() if f"train.{k}" not in saved["config"]}, **saved["config"]}
     diffs = [f"{key}: {old.get(key, '<unset>')!r} in the checkpoint, {new.get(key, '<unset>')!r} now"
              for key in differing_keys(old, new)]
     if saved["dataset"] != current["dataset"]:
@@ -177,6 +222,9 @@ def run_differences(saved: dict, current: dict) -> list[str]:
                      f"{current['frames']} frames (sha256 {current['dataset'][:12]}) now")
     if saved["num_processes"] != current["num_processes"]:
         diffs.append(f"num_processes: {saved['num_processes']} in the checkpoint, {current['num_processes']} now")
+    saved_backend = saved.get("distributed", {"backend": "ddp" if saved["num_processes"] > 1 else "single"})
+    if saved_backend != current["distributed"]:
+        diffs.append(f"distributed: {saved_backend} in the checkpoint, {current['distributed']} now")
     return diffs
 
 
@@ -187,12 +235,12 @@ def check_resumable(last: Path, saved: dict, current: dict, cfg: TrainConfig) ->
         raise ValueError(f"{last} was written by an older vla without RNG state and run record: it cannot be "
                          f"resumed exactly; choose a new --train.output_dir")
     step, diffs = saved["step"], run_differences(saved["run"], current)
-    # as the model, what starts and what trains (its optimiser state has one slot per trainable tensor)
-    model_diffs = [d for d in diffs if d.startswith(("model.", "num_processes", "train.init_from", "train.freeze",
-                                                     "train.lora"))]
-    if model_diffs:  # the weights, optimiser moments and per-rank RNG states fit only the run's own model and ranks
-        raise ValueError(f"cannot resume {last} with a different model or number of processes ("
-                         + "; ".join(model_diffs) + "): choose a new --train.output_dir")
+    state_diffs = [d for d in diffs if d.startswith(STATE_SHAPING)]
+    if state_diffs:  # the weights, optimiser moments, EMA and per-rank states fit only the run's own model and ranks
+        raise ValueError(f"cannot resume {last} with a different model, number of processes, distributed backend, "
+                         f"start, freezing, LoRA or EMA (" + "; ".join(state_diffs) + "): its weights, optimiser "
+                         "shards and per-rank states fit only the run that wrote them; choose a new "
+                         "--train.output_dir")
     if diffs and not cfg.resume_with_changes:
         finished = step == saved["run"]["config"]["train.steps"]
         what = (f"holds a finished run (step {step} of train.steps={step}), which is reused, never extended"
@@ -204,6 +252,19 @@ def check_resumable(last: Path, saved: dict, current: dict, cfg: TrainConfig) ->
     if step > cfg.steps:
         raise ValueError(f"{last} is at step {step}, past train.steps={cfg.steps}; choose a new --train.output_dir")
     return diffs
+
+
+def plan_start(cfg: TrainConfig, run: dict) -> tuple[Path | None, dict | None, list[str]]:
+    """(checkpoint to resume from or None, its training record, accepted changes); refuses an output folder that
+    holds checkpoints without train.resume, or a resume under other settings. Decided by the main process."""
+    out, last = Path(cfg.output_dir), last_checkpoint(cfg.output_dir)
+    if cfg.resume and last.exists():
+        saved = read_training_record(last.resolve() / "training_state")
+        return last.resolve(), saved, check_resumable(last, saved, run, cfg)
+    if out.exists() and any(checkpoint_dir(out).glob("step_*")):
+        raise FileExistsError(f"{out} already holds checkpoints; pass --train.resume=true to continue, "
+                              f"or choose another --train.output_dir")
+    return None, None, []
 
 
 def make_optimizer(policy: VLAPolicy, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -218,16 +279,12 @@ def make_optimizer(policy: VLAPolicy, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def make_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, done_steps: int):
-    """Linear warmup, then cosine decay to lr * min_lr_ratio; `done_steps` > 0 continues a resumed run."""
+    """Linear warmup, then cosine decay to lr * min_lr_ratio; `done_steps` > 0 continues a resumed run (whose
+    optimiser state may be restored only later, by accelerator.load_state, so the base rate is set here)."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
     return get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, cfg.optim.warmup_steps, cfg.steps, min_lr_rate=cfg.optim.min_lr_ratio, last_epoch=done_steps - 1)
-
-
-def on_any_rank(accelerator: Accelerator, flag: bool) -> bool:
-    """True on every rank when `flag` is True on any, so that every rank takes the same branch."""
-    if accelerator.num_processes == 1:
-        return flag
-    return bool(accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum") > 0)
 
 
 def make_batch(demos: ChunkedDemos, batch_size: int, image_shift: int, generator: torch.Generator,
@@ -237,18 +294,23 @@ def make_batch(demos: ChunkedDemos, batch_size: int, image_shift: int, generator
     return batch
 
 
-def save_checkpoint(accelerator: Accelerator, policy: VLAPolicy, optimizer, step: int, output_dir: str,
-                    generator: torch.Generator, record: dict, keep_last: int = 0, training: dict | None = None) -> Path:
-    """Write checkpoints/step_N atomically (into a temporary folder, renamed when complete, every rank adding its
-    RNG state), then point checkpoints/last at it and delete all but the `keep_last` newest (0: keep all).
-    A crash at any point leaves `last` at a complete checkpoint. `training`: `training_summary`, for meta.json."""
+def save_checkpoint(accelerator: Accelerator, policy, optimizer, step: int, output_dir: str,
+                    generator: torch.Generator, record: dict, keep_last: int = 0, training: dict | None = None,
+                    ema: WeightEMA | None = None) -> Path:
+    """Write checkpoints/step_N atomically (into a temporary folder, renamed when complete), then point
+    checkpoints/last at it and delete all but the `keep_last` newest (0: keep all). A crash at any point leaves
+    `last` at a complete checkpoint. Every rank takes part: the policy folder gets the weights consolidated from all
+    ranks (the EMA's when on), each rank writes its partition of sharded state and its RNG state.
+    `training`: `training_summary`, for meta.json (with the step, history and what the weights are)."""
     folder = checkpoint_dir(output_dir)
     target, tmp = folder / f"step_{step:07d}", folder / f".step_{step:07d}.tmp"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crash
-        summary = None if training is None else {**training, "steps": step, "history": record.get("history", [])}
-        save_trained(accelerator.unwrap_model(policy), tmp, training=summary)
-        save_training_state(tmp / "training_state", optimizer, step, record)
+    accelerator.wait_for_everyone()
+    summary = None if training is None else {**training, "steps": step, "history": record.get("history", []),
+                                             "weights": weights_record(ema)}
+    export_policy(accelerator, policy, tmp, ema, summary)
+    save_resume_state(accelerator, policy, optimizer, tmp / "training_state", step, record, ema)
     accelerator.wait_for_everyone()
     save_rng_state(tmp / "training_state", accelerator.process_index, generator)
     accelerator.wait_for_everyone()
@@ -271,26 +333,147 @@ def save_checkpoint(accelerator: Accelerator, policy: VLAPolicy, optimizer, step
     return target
 
 
+def save_resume_state(accelerator: Accelerator, policy, optimizer, folder: Path, step: int, record: dict,
+                      ema: WeightEMA | None) -> None:
+    """training_state/ except the RNG states: the record (rank 0), the optimiser - by rank 0 as safetensors, or under
+    DeepSpeed / FSDP each rank's partition of weights and optimiser through accelerator.save_state - the trained
+    weights when the policy folder holds the EMA's, and the EMA."""
+    if is_sharded(accelerator):
+        accelerator.save_state(str(folder / SHARDED_STATE_DIR))
+        if accelerator.is_main_process:
+            save_training_state(folder, None, step, record)
+    elif accelerator.is_main_process:
+        save_training_state(folder, optimizer, step, record)
+        if ema is not None:
+            save_trained_weights(folder, accelerator.unwrap_model(policy))
+    if ema is not None:
+        ema.save(folder, accelerator.process_index)
+
+
+def build_trainable_policy(accelerator: Accelerator, cfg: TrainRunConfig, demos: ChunkedDemos,
+                           resume_from: Path | None) -> VLAPolicy:
+    """The policy as it trains (build_policy: fresh, init_from or resumed, then train.freeze / train.lora), built whole
+    on every rank, its action tokenizer fit (token heads that have none yet), gradient checkpointing on when asked."""
+    if cfg.train.lora.targets and is_sharded(accelerator):
+        raise ValueError("train.lora is not supported under DeepSpeed or FSDP: a LoRA checkpoint merges each adapter "
+                         "into its layer's whole weight, which is partitioned or kept in DeepSpeed's flat buffers "
+                         "there; launch with configs/accelerate/ddp.yaml (LoRA's small optimiser state needs no "
+                         "sharding)")
+    with whole_model_construction(accelerator):
+        policy = build_policy(cfg, demos, resume_from)
+    if policy.head.action_tokenizer is None and cfg.model.head.tokenizer_config is not None:
+        report = fit_action_tokenizer(policy, demos, cfg.train.output_dir, accelerator.is_main_process,
+                                      accelerator.wait_for_everyone)
+        if report is not None:
+            accelerator.print(describe_fit(report))
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(policy, cfg.model)
+    accelerator.print(f"policy: {count_parameters(policy) / 1e6:.2f}M parameters "
+                      f"({count_parameters(policy, trainable_only=True) / 1e6:.2f}M trainable); {len(demos)} frames")
+    return policy
+
+
+def write_run_info(out: Path, cfg: TrainRunConfig, accelerator: Accelerator, start_step: int) -> None:
+    """<out>/run_info.json: for every (re)start of the run, the git commit, full config, command, library versions,
+    machine, distributed setup and launcher environment (train_config.yaml keeps the config as YAML)."""
+    path = out / "run_info.json"
+    starts = json.loads(path.read_text())["starts"] if path.exists() else []
+    versions = {}
+    for name in ("deepspeed", "wandb", "tensorboard", "safetensors"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    launcher = {k: v for k, v in sorted(os.environ.items())
+                if k.startswith(("ACCELERATE_", "CUDA_VISIBLE_DEVICES", "WORLD_SIZE", "LOCAL_WORLD_SIZE"))}
+    starts.append({"step": start_step, **provenance(cfg), "more_versions": versions,
+                   "distributed": {**describe(accelerator), "processes": accelerator.num_processes,
+                                   "device": str(accelerator.device), "mixed_precision": cfg.train.mixed_precision},
+                   "launcher_env": launcher})
+    path.write_text(json.dumps({"starts": starts}, indent=1))
+
+
+def train_step(accelerator: Accelerator, policy, optimizer, demos: ChunkedDemos, cfg: TrainRunConfig,
+               generator: torch.Generator, telemetry: Telemetry, step: int, last: Path) -> tuple[float, float]:
+    """One optimiser step over train.grad_accum_steps micro-batches (accelerator.accumulate: gradients are summed and
+    synchronised on the last one only); returns (mean micro-batch loss, gradient norm before clipping)."""
+    losses, grad_norm = [], None
+    for _ in range(cfg.train.grad_accum_steps):
+        waiting = time.perf_counter()
+        batch = make_batch(demos, cfg.train.batch_size, cfg.data.image_shift, generator, cfg.model.n_obs_steps)
+        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        telemetry.waited(time.perf_counter() - waiting)
+        with accelerator.accumulate(policy):
+            with forward_autocast(accelerator):
+                loss = policy(batch)["loss"]
+            if on_any_rank(accelerator, not math.isfinite(loss.item())):  # all ranks stop together
+                raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; last checkpoint: {last}")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.train.optim.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return sum(losses) / len(losses), float("nan") if grad_norm is None else float(grad_norm)
+
+
+def window_scalars(accelerator: Accelerator, telemetry: Telemetry, window_loss: float, window_steps: int,
+                   samples_per_step: int) -> dict[str, float]:
+    """The logged row: loss averaged over the window and over ranks; throughput; the slowest rank's data-wait share
+    and the largest peak memory."""
+    own = telemetry.window(window_steps, samples_per_step)
+    ranks = gather_floats(accelerator, [window_loss / window_steps, own["data_wait_frac"], own["peak_mem_mb"]])
+    return {"loss": float(ranks[:, 0].mean()), "s_per_step": own["s_per_step"],
+            "samples_per_s": own["samples_per_s"], "data_wait_frac": float(ranks[:, 1].max()),
+            "peak_mem_mb": float(ranks[:, 2].max())}
+
+
+def prepare_training(accelerator: Accelerator, cfg: TrainRunConfig, demos: ChunkedDemos, resume_from: Path | None,
+                     start_step: int) -> tuple:
+    """(policy, optimizer, scheduler, ema), prepared by accelerate, with the training state of `resume_from` restored:
+    one process / DDP load the optimiser (and, under EMA, the trained weights) into the plain objects before
+    `prepare`; DeepSpeed / FSDP load every rank's partition with accelerator.load_state after it; the EMA is built on
+    the prepared weights (its pieces are the ranks' partitions) and then loaded."""
+    policy = build_trainable_policy(accelerator, cfg, demos, resume_from)
+    optimizer = make_optimizer(policy, cfg.train)
+    sharded = is_sharded(accelerator)
+    state = resume_from / "training_state" if resume_from is not None else None
+    if state is not None and not sharded:
+        load_training_state(state, optimizer)
+        if cfg.train.ema_decay > 0:  # the policy folder holds the EMA weights; the trained ones are kept apart
+            load_trained_weights(state, policy)
+    scheduler = make_lr_schedule(optimizer, cfg.train, start_step)
+    # the scheduler stays outside accelerate.prepare: prepared, it steps once per process per optimiser step
+    # (split_batches=False), so N ranks would run the warmup and decay N times too fast; under DeepSpeed, prepared,
+    # it would be handed to the engine. Kept here, it sets the rate on the AdamW's param groups, which the ZeRO
+    # optimiser wrapping that AdamW (and FSDP's) steps with.
+    if accelerator.distributed_type == DistributedType.FSDP:
+        policy._no_split_modules = fsdp_layer_classes(policy)
+    policy, optimizer = accelerator.prepare(policy, optimizer)
+    if state is not None and sharded:
+        accelerator.load_state(str(state / SHARDED_STATE_DIR))
+    ema = WeightEMA(accelerator.unwrap_model(policy), cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
+    if ema is not None and state is not None:
+        ema.load(state, accelerator.process_index)
+    return policy, optimizer, scheduler, ema
+
+
 def train(cfg: TrainRunConfig) -> Path:
     """Train and return the path of the final checkpoint.
 
     With train.resume, a run in output_dir continues exactly where its last checkpoint left it (weights,
-    optimiser, LR schedule, every RNG of every rank, the loss window being logged): the losses after it equal
+    optimiser, LR schedule, EMA, every RNG of every rank, the loss window being logged): the losses after it equal
     those of one uninterrupted run. A finished run is returned as is. Other settings are refused (check_resumable).
     """
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available())
-    set_seed(cfg.train.seed)
+    accelerator = make_accelerator(cfg.train)
+    set_seed(cfg.train.seed)  # the same on every rank while the model is built
     out = Path(cfg.train.output_dir)
     demos = load_demos(cfg.model, cfg.data)
-    record = {"run": run_record(cfg, demos, accelerator.num_processes)}
+    record = {"run": run_record(cfg, demos, accelerator.num_processes, describe(accelerator))}
     training = training_summary(cfg, demos, record)
-    last = last_checkpoint(out)
-    resume_from = last.resolve() if cfg.train.resume and last.exists() else None
-    start_step = 0
+    resume_from, saved, changes = decided_on_main(accelerator, lambda: plan_start(cfg.train, record["run"]))
+    start_step = saved["step"] if saved is not None else 0
     if resume_from is not None:
-        saved = read_training_record(resume_from / "training_state")
-        changes = check_resumable(last, saved, record["run"], cfg.train)
-        start_step = saved["step"]
         record["history"] = saved.get("history", []) + (
             [{"step": start_step, "event": "resumed with changes", "changes": changes}] if changes else [])
         if start_step == cfg.train.steps:
@@ -299,60 +482,48 @@ def train(cfg: TrainRunConfig) -> Path:
                 plot_loss_curve(out / "metrics.csv", out / "loss_curve.png")
             accelerator.end_training()
             return resume_from
-    elif out.exists() and any(checkpoint_dir(out).glob("step_*")):  # every rank sees it and stops
-        raise FileExistsError(f"{out} already holds checkpoints; pass --train.resume=true to continue, "
-                              f"or choose another --train.output_dir")
-    policy = build_policy(cfg, demos, resume_from)
-    # token heads: a resumed or init_from policy has its tokenizer already
-    if policy.head.action_tokenizer is None and cfg.model.head.tokenizer_config is not None:
-        report = fit_action_tokenizer(policy, demos, out, accelerator.is_main_process, accelerator.wait_for_everyone)
-        if report is not None:
-            accelerator.print(describe(report))
-    optimizer = make_optimizer(policy, cfg.train)
+    state = resume_from / "training_state" if resume_from is not None else None
+    policy, optimizer, scheduler, ema = prepare_training(accelerator, cfg, demos, resume_from, start_step)
     if resume_from is not None:
-        load_training_state(resume_from / "training_state", optimizer)
         accelerator.print(f"resuming from {resume_from.name} at step {start_step}")
-    scheduler = make_lr_schedule(optimizer, cfg.train, start_step)
-    # the scheduler stays outside accelerate.prepare: prepared, it steps once per process per optimiser step
-    # (split_batches=False), so N ranks would run the warmup and decay N times too fast
-    policy, optimizer = accelerator.prepare(policy, optimizer)
-    logger = ScalarLogger(out, enabled=accelerator.is_main_process, start_step=start_step)
+    if accelerator.num_processes > 1:
+        set_seed(cfg.train.seed, device_specific=True)  # each rank draws its own diffusion noise from here on
+    logger = ScalarLogger(out, enabled=accelerator.is_main_process, start_step=start_step,
+                          backend=cfg.train.log_backend, config=flat_config(cfg), project=cfg.train.wandb_project)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.yaml").write_text(to_yaml(cfg))
-        accelerator.print(f"policy: {count_parameters(policy) / 1e6:.2f}M parameters "
-                          f"({count_parameters(policy, trainable_only=True) / 1e6:.2f}M trainable); "
-                          f"{len(demos)} training frames")
+        write_run_info(out, cfg, accelerator, start_step)
+    samples_per_step = cfg.train.batch_size * cfg.train.grad_accum_steps * accelerator.num_processes
+    samples_seen = saved.get("samples_seen", start_step * samples_per_step) if saved is not None else 0
     generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + accelerator.process_index)
     window_loss, window_steps = 0.0, 0  # the loss summed over the steps since the last log row
     if resume_from is not None:  # last: nothing may draw random numbers between this and the first batch
-        load_rng_state(resume_from / "training_state", accelerator.process_index, generator)
-        window_loss, window_steps = saved.get("window_loss", 0.0), saved.get("window_steps", 0)
-    step = start_step
-    started = window_start = time.time()
+        load_rng_state(state, accelerator.process_index, generator)
+        window = saved.get("window_loss", 0.0)  # one per rank (a float before per-rank windows were kept)
+        window_loss = window[accelerator.process_index] if isinstance(window, list) else window
+        window_steps = saved.get("window_steps", 0)
+    last, step, final = last_checkpoint(out), start_step, resume_from
+    started = time.time()
+    telemetry = Telemetry(accelerator.device)
     progress = tqdm(total=cfg.train.steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     policy.train()
     while step < cfg.train.steps:
-        batch = make_batch(demos, cfg.train.batch_size, cfg.data.image_shift, generator, cfg.model.n_obs_steps)
-        batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with accelerator.autocast():
-            loss = policy(batch)["loss"]
-        if on_any_rank(accelerator, not math.isfinite(loss.item())):  # all ranks stop together
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; last checkpoint: {last}")
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), cfg.train.optim.grad_clip)
-        optimizer.step()
+        loss, grad_norm = train_step(accelerator, policy, optimizer, demos, cfg, generator, telemetry, step, last)
         scheduler.step()
         step += 1
-        window_loss, window_steps = window_loss + loss.item(), window_steps + 1
+        samples_seen += samples_per_step
+        if ema is not None:
+            ema.update(step)
+        window_loss, window_steps = window_loss + loss, window_steps + 1
         progress.update(1)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            scalars = {"loss": window_loss / window_steps, "lr": scheduler.get_last_lr()[0],
-                       "grad_norm": float(grad_norm), "s_per_step": (time.time() - window_start) / window_steps}
+            scalars = {**window_scalars(accelerator, telemetry, window_loss, window_steps, samples_per_step),
+                       "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "samples": samples_seen}
             logger.log(step, scalars)
             progress.set_postfix(loss=f"{scalars['loss']:.4f}")
-            window_loss, window_steps, window_start = 0.0, 0, time.time()
+            window_loss, window_steps = 0.0, 0
+            telemetry.reset()
         # decided together: a rank that saves while another trains on would deadlock at the barriers
         out_of_time = (cfg.train.time_limit_s > 0 and step < cfg.train.steps
                        and on_any_rank(accelerator, time.time() - started > cfg.train.time_limit_s))
@@ -363,16 +534,23 @@ def train(cfg: TrainRunConfig) -> Path:
                               f"{cfg.train.steps}: stopping with a partial run (rerun with --train.resume=true to "
                               f"finish it)")
         if step % cfg.train.save_every == 0 or step == cfg.train.steps or out_of_time:
-            save_checkpoint(accelerator, policy, optimizer, step, cfg.train.output_dir, generator,
-                            {**record, "window_loss": window_loss, "window_steps": window_steps}, cfg.train.keep_last,
-                            training)
+            windows = gather_floats(accelerator, [window_loss])[:, 0].tolist()
+            final = save_checkpoint(accelerator, policy, optimizer, step, cfg.train.output_dir, generator,
+                                    {**record, "window_loss": windows, "window_steps": window_steps,
+                                     "samples_seen": samples_seen, "samples_per_step": samples_per_step},
+                                    cfg.train.keep_last, training, ema)
         if out_of_time:
             break
     progress.close()
+    if cfg.train.verify_export and final is not None and final != resume_from:
+        report = verify_export(accelerator, policy, final, demos, ema)
+        ranks = (f"; its {report['ranks']} ranks agree within {report['ranks_max_abs_diff']:.2g}"
+                 if report["ranks"] > 1 else "")
+        accelerator.print(f"export check: {final.name} predicts the live model's actions within "
+                          f"{report['max_abs_diff']:.2g}{ranks}")
     logger.close()
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and (out / "metrics.csv").exists():  # none when stopped before its first row
         plot_loss_curve(out / "metrics.csv", out / "loss_curve.png")
-    final = last_checkpoint(out).resolve()
     accelerator.end_training()
     return final
 
