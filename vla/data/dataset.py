@@ -289,6 +289,20 @@ def _width(meta: Any, key: str, index: tuple[int, ...] | None) -> int:
     return len(index) if index is not None else meta.features[key]["shape"][0]
 
 
+def read_numeric_columns(dataset: Any, layout: DatasetLayout) -> dict[str, np.ndarray]:
+    """The numeric columns of the dataset's arrow table, no image decoded: state float32 [N, S] and action [N, D]
+    (the layout's keys and indices), index / episode_index / frame_index / task_index int64 [N]."""
+    table = dataset.hf_dataset.data
+    if table.num_rows == 0:
+        raise ValueError(f"dataset {dataset.repo_id} at {dataset.root} has no frames")
+    columns = {name: _select(_vector_column(table.column(key)), index)
+               for name, key, index in (("state", layout.state_key, layout.state_index),
+                                        ("action", layout.action_key, layout.action_index))}
+    for key in ("index", "episode_index", "frame_index", "task_index"):
+        columns[key] = table.column(key).to_numpy().astype(np.int64)
+    return columns
+
+
 def _read_columns(dataset: Any, layout: DatasetLayout) -> dict[str, Tensor]:
     """Whole columns of the dataset's arrow table as tensors; images decoded to uint8 [N, C, H, W, 3].
 
@@ -296,14 +310,8 @@ def _read_columns(dataset: Any, layout: DatasetLayout) -> dict[str, Tensor]:
     frame here (it decodes the image of every frame in the action chunk), far too slow to
     load through, let alone to train from directly on 2 CPU cores.
     """
+    columns = {name: torch.from_numpy(values) for name, values in read_numeric_columns(dataset, layout).items()}
     table = dataset.hf_dataset.data
-    if table.num_rows == 0:
-        raise ValueError(f"dataset {dataset.repo_id} at {dataset.root} has no frames")
-    columns = {name: torch.from_numpy(_select(_vector_column(table.column(key)), index))
-               for name, key, index in (("state", layout.state_key, layout.state_index),
-                                        ("action", layout.action_key, layout.action_index))}
-    for key in ("index", "episode_index", "frame_index", "task_index"):
-        columns[key] = torch.from_numpy(table.column(key).to_numpy().astype(np.int64))
     cams = [_decode_images(table.column(key))
             for key in tqdm(layout.camera_keys, desc="decoding images", unit="camera")]
     columns["images"] = torch.from_numpy(np.stack(cams, axis=1))

@@ -31,7 +31,7 @@ import draccus
 import matplotlib
 import numpy as np
 
-from vla.data.dataset import DatasetLayout, _default_layout, _feature_names, _select, _vector_column, entry_layout
+from vla.data.dataset import DatasetLayout, _default_layout, _feature_names, entry_layout, read_numeric_columns
 from vla.data.embodiment import read_action_kind
 from vla.data.registry import Embodiment, load_embodiment
 from vla.provenance import provenance
@@ -71,14 +71,8 @@ class Columns:
 
 
 def read_columns(dataset, layout: DatasetLayout) -> Columns:
-    """The numeric columns `layout` names, without decoding any image."""
-    table = dataset.hf_dataset.data
-    if table.num_rows == 0:
-        raise ValueError(f"dataset {dataset.repo_id} at {dataset.root} has no frames")
-    ints = {key: table.column(key).to_numpy().astype(np.int64)
-            for key in ("episode_index", "frame_index", "index", "task_index")}
-    return Columns(action=_select(_vector_column(table.column(layout.action_key)), layout.action_index),
-                   state=_select(_vector_column(table.column(layout.state_key)), layout.state_index), **ints)
+    """The numeric columns `layout` names, without decoding any image (the training loader's reader)."""
+    return Columns(**read_numeric_columns(dataset, layout))
 
 
 def dimension_stats(values: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
