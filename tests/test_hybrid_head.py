@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 import torch
+from round_trip import train_and_round_trip
 from test_ar_head import B, D, H, S, fitted_tokenizer, identity_normalizer, observation
 from test_ar_head import fixed_batch as ar_batch
 
@@ -20,8 +21,6 @@ from vla.checkpoint import load_policy
 from vla.config import ModelConfig
 from vla.kv_cache import buffer_reuse
 from vla.policy import VLAPolicy
-from vla.training.train import load_demos, train
-from vla.types import Observation
 
 CONTEXTS = ["noisy", "none"]
 
@@ -330,17 +329,6 @@ def test_vla_train_fits_the_tokenizer_and_the_checkpoint_round_trips(tiny_run_co
     checkpoint predicts the same chunks after loading."""
     head = HybridHeadConfig(horizon=tiny_run_config.model.head.horizon, noise_samples_per_cond=2)
     model = dataclasses.replace(tiny_run_config.model, head=head)
-    cfg = dataclasses.replace(tiny_run_config, model=model, train=dataclasses.replace(
-        tiny_run_config.train, steps=2, save_every=2, output_dir=str(tmp_path / "train")))
-    policy = load_policy(train(cfg))
+    policy, demos, _, first = train_and_round_trip(tiny_run_config, model, tmp_path, steps=2)
     assert policy.config.head.type == "hybrid" and policy.head.action_tokenizer is not None
-    demos = load_demos(model, tiny_run_config.data)
-    idx = torch.tensor([0, 5])
-    obs = Observation(images=demos.images[idx], state=demos.state[idx], instruction=demos.instructions(idx),
-                      embodiment=[demos.embodiment] * 2)
-    first = policy.predict(obs, generator=torch.Generator().manual_seed(0), num_steps=3)
-    policy.save_pretrained(tmp_path / "copy")
-    again = VLAPolicy.from_pretrained(tmp_path / "copy").predict(obs, generator=torch.Generator().manual_seed(0),
-                                                                 num_steps=3)
-    assert torch.equal(first.actions, again.actions)
     assert first.actions.shape == (2, head.horizon, demos.actions.shape[-1])
