@@ -83,12 +83,14 @@ def train_on_batch():
     runs between backward and the optimiser step (to look at gradients)."""
     import torch
 
+    from vla.data.transforms import is_normalized, normalize_batch
+
     def train(policy, batch: dict, steps: int, lr: float = 1e-3, after_backward=None) -> list[float]:
         opt = torch.optim.AdamW(policy.parameters(), lr=lr)
         losses = []
         for step in range(steps):
             torch.manual_seed(step)
-            loss = policy(batch)["loss"]
+            loss = policy(batch if is_normalized(batch) else normalize_batch(policy.normalizer, batch))["loss"]
             opt.zero_grad()
             loss.backward()
             if after_backward is not None:

@@ -22,6 +22,7 @@ from vla.backbones.tiny import build_tiny_vlm
 from vla.checkpoint import TOKENIZER_DIR, load_policy
 from vla.config import ModelConfig
 from vla.data.normalize import Normalizer
+from vla.data.transforms import normalize_batch
 from vla.kv_cache import buffer_reuse
 from vla.policy import VLAPolicy
 from vla.sim import get_task
@@ -158,7 +159,7 @@ def test_head_config_errors_name_the_problem(vlms):
                             backbone=BackboneConfig("paligemma", pretrained="x", freeze_language=True))
     policy = VLAPolicy(model_config(vlms["paligemma"]), identity_normalizer())
     with pytest.raises(RuntimeError, match="no fitted action tokenizer"):
-        policy(fixed_batch())
+        policy(normalize_batch(policy.normalizer, fixed_batch()))
     with pytest.raises(ValueError, match="fit for chunks of H=8"):
         policy.head.set_action_tokenizer(build_tokenizer("bins").fit(smooth_chunks(50, 8, D, seed=0)))
     with pytest.raises(ValueError, match="configured for a bins tokenizer of at most 256 ids.*got a fast tokenizer"):
@@ -260,7 +261,7 @@ def test_loss_falls_on_fixed_batch(trained, tokenizer):
     assert losses[0] == pytest.approx(np.log(ids), rel=0.05)  # new tokens start alike: about uniform over the ids
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     with torch.no_grad():
-        assert policy(fixed_batch())["token_accuracy"] > 0.5
+        assert policy(normalize_batch(policy.normalizer, fixed_batch()))["token_accuracy"] > 0.5
 
 
 def test_padded_steps_and_dims_do_not_reach_the_loss(vlms):

@@ -19,6 +19,7 @@ from vla.action_heads.prefix import memory_allowed
 from vla.backbones import BackboneConfig
 from vla.checkpoint import load_policy
 from vla.config import ModelConfig
+from vla.data.transforms import normalize_batch
 from vla.kv_cache import buffer_reuse
 from vla.policy import VLAPolicy
 
@@ -49,7 +50,7 @@ def train_on(policy: VLAPolicy, batch: dict, steps: int, lr: float = 3e-3) -> li
     history = []
     for step in range(steps):
         torch.manual_seed(step)
-        out = policy(batch)
+        out = policy(normalize_batch(policy.normalizer, batch))
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -137,7 +138,7 @@ def test_ar_loss_weight_scales_the_ar_term(tiny_vlm_path):
         policy = hybrid_policy(tiny_vlm_path, ar_loss_weight=weight)
         torch.manual_seed(0)
         with torch.no_grad():
-            outs.append(policy(batch))
+            outs.append(policy(normalize_batch(policy.normalizer, batch)))
     for out, weight in zip(outs, (1.0, 0.25), strict=True):
         torch.testing.assert_close(out["loss"], out["diffusion_loss"] + weight * out["ar_loss"])
     torch.testing.assert_close(outs[0]["ar_loss"], outs[1]["ar_loss"])  # same weights, same draws

@@ -75,5 +75,5 @@ def test_load_refuses_a_file_without_mode(tmp_path):
 
 def test_wrong_action_dim_is_an_error():
     norm, _, _ = make_normalizer()
-    with pytest.raises(ValueError, match="5 dims but 'sawyer' has 4"):
+    with pytest.raises(ValueError, match="5 dims; expected 4 for embodiment 'sawyer'"):
         norm.normalize_action(torch.zeros(2, 5), "sawyer")

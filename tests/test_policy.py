@@ -4,10 +4,12 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from vla.checkpoint import load_policy
+from vla.data.transforms import normalize_batch
 from vla.policy import VLAPolicy
 from vla.training.logging import read_metrics
 from vla.training.train import TrainRunConfig, load_demos, train
@@ -104,7 +106,7 @@ def test_state_of_the_wrong_width_is_refused(trained, demos, extra):
         policy.predict(bad, num_steps=2)
     batch = demos.sample(2, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=message):
-        policy({**batch, "state": state})
+        policy(normalize_batch(policy.normalizer, {**batch, "state": state}))
 
 
 def test_mixed_embodiment_state_is_padded_to_the_widest():
@@ -292,10 +294,19 @@ def test_tied_weights_are_recognised():
     assert tied_parameter_names(module) == {"embed.weight", "head.weight"}
 
 
-def test_dataset_with_other_image_size_is_rejected_before_training(tiny_run_config):
-    model = dataclasses.replace(tiny_run_config.model, image_size=64)
-    with pytest.raises(ValueError, match="32x32 px; the model config expects \\['corner'\\] at 64x64"):
-        load_demos(model, tiny_run_config.data)
+def test_dataset_frames_are_resized_to_the_model_image_size(tiny_run_config):
+    """A dataset recorded at 32 px trains a 48 px model: its frames are resized as they are read (bilinear), and
+    cameras that differ from model.cameras are still refused."""
+    native = load_demos(tiny_run_config.model, tiny_run_config.data)
+    model = dataclasses.replace(tiny_run_config.model, image_size=48)
+    resized = load_demos(model, tiny_run_config.data)
+    assert tuple(native.images.shape[2:4]) == (32, 32) and tuple(resized.images.shape[2:4]) == (48, 48)
+    import PIL.Image
+
+    expected = np.asarray(PIL.Image.fromarray(native.images[5, 0].numpy()).resize((48, 48), PIL.Image.BILINEAR))
+    assert np.abs(resized.images[5, 0].numpy().astype(int) - expected.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="has cameras \\['corner'\\]; the model config expects \\['wrist'\\]"):
+        load_demos(dataclasses.replace(tiny_run_config.model, cameras=["wrist"]), tiny_run_config.data)
 
 
 def test_two_process_training_on_cpu(tiny_run_config, tmp_path):

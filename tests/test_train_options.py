@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from vla.data.transforms import normalize_batch
 from vla.policy import VLAPolicy
 from vla.training import train as train_module
 from vla.training.distributed import configure_deepspeed, make_accelerator
@@ -146,8 +147,8 @@ def test_log_backend_switch_and_telemetry(tiny_run_config, tmp_path, backend, mo
 
 def test_gradient_checkpointing_recomputes_backbone_layers_with_the_same_gradients(tiny_run_config, monkeypatch):
     demos = load_demos(tiny_run_config.model, tiny_run_config.data)
-    batch = train_module.make_batch(demos, 4, 0, torch.Generator().manual_seed(0))
     policy = build_policy(tiny_run_config, demos, None).train()
+    batch = normalize_batch(policy.normalizer, demos.sample(4, torch.Generator().manual_seed(0)))
     layer, calls = policy.backbone.vlm.language_model.layers[0], [0]
     forward = type(layer).forward
 

@@ -53,6 +53,19 @@ class ModelConfig:
 
 
 @dataclass
+class MixtureEntry:
+    """One dataset of a training mixture (data.mixture): where it is, what it is, how often it is drawn."""
+
+    repo_id: str = ""
+    root: str = "outputs/datasets"
+    # its embodiment registry entry (name in configs/embodiments/ or YAML path); "" = LeRobot's default keys
+    embodiment_config: str = ""
+    embodiment: str = ""  # the name its statistics are kept under; "" = the entry's name, else the robot_type
+    action_kind: str = ""
+    weight: float = 1.0  # relative sampling weight (per dataset, not scaled by its size); 0 = statistics only
+
+
+@dataclass
 class DataConfig:
     root: str = "outputs/datasets"  # where LeRobot datasets live
     repo_id: str = "local/metaworld"
@@ -69,6 +82,20 @@ class DataConfig:
     # joint_position | ee_delta: what the dataset's actions are; "" = the embodiment entry's, else as recorded in its
     # meta/vla_embodiment.json (vla-demos and vla-record write it); none of them is an error
     action_kind: str = ""
+    # several datasets trained on together, each drawn by its weight (vla.data.mixture); when given, root, repo_id,
+    # embodiment_config, embodiment and action_kind above are not used. Every dataset's images are resized to
+    # model.image_size; its registry entry maps its cameras to model.cameras (a camera it lacks is masked)
+    mixture: list[MixtureEntry] = field(default_factory=list)
+    # DataLoader worker processes that read and transform samples (0 = in the training process; in-memory datasets
+    # need none)
+    num_workers: int = 0
+
+    def datasets(self) -> list[MixtureEntry]:
+        """The mixture, or the one dataset of root / repo_id as a mixture of one."""
+        if self.mixture:
+            return list(self.mixture)
+        return [MixtureEntry(repo_id=self.repo_id, root=self.root, embodiment_config=self.embodiment_config,
+                             embodiment=self.embodiment, action_kind=self.action_kind)]
 
 
 @dataclass

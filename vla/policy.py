@@ -16,6 +16,7 @@ from vla.action_heads import build_head
 from vla.backbones import VLMBackbone
 from vla.config import ModelConfig
 from vla.data.normalize import Normalizer
+from vla.data.transforms import check_normalized
 from vla.types import ActionChunk, Cond, Observation, validate_images
 
 
@@ -43,8 +44,16 @@ class VLAPolicy(nn.Module):
     def embodiments(self) -> list[str]:
         return sorted(self.normalizer.stats)
 
-    def condition(self, images: Tensor, state: Tensor, instruction: list[str], embodiment: list[str]) -> Cond:
-        """Backbone features plus normalised state. images: uint8 [B, N, H, W, 3]; state: [B, S]."""
+    def condition(self, images: Tensor, state: Tensor, instruction: list[str], embodiment: list[str],
+                  image_mask: Tensor | None = None) -> Cond:
+        """Backbone features plus normalised state, at inference. images: uint8 [B, N, H, W, 3]; state: [B, S] in
+        robot units; image_mask: bool [B, N] (None: every slot is a camera)."""
+        proprio = self.normalizer.normalize_state(state, embodiment).to(images.device)
+        return self.encode(images, proprio, instruction, embodiment, image_mask)
+
+    def encode(self, images: Tensor, proprio: Tensor, instruction: list[str], embodiment: list[str],
+               image_mask: Tensor | None = None) -> Cond:
+        """Backbone features of an observation whose state is already normalised and padded: proprio [B, S_max]."""
         validate_images(images)
         slots = len(self.config.cameras) * self.config.n_obs_steps
         expected = (slots, self.config.image_size, self.config.image_size, 3)
@@ -52,23 +61,25 @@ class VLAPolicy(nn.Module):
             raise ValueError(f"images must be [B, {', '.join(map(str, expected))}] (cameras {self.config.cameras} x "
                              f"{self.config.n_obs_steps} history frames, oldest first); got {list(images.shape)}")
         self._check_tokenizer_embodiments(embodiment)
-        proprio = self.normalizer.normalize_state(state, embodiment).to(images.device)
-        backbone = self.backbone(images, instruction, keep_cache=self.head.reads_language_cache)
+        if image_mask is not None and bool(image_mask.all()):
+            image_mask = None  # every slot real: the unmasked path (the same computation)
+        backbone = self.backbone(images, instruction, keep_cache=self.head.reads_language_cache,
+                                 image_mask=None if image_mask is None else image_mask.to(images.device))
         return Cond(backbone=backbone, proprio=proprio)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
-        """Training losses for a batch of chunks.
-
-        batch: images uint8 [B, N, H, W, 3], state [B, S], actions [B, H, D] (robot units),
-        action_is_pad bool [B, H], instruction list[str], embodiment list[str].
+        """Training losses for a normalised batch (vla.data.transforms; the data pipeline normalises, the policy
+        does not): images uint8 [B, N, H, W, 3], image_mask bool [B, N], state [B, S_max] and actions
+        [B, H, D_max] normalised and zero-padded, action_mask bool [B, D_max], action_is_pad bool [B, H],
+        instruction list[str], embodiment list[str].
         """
-        actions, embodiment = batch["actions"], batch["embodiment"]
-        if not torch.isfinite(actions).all():
+        target = check_normalized(batch)
+        if not torch.isfinite(target).all():
             raise ValueError("training batch has NaN or inf in actions")
-        cond = self.condition(batch["images"], batch["state"], batch["instruction"], embodiment)
-        target, dim_mask = self._normalize_actions(actions, embodiment)  # (B, H, D_max), (B, D_max)
-        valid = (~batch["action_is_pad"])[:, :, None] & dim_mask[:, None, :]  # (B, H, D_max)
-        return self.head.loss(cond, target, valid)
+        cond = self.encode(batch["images"], batch["state"].float(), batch["instruction"], batch["embodiment"],
+                           batch.get("image_mask"))
+        valid = (~batch["action_is_pad"])[:, :, None] & batch["action_mask"][:, None, :]  # (B, H, D_max)
+        return self.head.loss(cond, target.float(), valid)
 
     @torch.no_grad()
     def predict(self, obs: Observation, generator: torch.Generator | None = None, prefix_actions: Tensor | None = None,
@@ -82,7 +93,7 @@ class VLAPolicy(nn.Module):
         """
         device = next(self.parameters()).device
         obs = obs.to(device)
-        cond = self.condition(obs.images, obs.state.float(), obs.instruction, obs.embodiment)
+        cond = self.condition(obs.images, obs.state.float(), obs.instruction, obs.embodiment, obs.image_mask)
         if prefix_actions is not None:
             prefix, _ = self._normalize_actions(prefix_actions.to(device).float(), obs.embodiment)
             sample_options |= {"prefix": prefix, "prefix_weights": prefix_weights.to(device).float()}

@@ -24,12 +24,15 @@ class Observation:
     state: float32 [B, S] proprioceptive state in the embodiment's own units (unnormalised).
     instruction: B language instructions.
     embodiment: B embodiment names; they select the normalisation statistics.
+    image_mask: bool [B, N]; False at image slots the robot has no camera for (their images are ignored, whatever
+        they hold). None: every slot is a real camera.
     """
 
     images: Tensor
     state: Tensor
     instruction: list[str]
     embodiment: list[str]
+    image_mask: Tensor | None = None
 
     def __post_init__(self) -> None:
         validate_images(self.images)
@@ -42,13 +45,15 @@ class Observation:
                 raise ValueError(f"observation batch sizes differ: images has {batch}, {name} has {value}")
         if not torch.isfinite(self.state).all():
             raise ValueError("state contains NaN or inf")
+        validate_image_mask(self.image_mask, self.images)
 
     @property
     def batch_size(self) -> int:
         return self.images.shape[0]
 
     def to(self, device: torch.device | str) -> Observation:
-        return Observation(self.images.to(device), self.state.to(device), self.instruction, self.embodiment)
+        mask = None if self.image_mask is None else self.image_mask.to(device)
+        return Observation(self.images.to(device), self.state.to(device), self.instruction, self.embodiment, mask)
 
 
 def validate_images(images: Tensor) -> None:
@@ -57,6 +62,18 @@ def validate_images(images: Tensor) -> None:
         raise ValueError(f"images must be uint8 [B, N, H, W, 3] in 0..255; got dtype {images.dtype}")
     if images.ndim != 5 or images.shape[-1] != 3:
         raise ValueError(f"images must have shape [B, N, H, W, 3]; got {list(images.shape)}")
+
+
+def validate_image_mask(image_mask: Tensor | None, images: Tensor) -> None:
+    """Raise a ValueError unless image_mask is None or bool [B, N] for images [B, N, H, W, 3] with at least one real
+    image per sample."""
+    if image_mask is None:
+        return
+    if image_mask.dtype != torch.bool or tuple(image_mask.shape) != tuple(images.shape[:2]):
+        raise ValueError(f"image_mask must be bool [B, N] = {list(images.shape[:2])} (one flag per image slot); got "
+                         f"{image_mask.dtype} {list(image_mask.shape)}")
+    if not image_mask.any(dim=1).all():
+        raise ValueError("image_mask masks every image slot of a sample; a sample needs at least one camera")
 
 
 @dataclass

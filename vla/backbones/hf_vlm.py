@@ -40,7 +40,7 @@ from transformers import (
 
 from vla.backbones.config import BackboneConfig
 from vla.backbones.continuation import LanguagePrefix, Vocabulary
-from vla.types import BackboneOutput, additive_mask, validate_images
+from vla.types import BackboneOutput, additive_mask, validate_image_mask, validate_images
 
 
 @dataclass(frozen=True)
@@ -334,9 +334,12 @@ class VLMBackbone(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------------
 
-    def llm_inputs(self, images: Tensor, instructions: list[str]) -> LLMInputs:
-        """What the language model is called with for a batch (see `LLMInputs`)."""
+    def llm_inputs(self, images: Tensor, instructions: list[str], image_mask: Tensor | None = None) -> LLMInputs:
+        """What the language model is called with for a batch (see `LLMInputs`). image_mask bool [B, N]: False at
+        image slots the robot lacks; their tokens (the wrapping text included) are left out of token_mask, so
+        nothing attends to them."""
         validate_images(images)
+        validate_image_mask(image_mask, images)
         batch = images.shape[0]
         if len(instructions) != batch:
             raise ValueError(f"got {len(instructions)} instructions for a batch of {batch} images")
@@ -346,12 +349,22 @@ class VLMBackbone(nn.Module):
         cog_index = prefix.shape[1] + text_len  # [B]
         positions = torch.arange(embeds.shape[1], device=embeds.device)
         token_mask = positions[None, :] <= cog_index[:, None]  # [B, L]
+        if image_mask is not None:
+            token_mask[:, : prefix.shape[1]] &= self._prefix_mask(image_mask.to(token_mask.device), prefix.shape[1])
         if self.family.mrope:
             position_ids = self._mrope_positions(images.shape[1], embeds.shape[1])[:, None].expand(-1, batch, -1)
         else:
             position_ids = (positions + self.family.position_offset).expand(batch, -1)
         return LLMInputs(embeds, self._attention_mask(token_mask, cog_index, embeds.dtype), position_ids, token_mask,
                          cog_index)
+
+    def _prefix_mask(self, image_mask: Tensor, length: int) -> Tensor:
+        """bool [B, P] over the image prefix (lead text, then each slot's open ids + image tokens + close ids, as
+        `_image_prefix` lays it out): False throughout a masked slot's block."""
+        lead = len(self._lead_ids)
+        block = (length - lead) // image_mask.shape[1]
+        return torch.cat([image_mask.new_ones(image_mask.shape[0], lead),
+                          image_mask.repeat_interleave(block, dim=1)], dim=1)
 
     def _mrope_positions(self, cameras: int, length: int) -> Tensor:
         """M-RoPE position ids [3, L] (temporal, height, width) of the prompt layout, as
@@ -379,13 +392,15 @@ class VLMBackbone(nn.Module):
         text(length - sum(part.shape[1] for part in parts))  # instruction, cognition token, padding
         return torch.cat(parts, dim=1).to(self.cognition_token.device)
 
-    def forward(self, images: Tensor, instructions: list[str], keep_cache: bool = False) -> BackboneOutput:
+    def forward(self, images: Tensor, instructions: list[str], keep_cache: bool = False,
+                image_mask: Tensor | None = None) -> BackboneOutput:
         """images uint8 [B, N, H, W, 3], instructions B strings -> BackboneOutput (see class docstring).
 
         keep_cache: also return the LLM's keys/values of the prefix as `past_key_values` (a
         `LanguagePrefix`), for heads that run their own tokens through the LLM after it.
+        image_mask: bool [B, N], False at slots without a camera (their tokens are masked out); None = all real.
         """
-        inputs = self.llm_inputs(images, instructions)
+        inputs = self.llm_inputs(images, instructions, image_mask)
         cache = DynamicCache() if keep_cache else None  # passed in, so that nothing (e.g. checkpointing) drops it
         hidden = self.language_model(inputs_embeds=inputs.embeds, attention_mask=inputs.attention_mask,
                                      position_ids=inputs.position_ids, past_key_values=cache,

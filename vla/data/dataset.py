@@ -27,8 +27,10 @@ from vla.data.registry import Embodiment
 class ChunkedDemos:
     """Every frame of a dataset with the chunk of actions that starts at it, in memory.
 
-    images: uint8 [N, C, H_img, W_img, 3], cameras in `camera_keys` order (the model's image slots
-        `camera_slots`, which without a registry entry are the camera names: "observation.images.<slot>").
+    images: uint8 [N, C, H_img, W_img, 3], the cameras the robot has, in `camera_keys` order (the model's image
+        slots `camera_slots`, which without a registry entry are the camera names: "observation.images.<slot>");
+        a slot the registry entry marks missing has key None and no images here (samples fill it with zeros and
+        mask it: `slot_mask`).
     state: float32 [N, S].
     actions: float32 [N, H, D]; actions[i, k] is the action k steps after frame i.
     action_is_pad: bool [N, H]; True where i + k is past the end of frame i's episode
@@ -45,17 +47,31 @@ class ChunkedDemos:
     task_index: Tensor
     tasks: list[str]
     embodiment: str
-    camera_keys: list[str]
+    camera_keys: list[str | None]
     state_names: list[str]
     action_names: list[str]
     fps: float
     action_kind: str  # joint_position | ee_delta
     camera_slots: list[str] = field(default_factory=list)
     entry: Embodiment | None = None  # the registry entry the dataset was read with, if any
+    n_obs_steps: int = 1  # history frames per sample that `__getitem__` returns
 
     def __post_init__(self) -> None:
         if not self.camera_slots:
             self.camera_slots = [key.removeprefix("observation.images.") for key in self.camera_keys]
+
+    @property
+    def slot_mask(self) -> Tensor:
+        """bool [n_slots]: True at the slots the robot has a camera for."""
+        return torch.tensor([key is not None for key in self.camera_keys])
+
+    @property
+    def image_size(self) -> int:
+        return self.images.shape[2]
+
+    def numeric(self) -> dict[str, np.ndarray]:
+        """Every frame's state float32 [N, S] and own action [N, D] (what normalisation statistics are computed on)."""
+        return {"state": self.state.numpy(), "action": self.actions[:, 0].numpy()}
 
     @property
     def info(self) -> EmbodimentInfo:
@@ -83,10 +99,36 @@ class ChunkedDemos:
         return torch.where(same_episode, past, earliest[:, None])
 
     def observation_images(self, indices: Tensor, n_obs_steps: int = 1) -> Tensor:
-        """uint8 [B, n_obs_steps * C, H_img, W_img, 3]: each frame's history, time-major (cameras of t-1, then t)."""
+        """uint8 [B, n_obs_steps * n_slots, H_img, W_img, 3]: each frame's history, time-major (slots of t-1, then
+        t); missing slots are zeros (`observation_mask` says which)."""
         frames = self.history(indices, n_obs_steps)  # (B, n)
-        images = self.images[frames]  # (B, n, C, H, W, 3)
+        present = self.images[frames]  # (B, n, C_present, H, W, 3)
+        slots = self.slot_mask
+        if bool(slots.all()):
+            return present.flatten(1, 2)
+        images = present.new_zeros(*present.shape[:2], len(slots), *present.shape[3:])
+        images[:, :, slots] = present
         return images.flatten(1, 2)
+
+    def observation_mask(self, batch_size: int, n_obs_steps: int = 1) -> Tensor:
+        """bool [B, n_obs_steps * n_slots]: False at the slots the robot has no camera for."""
+        return self.slot_mask.repeat(n_obs_steps)[None].expand(batch_size, -1).clone()
+
+    def __getitem__(self, i: int) -> dict:
+        """Frame i as a raw sample (robot units; vla.data.transforms turns it into a training sample): images uint8
+        [n_obs_steps * n_slots, S, S, 3], image_mask bool [n_obs_steps * n_slots], state [S], actions [H, D],
+        action_is_pad [H], instruction, embodiment, episode_index, frame_index."""
+        index = torch.tensor([int(i)])
+        return {
+            "images": self.observation_images(index, self.n_obs_steps)[0],
+            "image_mask": self.observation_mask(1, self.n_obs_steps)[0],
+            "state": self.state[i],
+            "actions": self.actions[i],
+            "action_is_pad": self.action_is_pad[i],
+            "instruction": self.tasks[int(self.task_index[i])],
+            "embodiment": self.embodiment,
+            "episode_index": int(self.episode_index[i]),
+        }
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None, n_obs_steps: int = 1) -> dict:
         """A uniformly random batch of frames (with replacement).
@@ -97,6 +139,7 @@ class ChunkedDemos:
         indices = torch.randint(len(self), (batch_size,), generator=generator)
         return {
             "images": self.observation_images(indices, n_obs_steps),
+            "image_mask": self.observation_mask(batch_size, n_obs_steps),
             "state": self.state[indices],
             "actions": self.actions[indices],
             "action_is_pad": self.action_is_pad[indices],
@@ -137,14 +180,14 @@ class DatasetLayout:
     state_key: str = "observation.state"
     action_index: tuple[int, ...] | None = None
     state_index: tuple[int, ...] | None = None
-    camera_keys: tuple[str, ...] = ()
+    camera_keys: tuple[str | None, ...] = ()  # None: a slot the robot has no camera for (masked)
     camera_slots: tuple[str, ...] = ()
 
 
 def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action_dim: int | None = None,
                        expected_state_dim: int | None = None, embodiment: str = "",
                        action_kind: str = "", entry: Embodiment | None = None,
-                       camera_slots: list[str] | None = None) -> ChunkedDemos:
+                       camera_slots: list[str] | None = None, image_size: int | None = None) -> ChunkedDemos:
     """Read a LeRobot dataset through LeRobotDataset with action delta_timestamps, into memory.
 
     `embodiment` names the robot the frames belong to (normalisation statistics are kept under it);
@@ -152,7 +195,9 @@ def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action
     joint_position | ee_delta, or empty for the entry's or the kind recorded with the dataset
     (`vla.data.embodiment.read_action_kind`). `entry`: the registry entry describing the dataset (its keys,
     names, kind, fps and cameras are then used and checked); `camera_slots`: the image slots to read, in order
-    (default: every slot the entry fills, or without an entry every camera of the dataset).
+    (default: every slot the entry fills, or without an entry every camera of the dataset); a slot the entry marks
+    missing (null) is kept, masked. `image_size`: frames are resized to image_size x image_size as they are decoded
+    (None: kept at the dataset's size).
 
     Chunks and pad flags are exactly what LeRobotDataset(repo_id, root, delta_timestamps=
     {action_key: [i / fps for i in range(chunk_size)]})[i] gives; a few frames are checked against it.
@@ -175,7 +220,7 @@ def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action
     check_dim("state", _width(meta, layout.state_key, layout.state_index), expected_state_dim)
     dataset = LeRobotDataset(repo_id, root=root,
                              delta_timestamps={layout.action_key: [i / meta.fps for i in range(chunk_size)]})
-    columns = _read_columns(dataset, layout)
+    columns = _read_columns(dataset, layout, image_size)
     check_finite(layout.state_key, columns["state"], columns["episode_index"], columns["frame_index"])
     check_finite(layout.action_key, columns["action"], columns["episode_index"], columns["frame_index"])
     actions, action_is_pad = _action_chunks(dataset, columns, layout.action_key)
@@ -252,8 +297,9 @@ def _index(parts: tuple, width: int) -> tuple[int, ...] | None:
     return None if index == tuple(range(width)) else index
 
 
-def _camera_keys(entry: Embodiment, meta: Any, slots: list[str], where: str) -> list[str]:
-    """Image keys of `slots`, in order; every camera of the dataset must be mapped by the entry."""
+def _camera_keys(entry: Embodiment, meta: Any, slots: list[str], where: str) -> list[str | None]:
+    """Image keys of `slots`, in order (None for a slot the entry marks missing); every camera of the dataset must
+    be mapped by the entry."""
     mapped = {s.key for s in entry.cameras if not s.missing}
     unmapped = [k for k in meta.camera_keys if k not in mapped]
     if unmapped:
@@ -263,9 +309,8 @@ def _camera_keys(entry: Embodiment, meta: Any, slots: list[str], where: str) -> 
     for name in slots:
         slot = entry.slot(name)
         if slot.missing:
-            raise ValueError(f"{where}: image slot {name!r} is marked missing in {entry.source} (the robot has no "
-                             f"such camera); this loader cannot feed a masked slot yet (image-slot masks are issue "
-                             f"15 item 3): leave it out of model.cameras")
+            keys.append(None)  # the robot has no such camera: the slot is filled with zeros and masked
+            continue
         if slot.key not in meta.camera_keys:
             raise ValueError(f"{where}: no camera {slot.key!r} for slot {name!r} ({entry.source}); the dataset has "
                              f"{list(meta.camera_keys)}")
@@ -303,8 +348,9 @@ def read_numeric_columns(dataset: Any, layout: DatasetLayout) -> dict[str, np.nd
     return columns
 
 
-def _read_columns(dataset: Any, layout: DatasetLayout) -> dict[str, Tensor]:
-    """Whole columns of the dataset's arrow table as tensors; images decoded to uint8 [N, C, H, W, 3].
+def _read_columns(dataset: Any, layout: DatasetLayout, image_size: int | None = None) -> dict[str, Tensor]:
+    """Whole columns of the dataset's arrow table as tensors; images of the cameras the robot has decoded to uint8
+    [N, C_present, H, W, 3] (resized to image_size when given).
 
     Reading columns at once takes ~1 s for 7k frames. LeRobotDataset.__getitem__ costs ~5 ms a
     frame here (it decodes the image of every frame in the action chunk), far too slow to
@@ -312,8 +358,9 @@ def _read_columns(dataset: Any, layout: DatasetLayout) -> dict[str, Tensor]:
     """
     columns = {name: torch.from_numpy(values) for name, values in read_numeric_columns(dataset, layout).items()}
     table = dataset.hf_dataset.data
-    cams = [_decode_images(table.column(key))
-            for key in tqdm(layout.camera_keys, desc="decoding images", unit="camera")]
+    present = [key for key in layout.camera_keys if key is not None]
+    cams = [_decode_images(table.column(key), image_size)
+            for key in tqdm(present, desc="decoding images", unit="camera")]
     columns["images"] = torch.from_numpy(np.stack(cams, axis=1))
     return columns
 
@@ -329,12 +376,16 @@ def _vector_column(column: Any) -> np.ndarray:
     return flat.flatten().to_numpy().astype(np.float32).reshape(len(flat), -1)
 
 
-def _decode_images(column: Any) -> np.ndarray:
-    """uint8 [N, H, W, 3] from an arrow column of HF Image structs (embedded bytes or a path)."""
+def _decode_images(column: Any, image_size: int | None = None) -> np.ndarray:
+    """uint8 [N, H, W, 3] from an arrow column of HF Image structs (embedded bytes or a path), each frame resized
+    to image_size x image_size (bilinear, antialiased) when given and not already that size."""
     frames = []
     for cell in column.to_pylist():
         source = io.BytesIO(cell["bytes"]) if cell["bytes"] is not None else cell["path"]
-        frames.append(np.asarray(PIL.Image.open(source).convert("RGB")))
+        image = PIL.Image.open(source).convert("RGB")
+        if image_size is not None and image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), PIL.Image.BILINEAR)
+        frames.append(np.asarray(image))
     return np.stack(frames)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -71,11 +72,26 @@ class Normalizer:
     def from_demos(cls, demos: ChunkedDemos, mode: Mode = "quantile", max_action_dim: int | None = None,
                    max_state_dim: int | None = None) -> Normalizer:
         """Statistics of one dataset: actions over every frame's own action, state over every frame."""
-        action_stats = compute_stats(demos.actions[:, 0])
-        state_stats = compute_stats(demos.state)
-        return cls(stats={demos.embodiment: {"action": action_stats, "state": state_stats}}, mode=mode,
-                   max_action_dim=max_action_dim or demos.actions.shape[-1],
-                   max_state_dim=max_state_dim or demos.state.shape[-1], info={demos.embodiment: demos.info})
+        return cls.from_sources([demos], mode, max_action_dim or demos.actions.shape[-1],
+                                max_state_dim or demos.state.shape[-1])
+
+    @classmethod
+    def from_sources(cls, sources: list, mode: Mode, max_action_dim: int, max_state_dim: int) -> Normalizer:
+        """Statistics per embodiment over every source of it (frame sources with `numeric()`, `embodiment`, `info`:
+        vla.data.mixture): two datasets of one robot share statistics; sources of one embodiment that disagree on
+        its names, kind or fps are an error."""
+        stats, info = {}, {}
+        for name in dict.fromkeys(s.embodiment for s in sources):
+            own = [s for s in sources if s.embodiment == name]
+            described = {json.dumps(s.info.to_dict(), sort_keys=True) for s in own}
+            if len(described) > 1:
+                raise ValueError(f"datasets of embodiment {name!r} describe it differently: {sorted(described)}; "
+                                 f"give them different embodiment names or fix their registry entries")
+            columns = [s.numeric() for s in own]
+            stats[name] = {kind: compute_stats(torch.from_numpy(np.concatenate([c[kind] for c in columns])))
+                           for kind in ("action", "state")}
+            info[name] = own[0].info
+        return cls(stats=stats, mode=mode, max_action_dim=max_action_dim, max_state_dim=max_state_dim, info=info)
 
     @property
     def embodiments(self) -> list[str]:
@@ -112,6 +128,10 @@ class Normalizer:
                              f"(padded) or {dim} ({embodiment!r})")
         center, scale, valid = self._params(embodiment, "action", actions)
         return torch.where(valid, actions[..., :dim] * scale + center, center)
+
+    def normalize_state_of(self, state: Tensor, embodiment: str) -> Tensor:
+        """state [..., S] of one embodiment in robot units -> [..., max_state_dim] normalised, padded with zeros."""
+        return _pad(self._normalize(state, embodiment, "state"), self.max_state_dim)
 
     def normalize_state(self, state: Tensor, embodiments: list[str]) -> Tensor:
         """state [B, S] with one embodiment per row -> [B, max_state_dim], padded with zeros.
@@ -179,7 +199,7 @@ class Normalizer:
     def _normalize(self, x: Tensor, embodiment: str, kind: str) -> Tensor:
         dim = self._dim(embodiment, kind)
         if x.shape[-1] != dim:
-            raise ValueError(f"{kind} has {x.shape[-1]} dims but {embodiment!r} has {dim}")
+            raise ValueError(f"{kind} has {x.shape[-1]} dims; expected {dim} for embodiment {embodiment!r}")
         center, scale, valid = self._params(embodiment, kind, x)
         return torch.where(valid, (x - center) / scale, torch.zeros_like(x))
 

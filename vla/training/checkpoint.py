@@ -89,14 +89,14 @@ def rng_state_files(path: str | Path, rank: int) -> tuple[Path, Path]:
     return path / f"rng_rank{rank}.safetensors", path / f"rng_rank{rank}.json"
 
 
-def save_rng_state(path: str | Path, rank: int, generator: torch.Generator) -> None:
-    """Every RNG one rank's training step draws from: torch CPU (and CUDA), the batch sampler's `generator`,
-    numpy and Python `random`. Tensors (states as uint8, numpy's key) to safetensors, the rest to JSON."""
+def save_rng_state(path: str | Path, rank: int) -> None:
+    """Every global RNG one rank's training step draws from: torch CPU (and CUDA), numpy and Python `random`
+    (which samples the batches hold needs no RNG state: vla.data.mixture derives them from the step).
+    Tensors (states as uint8, numpy's key) to safetensors, the rest to JSON."""
     tensor_file, json_file = rng_state_files(path, rank)
     tensor_file.parent.mkdir(parents=True, exist_ok=True)
     _, np_key, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    tensors = {"torch_cpu": torch.get_rng_state(), "sampler": generator.get_state(),
-               "numpy_key": torch.from_numpy(np_key.astype(np.int64))}
+    tensors = {"torch_cpu": torch.get_rng_state(), "numpy_key": torch.from_numpy(np_key.astype(np.int64))}
     if torch.cuda.is_available():
         tensors["torch_cuda"] = torch.cuda.get_rng_state()
     save_file(tensors, str(tensor_file))
@@ -106,8 +106,8 @@ def save_rng_state(path: str | Path, rank: int, generator: torch.Generator) -> N
     json_file.write_text(json.dumps(record))
 
 
-def load_rng_state(path: str | Path, rank: int, generator: torch.Generator) -> None:
-    """Restore what save_rng_state wrote for `rank` into the global RNGs and `generator`."""
+def load_rng_state(path: str | Path, rank: int) -> None:
+    """Restore what save_rng_state wrote for `rank` into the global RNGs."""
     tensor_file, json_file = rng_state_files(path, rank)
     if not (tensor_file.exists() and json_file.exists()):
         raise FileNotFoundError(f"{path} has no RNG state for rank {rank} ({tensor_file.name}); it was written by "
@@ -115,7 +115,6 @@ def load_rng_state(path: str | Path, rank: int, generator: torch.Generator) -> N
     tensors = load_file(str(tensor_file))
     record = json.loads(json_file.read_text())
     torch.set_rng_state(tensors["torch_cpu"])
-    generator.set_state(tensors["sampler"])
     if torch.cuda.is_available() and "torch_cuda" in tensors:
         torch.cuda.set_rng_state(tensors["torch_cuda"])
     numpy = record["numpy"]

@@ -54,22 +54,32 @@ def export_policy(accelerator: Accelerator, model: nn.Module, folder: Path, ema:
             save_policy(module, folder, training=training, weights=state)
 
 
-def probe_observation(demos: ChunkedDemos, n_obs_steps: int = 1) -> Observation:
-    """Two training frames (the first and the middle one, with their history) to compare predictions on."""
-    idx = torch.tensor([0, len(demos) // 2])
-    return Observation(images=demos.observation_images(idx, n_obs_steps), state=demos.state[idx],
-                       instruction=demos.instructions(idx), embodiment=[demos.embodiment] * len(idx))
+def probe_observation(sources: list[ChunkedDemos] | ChunkedDemos, n_obs_steps: int = 1) -> Observation:
+    """Two training frames of each dataset (the first and the middle one, with their history) to compare predictions
+    on; states are zero-padded to the widest dataset's (as a batch mixing embodiments is)."""
+    sources = sources if isinstance(sources, list) else [sources]
+    width = max(demos.state.shape[1] for demos in sources)
+    images, masks, states, instructions, embodiments = [], [], [], [], []
+    for demos in sources:
+        idx = torch.tensor([0, len(demos) // 2])
+        images.append(demos.observation_images(idx, n_obs_steps))
+        masks.append(demos.observation_mask(len(idx), n_obs_steps))
+        states.append(torch.nn.functional.pad(demos.state[idx], (0, width - demos.state.shape[1])))
+        instructions += demos.instructions(idx)
+        embodiments += [demos.embodiment] * len(idx)
+    return Observation(images=torch.cat(images), state=torch.cat(states), instruction=instructions,
+                       embodiment=embodiments, image_mask=torch.cat(masks))
 
 
-def verify_export(accelerator: Accelerator, model: nn.Module, checkpoint: Path, demos: ChunkedDemos,
-                  ema: WeightEMA | None) -> dict:
+def verify_export(accelerator: Accelerator, model: nn.Module, checkpoint: Path,
+                  sources: list[ChunkedDemos] | ChunkedDemos, ema: WeightEMA | None) -> dict:
     """Check that `checkpoint` predicts the live model's actions and that every rank's live model agrees.
 
     Every rank predicts the probe observation with the live model (the EMA swapped in when on; fixed sampling noise);
     rank 0 loads the checkpoint as deploy does (load_policy) and predicts the same, in the live model's dtypes
     (`with_dtypes`). The report is written to <checkpoint>/export_check.json; a difference beyond float tolerance is
     raised on every rank."""
-    obs = probe_observation(demos, accelerator.unwrap_model(model).config.n_obs_steps)
+    obs = probe_observation(sources, accelerator.unwrap_model(model).config.n_obs_steps)
     with ema.swapped_in() if ema is not None else nullcontext(), full_weights(accelerator, model) as module:
         training, dtype = module.training, next(module.parameters()).dtype
         dtypes = {name: t.dtype for name, t in [*module.named_parameters(), *module.named_buffers()]}

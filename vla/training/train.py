@@ -14,8 +14,10 @@ whose weights the checkpoints hold; `--train.init_from`, `--train.freeze` and `-
 what trains (vla.training.finetune, vla.training.lora; LoRA not under ZeRO-3 / FSDP). Without CUDA the accelerate
 configs run on CPU over gloo with `--num_processes 2` (the tests do this for each).
 
-Batches are drawn from an in-memory copy of the LeRobot dataset (see vla.data.dataset), each rank
-with its own seed, so data-parallel ranks see different samples without a sharded DataLoader.
+Batches come from a DataLoader over one dataset or a weighted mixture of them (data.mixture; vla.data.mixture): each
+sample is normalised and padded with its own embodiment's statistics in the data pipeline (vla.data.transforms), so a
+batch may mix robots of different widths; ranks draw disjoint shards of each dataset's epoch, and which samples a step
+sees is a function of the seed, rank and step alone (a resumed run continues mid-epoch exactly).
 A token head's action tokenizer is fit on the dataset before the first step (vla.training.tokenizer_fit).
 
 Every checkpoint is a policy folder with the weights consolidated from all ranks (vla.training.export) plus
@@ -31,6 +33,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -42,9 +45,9 @@ from tqdm import tqdm
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from vla.checkpoint import count_parameters, load_policy, load_tokenizer
-from vla.config import DataConfig, ModelConfig, TrainConfig, parse, to_yaml
-from vla.data.augment import random_shift
+from vla.config import DataConfig, MixtureEntry, ModelConfig, TrainConfig, parse, to_yaml
 from vla.data.dataset import ChunkedDemos, load_chunked_demos
+from vla.data.mixture import make_loader
 from vla.data.normalize import Normalizer
 from vla.data.registry import Embodiment, load_embodiment
 from vla.policy import VLAPolicy
@@ -95,18 +98,38 @@ def last_checkpoint(output_dir: str | Path) -> Path:
     return checkpoint_dir(output_dir) / "last"
 
 
-def load_demos(model: ModelConfig, data: DataConfig) -> ChunkedDemos:
-    """The training frames of `data`; with an embodiment entry its keys are used and the model's image slots
-    (model.cameras) are filled from the entry's camera mapping."""
-    entry = load_embodiment(data.embodiment_config) if data.embodiment_config else None
+def load_sources(model: ModelConfig, data: DataConfig) -> list[ChunkedDemos]:
+    """The training frames of every dataset of `data` (its mixture, or the one dataset), in memory, images resized
+    to model.image_size; with an embodiment entry its keys are used and the model's image slots (model.cameras) are
+    filled from the entry's camera mapping (a slot the robot lacks is masked)."""
+    sources = [load_dataset(model, data, spec) for spec in data.datasets()]
+    if len(sources) > 1 and model.head.tokenizer_config is not None:
+        names = sorted({s.embodiment for s in sources})
+        if len(names) > 1:
+            raise ValueError(f"a {model.head.type} head's action tokenizer is fit on one embodiment; this mixture "
+                             f"has {names}: train a continuous head (dit, dita, flow) on a cross-embodiment mixture")
+    return sources
+
+
+def load_dataset(model: ModelConfig, data: DataConfig, spec: MixtureEntry) -> ChunkedDemos:
+    entry = load_embodiment(spec.embodiment_config) if spec.embodiment_config else None
     if entry is not None:
         check_normalization(entry, model.normalization)
-    demos = load_chunked_demos(data.root, data.repo_id, chunk_size=model.head.horizon,
+    demos = load_chunked_demos(spec.root, spec.repo_id, chunk_size=model.head.horizon,
                                expected_action_dim=data.action_dim, expected_state_dim=data.state_dim,
-                               embodiment=data.embodiment, action_kind=data.action_kind, entry=entry,
-                               camera_slots=list(model.cameras) if entry is not None else None)
+                               embodiment=spec.embodiment, action_kind=spec.action_kind, entry=entry,
+                               camera_slots=list(model.cameras) if entry is not None else None,
+                               image_size=model.image_size)
+    demos.n_obs_steps = model.n_obs_steps
     check_observation_spec(model, demos)
     return demos
+
+
+def load_demos(model: ModelConfig, data: DataConfig) -> ChunkedDemos:
+    """The one dataset of `data` (a mixture is an error here: see load_sources)."""
+    if len(data.datasets()) != 1:
+        raise ValueError(f"expected one dataset; data.mixture lists {len(data.mixture)}")
+    return load_sources(model, data)[0]
 
 
 def check_normalization(entry: Embodiment, mode: str) -> None:
@@ -124,34 +147,40 @@ def check_normalization(entry: Embodiment, mode: str) -> None:
 
 
 def check_observation_spec(model: ModelConfig, demos: ChunkedDemos) -> None:
-    """Fail before training, naming both sides, when the dataset's cameras differ from the model config's."""
+    """Fail before training, naming both sides, when the dataset's cameras (image slots) differ from the model
+    config's (images are resized to model.image_size as they are read)."""
     cameras = list(demos.camera_slots)
-    size = tuple(demos.images.shape[2:4])
-    if cameras != list(model.cameras) or size != (model.image_size, model.image_size):
-        raise ValueError(f"dataset {demos.embodiment!r} has cameras {cameras} at {size[0]}x{size[1]} px; the model "
-                         f"config expects {list(model.cameras)} at {model.image_size}x{model.image_size} px "
-                         f"(set --model.cameras / --model.image_size to match)")
+    if cameras != list(model.cameras):
+        raise ValueError(f"dataset {demos.embodiment!r} has cameras {cameras}; the model config expects "
+                         f"{list(model.cameras)} (set --model.cameras to match, or map the cameras to the model's "
+                         f"image slots with an embodiment entry: --data.embodiment_config)")
 
 
-def build_policy(cfg: TrainRunConfig, demos: ChunkedDemos, resume_from: Path | None) -> VLAPolicy:
-    """A fresh policy (stats computed from the demos), one started from train.init_from (vla.training.finetune), or
+def build_policy(cfg: TrainRunConfig, sources: list[ChunkedDemos] | ChunkedDemos,
+                 resume_from: Path | None) -> VLAPolicy:
+    """A fresh policy (stats computed from the datasets), one started from train.init_from (vla.training.finetune), or
     the one in `resume_from` when resuming; then train.freeze and train.lora decide what trains.
     A LoRA run resumes by building its base as at step 0 and loading the checkpoint's adapters (vla.training.lora)."""
-    init = None
+    sources = sources if isinstance(sources, list) else [sources]
+    demos, init = sources[0], None
     if resume_from is not None and not cfg.train.lora.targets:
         policy = load_policy(resume_from)
         policy.train()
-        if demos.embodiment not in policy.normalizer.stats:
-            raise ValueError(f"resuming {resume_from}: it has no statistics for the dataset's embodiment "
-                             f"{demos.embodiment!r}")
+        unknown = sorted({s.embodiment for s in sources} - set(policy.normalizer.stats))
+        if unknown:
+            raise ValueError(f"resuming {resume_from}: it has no statistics for the datasets' embodiment(s) "
+                             f"{unknown}")
     elif cfg.train.init_from:
+        if len(sources) > 1:
+            raise ValueError("train.init_from fine-tunes on one dataset; data.mixture lists several (fine-tuning on "
+                             "a mixture is not supported yet)")
         policy, init = init_from_checkpoint(cfg.model, demos, cfg.train.init_from,
                                             dataset=f"dataset {cfg.data.repo_id} at {cfg.data.root}")
         if resume_from is None:
             publish_init_report(init, cfg.train.output_dir)
     else:
-        normalizer = Normalizer.from_demos(demos, cfg.model.normalization, cfg.model.max_action_dim,
-                                           cfg.model.max_state_dim)
+        normalizer = Normalizer.from_sources(sources, cfg.model.normalization, cfg.model.max_action_dim,
+                                             cfg.model.max_state_dim)
         policy = VLAPolicy(cfg.model, normalizer)
     fresh = init.fresh if init is not None else []
     if cfg.train.lora.targets:
@@ -169,7 +198,7 @@ RUN_CONTROL_FIELDS = frozenset({"train.output_dir", "train.resume", "train.resum
                                 "train.log_every", "train.save_every", "train.keep_last", "train.log_backend",
                                 "train.wandb_project", "train.verify_export",
                                 # recomputation restores the RNG state: the same numbers, with less memory
-                                "train.gradient_checkpointing",
+                                "train.gradient_checkpointing", "data.num_workers",
                                 "data.root"})  # the dataset's content is compared by fingerprint instead
 # the saved weights, optimiser moments (one slot per trainable tensor), EMA and per-rank state fit only these: never
 # resumed under other values
@@ -189,22 +218,33 @@ def dataset_fingerprint(demos: ChunkedDemos) -> str:
     return digest.hexdigest()
 
 
-def run_record(cfg: TrainRunConfig, demos: ChunkedDemos, num_processes: int, distributed: dict | None = None) -> dict:
+def sources_fingerprint(sources: list[ChunkedDemos]) -> str:
+    """`dataset_fingerprint` of one dataset, or a digest of every dataset's in order (a mixture)."""
+    if len(sources) == 1:
+        return dataset_fingerprint(sources[0])
+    return hashlib.sha256(" ".join(dataset_fingerprint(s) for s in sources).encode()).hexdigest()
+
+
+def run_record(cfg: TrainRunConfig, sources: list[ChunkedDemos] | ChunkedDemos, num_processes: int,
+               distributed: dict | None = None) -> dict:
     """Everything a run's trajectory depends on; a checkpoint resumes exactly only under the same record."""
+    sources = sources if isinstance(sources, list) else [sources]
     config = {k: v for k, v in flat_config(cfg).items() if k not in RUN_CONTROL_FIELDS}
     if cfg.train.init_from:  # what the run starts from, not only where it was
         config["train.init_from (sha256)"] = checkpoint_fingerprint(cfg.train.init_from)
-    return {"config": config, "dataset": dataset_fingerprint(demos), "frames": len(demos),
+    return {"config": config, "dataset": sources_fingerprint(sources), "frames": sum(len(s) for s in sources),
             "num_processes": num_processes, "distributed": distributed or {"backend": "single"}}
 
 
-def training_summary(cfg: TrainRunConfig, demos: ChunkedDemos, record: dict) -> dict:
+def training_summary(cfg: TrainRunConfig, sources: list[ChunkedDemos], record: dict) -> dict:
     """What a checkpoint records about its training run (meta.json "training", shown on its model card); the
     step it was saved at is added by save_checkpoint."""
-    dataset = {"repo_id": cfg.data.repo_id, "embodiment": demos.embodiment, "frames": len(demos),
-               "episodes": int(demos.episode_index.unique().numel()), "tasks": list(demos.tasks),
-               "fingerprint": record["run"]["dataset"]}
-    return {"datasets": [dataset], "planned_steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
+    datasets = [{"repo_id": spec.repo_id, "embodiment": demos.embodiment, "frames": len(demos),
+                 "episodes": int(demos.episode_index.unique().numel()), "tasks": list(demos.tasks),
+                 "fingerprint": dataset_fingerprint(demos) if len(sources) > 1 else record["run"]["dataset"],
+                 **({"weight": spec.weight} if cfg.data.mixture else {})}
+                for spec, demos in zip(cfg.data.datasets(), sources, strict=True)]
+    return {"datasets": datasets, "planned_steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
             "grad_accum_steps": cfg.train.grad_accum_steps, "num_processes": record["run"]["num_processes"],
             "distributed": record["run"]["distributed"], "seed": cfg.train.seed}
 
@@ -287,16 +327,25 @@ def make_lr_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, done_st
         optimizer, cfg.optim.warmup_steps, cfg.steps, min_lr_rate=cfg.optim.min_lr_ratio, last_epoch=done_steps - 1)
 
 
-def make_batch(demos: ChunkedDemos, batch_size: int, image_shift: int, generator: torch.Generator,
-               n_obs_steps: int = 1) -> dict:
-    batch = demos.sample(batch_size, generator, n_obs_steps)
-    batch["images"] = random_shift(batch["images"], image_shift, generator)
-    return batch
+def make_batch(batches: Iterator[dict]) -> dict:
+    """The next normalised batch of the run's DataLoader (vla.data.mixture.make_loader)."""
+    return next(batches)
 
 
-def save_checkpoint(accelerator: Accelerator, policy, optimizer, step: int, output_dir: str,
-                    generator: torch.Generator, record: dict, keep_last: int = 0, training: dict | None = None,
-                    ema: WeightEMA | None = None) -> Path:
+def make_batches(cfg: TrainRunConfig, sources: list[ChunkedDemos], normalizer: Normalizer, rank: int,
+                 world_size: int, start_step: int) -> Iterator[dict]:
+    """This rank's batches from optimiser step `start_step` on (the mixture's position is the number of samples
+    this rank drew before it)."""
+    per_step = cfg.train.batch_size * cfg.train.grad_accum_steps
+    weights = [spec.weight for spec in cfg.data.datasets()]
+    loader = make_loader(sources, weights, normalizer, cfg.train.batch_size, cfg.train.seed, rank, world_size,
+                         start=start_step * per_step, image_shift=cfg.data.image_shift,
+                         num_workers=cfg.data.num_workers)
+    return iter(loader)
+
+
+def save_checkpoint(accelerator: Accelerator, policy, optimizer, step: int, output_dir: str, record: dict,
+                    keep_last: int = 0, training: dict | None = None, ema: WeightEMA | None = None) -> Path:
     """Write checkpoints/step_N atomically (into a temporary folder, renamed when complete), then point
     checkpoints/last at it and delete all but the `keep_last` newest (0: keep all). A crash at any point leaves
     `last` at a complete checkpoint. Every rank takes part: the policy folder gets the weights consolidated from all
@@ -312,7 +361,7 @@ def save_checkpoint(accelerator: Accelerator, policy, optimizer, step: int, outp
     export_policy(accelerator, policy, tmp, ema, summary)
     save_resume_state(accelerator, policy, optimizer, tmp / "training_state", step, record, ema)
     accelerator.wait_for_everyone()
-    save_rng_state(tmp / "training_state", accelerator.process_index, generator)
+    save_rng_state(tmp / "training_state", accelerator.process_index)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if target.exists():  # written before a crash after the step `last` points to; never last's own target
@@ -350,7 +399,7 @@ def save_resume_state(accelerator: Accelerator, policy, optimizer, folder: Path,
         ema.save(folder, accelerator.process_index)
 
 
-def build_trainable_policy(accelerator: Accelerator, cfg: TrainRunConfig, demos: ChunkedDemos,
+def build_trainable_policy(accelerator: Accelerator, cfg: TrainRunConfig, sources: list[ChunkedDemos],
                            resume_from: Path | None) -> VLAPolicy:
     """The policy as it trains (build_policy: fresh, init_from or resumed, then train.freeze / train.lora), built whole
     on every rank, its action tokenizer fit (token heads that have none yet), gradient checkpointing on when asked."""
@@ -360,16 +409,17 @@ def build_trainable_policy(accelerator: Accelerator, cfg: TrainRunConfig, demos:
                          "there; launch with configs/accelerate/ddp.yaml (LoRA's small optimiser state needs no "
                          "sharding)")
     with whole_model_construction(accelerator):
-        policy = build_policy(cfg, demos, resume_from)
+        policy = build_policy(cfg, sources, resume_from)
     if policy.head.action_tokenizer is None and cfg.model.head.tokenizer_config is not None:
-        report = fit_action_tokenizer(policy, demos, cfg.train.output_dir, accelerator.is_main_process,
+        report = fit_action_tokenizer(policy, sources[0], cfg.train.output_dir, accelerator.is_main_process,
                                       accelerator.wait_for_everyone)
         if report is not None:
             accelerator.print(describe_fit(report))
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing(policy, cfg.model)
     accelerator.print(f"policy: {count_parameters(policy) / 1e6:.2f}M parameters "
-                      f"({count_parameters(policy, trainable_only=True) / 1e6:.2f}M trainable); {len(demos)} frames")
+                      f"({count_parameters(policy, trainable_only=True) / 1e6:.2f}M trainable); "
+                      f"{sum(len(s) for s in sources)} frames")
     return policy
 
 
@@ -393,14 +443,14 @@ def write_run_info(out: Path, cfg: TrainRunConfig, accelerator: Accelerator, sta
     path.write_text(json.dumps({"starts": starts}, indent=1))
 
 
-def train_step(accelerator: Accelerator, policy, optimizer, demos: ChunkedDemos, cfg: TrainRunConfig,
-               generator: torch.Generator, telemetry: Telemetry, step: int, last: Path) -> tuple[float, float]:
+def train_step(accelerator: Accelerator, policy, optimizer, batches: Iterator[dict], cfg: TrainRunConfig,
+               telemetry: Telemetry, step: int, last: Path) -> tuple[float, float]:
     """One optimiser step over train.grad_accum_steps micro-batches (accelerator.accumulate: gradients are summed and
     synchronised on the last one only); returns (mean micro-batch loss, gradient norm before clipping)."""
     losses, grad_norm = [], None
     for _ in range(cfg.train.grad_accum_steps):
         waiting = time.perf_counter()
-        batch = make_batch(demos, cfg.train.batch_size, cfg.data.image_shift, generator, cfg.model.n_obs_steps)
+        batch = make_batch(batches)
         batch = {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         telemetry.waited(time.perf_counter() - waiting)
         with accelerator.accumulate(policy):
@@ -428,13 +478,13 @@ def window_scalars(accelerator: Accelerator, telemetry: Telemetry, window_loss: 
             "peak_mem_mb": float(ranks[:, 2].max())}
 
 
-def prepare_training(accelerator: Accelerator, cfg: TrainRunConfig, demos: ChunkedDemos, resume_from: Path | None,
-                     start_step: int) -> tuple:
+def prepare_training(accelerator: Accelerator, cfg: TrainRunConfig, sources: list[ChunkedDemos],
+                     resume_from: Path | None, start_step: int) -> tuple:
     """(policy, optimizer, scheduler, ema), prepared by accelerate, with the training state of `resume_from` restored:
     one process / DDP load the optimiser (and, under EMA, the trained weights) into the plain objects before
     `prepare`; DeepSpeed / FSDP load every rank's partition with accelerator.load_state after it; the EMA is built on
     the prepared weights (its pieces are the ranks' partitions) and then loaded."""
-    policy = build_trainable_policy(accelerator, cfg, demos, resume_from)
+    policy = build_trainable_policy(accelerator, cfg, sources, resume_from)
     optimizer = make_optimizer(policy, cfg.train)
     sharded = is_sharded(accelerator)
     state = resume_from / "training_state" if resume_from is not None else None
@@ -468,9 +518,9 @@ def train(cfg: TrainRunConfig) -> Path:
     accelerator = make_accelerator(cfg.train)
     set_seed(cfg.train.seed)  # the same on every rank while the model is built
     out = Path(cfg.train.output_dir)
-    demos = load_demos(cfg.model, cfg.data)
-    record = {"run": run_record(cfg, demos, accelerator.num_processes, describe(accelerator))}
-    training = training_summary(cfg, demos, record)
+    sources = load_sources(cfg.model, cfg.data)
+    record = {"run": run_record(cfg, sources, accelerator.num_processes, describe(accelerator))}
+    training = training_summary(cfg, sources, record)
     resume_from, saved, changes = decided_on_main(accelerator, lambda: plan_start(cfg.train, record["run"]))
     start_step = saved["step"] if saved is not None else 0
     if resume_from is not None:
@@ -483,7 +533,7 @@ def train(cfg: TrainRunConfig) -> Path:
             accelerator.end_training()
             return resume_from
     state = resume_from / "training_state" if resume_from is not None else None
-    policy, optimizer, scheduler, ema = prepare_training(accelerator, cfg, demos, resume_from, start_step)
+    policy, optimizer, scheduler, ema = prepare_training(accelerator, cfg, sources, resume_from, start_step)
     if resume_from is not None:
         accelerator.print(f"resuming from {resume_from.name} at step {start_step}")
     if accelerator.num_processes > 1:
@@ -496,20 +546,21 @@ def train(cfg: TrainRunConfig) -> Path:
         write_run_info(out, cfg, accelerator, start_step)
     samples_per_step = cfg.train.batch_size * cfg.train.grad_accum_steps * accelerator.num_processes
     samples_seen = saved.get("samples_seen", start_step * samples_per_step) if saved is not None else 0
-    generator = torch.Generator().manual_seed(cfg.train.seed * 1000 + accelerator.process_index)
     window_loss, window_steps = 0.0, 0  # the loss summed over the steps since the last log row
     if resume_from is not None:  # last: nothing may draw random numbers between this and the first batch
-        load_rng_state(state, accelerator.process_index, generator)
+        load_rng_state(state, accelerator.process_index)
         window = saved.get("window_loss", 0.0)  # one per rank (a float before per-rank windows were kept)
         window_loss = window[accelerator.process_index] if isinstance(window, list) else window
         window_steps = saved.get("window_steps", 0)
     last, step, final = last_checkpoint(out), start_step, resume_from
     started = time.time()
     telemetry = Telemetry(accelerator.device)
+    batches = make_batches(cfg, sources, accelerator.unwrap_model(policy).normalizer, accelerator.process_index,
+                           accelerator.num_processes, start_step)
     progress = tqdm(total=cfg.train.steps, initial=start_step, desc="train", disable=not accelerator.is_main_process)
     policy.train()
     while step < cfg.train.steps:
-        loss, grad_norm = train_step(accelerator, policy, optimizer, demos, cfg, generator, telemetry, step, last)
+        loss, grad_norm = train_step(accelerator, policy, optimizer, batches, cfg, telemetry, step, last)
         scheduler.step()
         step += 1
         samples_seen += samples_per_step
@@ -535,7 +586,7 @@ def train(cfg: TrainRunConfig) -> Path:
                               f"finish it)")
         if step % cfg.train.save_every == 0 or step == cfg.train.steps or out_of_time:
             windows = gather_floats(accelerator, [window_loss])[:, 0].tolist()
-            final = save_checkpoint(accelerator, policy, optimizer, step, cfg.train.output_dir, generator,
+            final = save_checkpoint(accelerator, policy, optimizer, step, cfg.train.output_dir,
                                     {**record, "window_loss": windows, "window_steps": window_steps,
                                      "samples_seen": samples_seen, "samples_per_step": samples_per_step},
                                     cfg.train.keep_last, training, ema)
@@ -543,7 +594,7 @@ def train(cfg: TrainRunConfig) -> Path:
             break
     progress.close()
     if cfg.train.verify_export and final is not None and final != resume_from:
-        report = verify_export(accelerator, policy, final, demos, ema)
+        report = verify_export(accelerator, policy, final, sources, ema)
         ranks = (f"; its {report['ranks']} ranks agree within {report['ranks_max_abs_diff']:.2g}"
                  if report["ranks"] > 1 else "")
         accelerator.print(f"export check: {final.name} predicts the live model's actions within "
