@@ -26,7 +26,7 @@ from vla.deploy.loop import percentiles_ms
 from vla.eval.report import plot_success
 from vla.eval.stats import wilson_interval
 from vla.provenance import provenance
-from vla.sim.envs import SimEnv, make_env
+from vla.sim.envs import SimEnv, camera_slot_mask, make_env, sim_spec
 from vla.types import Observation
 
 
@@ -39,14 +39,27 @@ class Episode:
     frames: list[np.ndarray]
 
 
-def observation_batch(obs: dict, embodiment: str, history: deque | None = None) -> Observation:
+def observation_batch(obs: dict, embodiment: str, history: deque | None = None,
+                      slot_mask: Sequence[bool] | None = None) -> Observation:
     """One simulator observation as a batch of one: images [1, n * C, H, W, 3] (the cameras of the last n frames,
-    time-major, oldest first; just this one without a history), state [1, S]. history: obs["images"] [C, H, W, 3]
-    of the last n steps."""
+    time-major, oldest first; just this one without a history), state [1, S]. history: obs["images"] [C', H, W, 3]
+    of the last n steps. slot_mask [C]: the policy's image slots the robot has a camera for (None: all); the env
+    renders only those (C' of them), the others are zeros, masked (image_mask)."""
     frames = list(history) if history else [obs["images"]]
+    mask = None
+    if slot_mask is not None and not all(slot_mask):
+        present = np.asarray(slot_mask)
+        filled = []
+        for frame in frames:
+            full = np.zeros((len(present), *frame.shape[1:]), dtype=frame.dtype)
+            full[present] = frame
+            filled.append(full)
+        frames = filled
+        mask = torch.from_numpy(np.tile(present, len(frames)))[None]
     image = torch.from_numpy(np.concatenate(frames))[None]
     state = torch.from_numpy(np.asarray(obs["state"], dtype=np.float32))[None]
-    return Observation(images=image, state=state, instruction=[obs["instruction"]], embodiment=[embodiment])
+    return Observation(images=image, state=state, instruction=[obs["instruction"]], embodiment=[embodiment],
+                       image_mask=mask)
 
 
 def video_frame(obs: dict) -> np.ndarray:
@@ -55,7 +68,7 @@ def video_frame(obs: dict) -> np.ndarray:
 
 
 def run_episode(policy, env: SimEnv, seed: int, cfg: EvalConfig, latencies: list[float],
-                record: bool) -> Episode:
+                record: bool, slot_mask: Sequence[bool] | None = None) -> Episode:
     schedule = ActionSchedule(cfg.schedule, policy.config.head.horizon)
     generator = torch.Generator().manual_seed(seed)
     if hasattr(policy, "reset"):  # a policy with state across steps (LeRobot's action queues, vla.eval.lerobot_policy)
@@ -68,7 +81,7 @@ def run_episode(policy, env: SimEnv, seed: int, cfg: EvalConfig, latencies: list
     while not done:
         if schedule.needs_chunk(steps):
             start = time.perf_counter()
-            chunk = policy.predict(observation_batch(obs, env.embodiment, history), generator=generator,
+            chunk = policy.predict(observation_batch(obs, env.embodiment, history, slot_mask), generator=generator,
                                    num_steps=cfg.num_inference_steps or None, bac=cfg.bac)
             latencies.append(time.perf_counter() - start)
             schedule.add(chunk.actions[0, :, chunk.mask[0]].numpy(), start_step=steps)
@@ -110,13 +123,15 @@ def run_tasks(policy, cfg: EvalConfig, image_size: int,
     latencies: list[float] = []
     with tqdm(total=len(cfg.tasks) * cfg.episodes_per_task, desc="eval", unit="episode") as progress:
         for task in cfg.tasks:
-            env = make_env(task, seed=cfg.seed_start, image_size=image_size, cameras=cameras,
+            slot_mask = camera_slot_mask(sim_spec(task).embodiment, cameras)
+            env = make_env(task, seed=cfg.seed_start, image_size=image_size,
+                           cameras=[c for c, real in zip(cameras, slot_mask, strict=True) if real],
                            max_steps=cfg.max_steps, privileged_state=cfg.privileged_state)
             try:
                 check_embodiment(policy, env)
                 for i in range(cfg.episodes_per_task):
                     episodes.append(run_episode(policy, env, cfg.seed_start + i, cfg, latencies,
-                                                record=i < cfg.videos_per_task))
+                                                record=i < cfg.videos_per_task, slot_mask=slot_mask))
                     progress.update(1)
                     progress.set_postfix(task=task, success=np.mean([e.success for e in episodes if e.task == task]))
             finally:

@@ -92,6 +92,19 @@ def make_env(task: str, seed: int, image_size: int = 64, cameras: Sequence[str] 
                         privileged_state=privileged_state)
 
 
+def camera_slot_mask(embodiment: str, cameras: Sequence[str]) -> list[bool]:
+    """For each of the policy's `cameras` (model.cameras), whether the embodiment has a camera for it: False at an
+    image slot its registry entry maps to null (e.g. the wrist slot of a Meta-World Sawyer in a policy trained on a
+    mixture with wrist cameras); such a slot is fed zeros and masked, not rendered."""
+    from vla.data.registry import load_embodiment, registry_names
+
+    if embodiment not in registry_names():
+        return [True] * len(cameras)
+    entry = load_embodiment(embodiment)
+    missing = {s.name for s in entry.cameras if s.missing}
+    return [name not in missing for name in cameras]
+
+
 def resolve_cameras(embodiment: str, cameras: Sequence[str]) -> tuple[str, ...]:
     """Simulator camera names for `cameras`: a model image slot of the embodiment's registry entry (e.g. "primary")
     becomes the camera it maps ("observation.images.<camera>"); any other name is taken as a camera name, which the
