@@ -8,6 +8,9 @@
     vla-eval vs-lerobot ...       # our heads vs LeRobot's ACT / Diffusion Policy / SmolVLA (vla.eval.vs_lerobot)
     vla-eval cost ...             # latency, step time and FLOPs at equal parameters (vla.eval.cost)
     vla-eval calibrate-bac ...    # BAC schedules for a checkpoint (vla.eval.bac_calibration)
+    vla-eval train-verifier ...   # action verifier for test-time sampling (vla.test_time.verifier_training)
+    vla-eval robomonkey ...       # success / latency vs samples per observation (vla.eval.robomonkey)
+    vla-eval --checkpoint CKPT --test_time.verifier VERIFIER --test_time.samples 16   # sample, verify, execute best
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from vla.config import EvalConfig
 
 SUBCOMMANDS = {"suite": "vla.eval.suite", "heads": "vla.eval.heads_benchmark",
                "fewshot": "vla.eval.fewshot_benchmark", "calibrate-bac": "vla.eval.bac_calibration",
-               "vs-lerobot": "vla.eval.vs_lerobot", "cost": "vla.eval.cost"}
+               "vs-lerobot": "vla.eval.vs_lerobot", "cost": "vla.eval.cost",
+               "train-verifier": "vla.test_time.verifier_training", "robomonkey": "vla.eval.robomonkey"}
 
 
 def main(args: list[str] | None = None) -> None:
