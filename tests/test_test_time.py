@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vla.checkpoint import load_policy
-from vla.config import EvalConfig, TestTimeConfig
+from vla.config import EvalConfig, SampleVerifyConfig
 from vla.test_time import SampleAndVerify, Verifier, VerifierConfig, gaussian_expand, gripper_rule, sample_candidates
 from vla.test_time.sampling import GripperRule, check_deterministic_head
 from vla.test_time.verifier_training import VerifierTrainConfig, preference_loss, train_verifier
@@ -97,7 +97,7 @@ def test_greedy_token_head_and_bad_counts_are_refused(policy, demos):
     with pytest.raises(ValueError, match="n >= 1"):
         sample_candidates(policy, observation(demos), 0)
     with pytest.raises(ValueError, match="samples must be >= 1"):
-        TestTimeConfig(verifier="v", samples=0)
+        SampleVerifyConfig(verifier="v", samples=0)
 
 
 def test_preference_loss_prefers_the_closer_candidate_with_a_margin():
@@ -152,9 +152,34 @@ def test_eval_option_runs_an_episode_with_sample_and_verify(policy, verifier_dir
     predict = SampleAndVerify.predict
     monkeypatch.setattr(SampleAndVerify, "predict", lambda self, *a, **k: calls.append(1) or predict(self, *a, **k))
     cfg = EvalConfig(tasks=["reach"], episodes_per_task=1, max_steps=6, videos_per_task=0, output_dir=str(tmp_path),
-                     test_time=TestTimeConfig(verifier=str(verifier_dir), samples=3, candidates=5))
+                     test_time=SampleVerifyConfig(verifier=str(verifier_dir), samples=3, candidates=5))
     summary = evaluate(policy, cfg, policy.config.image_size, policy.config.cameras)
     assert summary["tasks"]["reach"]["episodes"] == 1 and len(calls) >= 1
     assert summary["settings"]["test_time"] == {"samples": 3, "candidates": 5, "temperature": None,
                                                 "verifier_hidden": 64}
     assert summary["provenance"]["config"]["test_time"]["samples"] == 3
+
+
+def test_robomonkey_benchmark_smoke(tiny_checkpoint, policy, demos, tmp_path):
+    from vla.eval.robomonkey import RoboMonkeyConfig, power_law, run_robomonkey
+
+    eval_cfg = EvalConfig(tasks=["reach"], episodes_per_task=1, max_steps=4, videos_per_task=0)
+    cfg = RoboMonkeyConfig(checkpoint=str(tiny_checkpoint), samples=[1, 3], candidates=4, eval=eval_cfg,
+                           verifier_train=VerifierTrainConfig(steps=20, batch_size=8, hidden=16),
+                           offline_k=[1, 2, 4], offline_frames=6, offline_batch=4, output_dir=str(tmp_path / "out"),
+                           report_dir=str(tmp_path / "report"))
+    report = run_robomonkey(cfg, policy=policy).read_text()  # demos and verifier from the checkpoint's run
+    results = json.loads((tmp_path / "report" / "robomonkey.json").read_text())
+    assert [r["name"] for r in results["closed_loop"]] == ["policy", "N=1", "N=3"]
+    assert all(r["episodes"] == 1 and r["latency_ms"]["p50"] > 0 for r in results["closed_loop"])
+    offline = results["offline"]
+    assert offline["frames"] == 6 and [r["k"] for r in offline["rows"]] == [1, 2, 4]
+    oracle = [r["oracle_rmse"] for r in offline["rows"]]
+    assert oracle == sorted(oracle, reverse=True) and oracle[0] == pytest.approx(offline["rows"][0]["single_rmse"])
+    assert results["provenance"]["config"]["samples"] == [1, 3]
+    assert "## Offline: action error vs number of samples" in report
+    assert (tmp_path / "report" / "robomonkey.png").stat().st_size > 0
+    # the verifier is cached in the run folder and reused while its provenance matches
+    assert (tmp_path / "out" / "verifier" / "verifier.json").is_file()
+    fit = power_law([1, 2, 4, 8], [1.0, 0.5, 0.25, 0.125])
+    assert fit["b"] == pytest.approx(-1.0) and fit["a"] == pytest.approx(1.0) and fit["r2"] == pytest.approx(1.0)

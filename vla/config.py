@@ -159,7 +159,7 @@ class TrainConfig:
 
 
 @dataclass
-class TestTimeConfig:
+class SampleVerifyConfig:
     """RoboMonkey-style test-time scaling (vla.test_time): sample `samples` chunks per observation in one batched
     head call, expand them to `candidates` Gaussian draws (0 = score the samples themselves), execute the one the
     verifier scores highest. Off while `verifier` is empty."""
@@ -196,7 +196,7 @@ class EvalConfig:
     privileged_state: bool = False  # diagnostics: the simulator adds the object position (policy must expect it)
     output_dir: str = ""  # default: <checkpoint>/../../eval
     checkpoint: str = ""  # for vla-eval
-    test_time: TestTimeConfig = field(default_factory=TestTimeConfig)  # sample N, verify, execute the best; off
+    test_time: SampleVerifyConfig = field(default_factory=SampleVerifyConfig)  # sample N, verify, execute the best; off
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 0:

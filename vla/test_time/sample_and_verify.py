@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vla.config import TestTimeConfig
+from vla.config import SampleVerifyConfig
 from vla.test_time.sampling import gaussian_expand, gripper_rule, normalize, sample_candidates
 from vla.test_time.verifier import Verifier, observation_features
 from vla.types import ActionChunk, Observation
@@ -83,7 +83,7 @@ def _expand_row(samples: torch.Tensor, mask: torch.Tensor, k: int, rule, generat
     return out
 
 
-def with_test_time(policy, cfg: TestTimeConfig):
+def with_test_time(policy, cfg: SampleVerifyConfig):
     """`policy` wrapped in SampleAndVerify when cfg is enabled (a verifier is given), else `policy` itself (also when
     it is wrapped already)."""
     if not cfg.enabled or isinstance(policy, SampleAndVerify):

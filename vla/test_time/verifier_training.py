@@ -23,13 +23,17 @@ from torch import Tensor
 from tqdm import tqdm
 
 from vla.config import DataConfig
+from vla.provenance import provenance
 from vla.test_time.verifier import Verifier, VerifierConfig, observation_features
 
 
 @dataclass
 class VerifierTrainConfig:
     checkpoint: str = ""  # the policy whose backbone (frozen) the verifier reads
-    data: DataConfig = field(default_factory=DataConfig)  # the demos (the dataset the policy trained on)
+    data: DataConfig = field(default_factory=DataConfig)  # the demos, when not read from the run (below)
+    # read the demos' data config from the checkpoint's run (<checkpoint>/../../train_config.yaml, written by
+    # vla-train) when it is there: the dataset the policy trained on
+    data_from_run: bool = True
     output_dir: str = ""  # default: <checkpoint>/../../verifier
     hidden: int = 256
     depth: int = 2
@@ -165,6 +169,18 @@ def ranking(verifier: Verifier, data: PreferenceData, rows: Tensor, cfg: Verifie
             "pair_accuracy": agree}
 
 
+def training_data(cfg: VerifierTrainConfig) -> DataConfig:
+    """The data config of the checkpoint's training run when `data_from_run` and the run folder has one, else
+    cfg.data."""
+    from vla.config import from_yaml
+    from vla.training.train import TrainRunConfig
+
+    run = Path(cfg.checkpoint).resolve().parent.parent / "train_config.yaml"
+    if cfg.data_from_run and cfg.checkpoint and run.is_file():
+        return from_yaml(TrainRunConfig, str(run)).data
+    return cfg.data
+
+
 def train_verifier(cfg: VerifierTrainConfig, policy=None, demos=None) -> Path:
     """Load the checkpoint and its demos (unless given), train, save; returns the verifier folder."""
     from vla.checkpoint import load_policy
@@ -176,7 +192,7 @@ def train_verifier(cfg: VerifierTrainConfig, policy=None, demos=None) -> Path:
     if demos is None:
         from vla.training.train import load_demos
 
-        demos = load_demos(policy.config, cfg.data)
+        demos = load_demos(policy.config, training_data(cfg))
     out = Path(cfg.output_dir or Path(cfg.checkpoint).resolve().parent.parent / "verifier")
     data = preference_data(policy, demos, cfg)
     verifier = Verifier(VerifierConfig(cond_dim=policy.backbone.hidden_size, state_dim=policy.config.max_state_dim,
@@ -189,7 +205,8 @@ def train_verifier(cfg: VerifierTrainConfig, policy=None, demos=None) -> Path:
                "loss_every_10": losses[::10], "train": ranking(verifier, data, ~data.holdout, cfg, clip),
                "held_out": ranking(verifier, data, data.holdout, cfg, clip),
                "settings": {k: getattr(cfg, k) for k in ("negatives", "noise_min", "noise_max", "margin",
-                                                        "batch_size", "lr", "holdout_episodes", "seed")}}
+                                                        "batch_size", "lr", "holdout_episodes", "seed")},
+               "provenance": provenance(cfg)}
     verifier.save(out, summary)
     plot_loss(losses, out / "loss.png")
     print(f"verifier: loss {losses[0]:.3f} -> {losses[-1]:.3f}; expert above heavy perturbation "
