@@ -68,6 +68,12 @@ def markdown(cfg, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def log_ticks(ax, values: list[int]) -> None:
+    """Ticks at the measured counts only, on a log axis."""
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xticks(values, [str(v) for v in values])
+
+
 def plot(results: dict, path: Path) -> Path:
     rows = [r for r in results["closed_loop"] if r["samples"]]
     base = results["closed_loop"][0]
@@ -77,13 +83,13 @@ def plot(results: dict, path: Path) -> Path:
     success.axhline(base["success_rate"], color="grey", ls="--", label="policy alone")
     success.set(xscale="log", xlabel="samples per observation N", ylabel="mean success", ylim=(-0.02, 1.02),
                 title="closed-loop success")
-    success.set_xticks(n, [str(v) for v in n])
+    log_ticks(success, n)
     success.legend()
     latency.plot(n, [r["latency_ms"]["p50"] for r in rows], "o-", label="p50")
     latency.plot(n, [r["latency_ms"]["p99"] for r in rows], "s:", label="p99")
     latency.axhline(base["latency_ms"]["p50"], color="grey", ls="--", label="policy alone p50")
     latency.set(xscale="log", xlabel="samples per observation N", ylabel="ms per chunk", title="latency")
-    latency.set_xticks(n, [str(v) for v in n])
+    log_ticks(latency, n)
     latency.legend()
     off = results["offline"]
     k = [r["k"] for r in off["rows"]]
@@ -92,6 +98,7 @@ def plot(results: dict, path: Path) -> Path:
     offline.loglog(k, [r["single_rmse"] for r in off["rows"]], ":", color="grey", label="one sample")
     fit = off["fit"]
     offline.loglog(k, [fit["a"] * v ** fit["b"] for v in k], "--", lw=0.8, label=f"fit b={fit['b']:.2f}")
+    log_ticks(offline, k)
     offline.set(xlabel="samples k", ylabel="RMSE to expert (normalised)", title="offline scaling")
     offline.legend()
     fig.tight_layout()

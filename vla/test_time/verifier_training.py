@@ -209,8 +209,9 @@ def train_verifier(cfg: VerifierTrainConfig, policy=None, demos=None) -> Path:
                "provenance": provenance(cfg)}
     verifier.save(out, summary)
     plot_loss(losses, out / "loss.png")
+    held = summary["held_out"]["expert_above_heavy"]
     print(f"verifier: loss {losses[0]:.3f} -> {losses[-1]:.3f}; expert above heavy perturbation "
-          f"{summary['train']['expert_above_heavy']:.2f} (train), {summary['held_out']['expert_above_heavy']} "
+          f"{summary['train']['expert_above_heavy']:.2f} (train), {'-' if held is None else f'{held:.2f}'} "
           f"(held out); saved to {out}")
     return out
 
