@@ -186,6 +186,29 @@ class TrainConfig:
 
 
 @dataclass
+class SampleVerifyConfig:
+    """RoboMonkey-style test-time scaling (vla.test_time): sample `samples` chunks per observation in one batched
+    head call, expand them to `candidates` Gaussian draws (0 = score the samples themselves), execute the one the
+    verifier scores highest. Off while `verifier` is empty."""
+
+    verifier: str = ""  # a verifier folder (vla-eval train-verifier); "" = off: plain policy.predict
+    samples: int = 4  # N policy samples per observation
+    candidates: int = 0  # K Gaussian draws scored by the verifier; 0 = score the N samples
+    temperature: float | None = None  # token heads: sampling temperature (None: the head's own; ar needs > 0)
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"eval.test_time.samples must be >= 1 (policy samples per observation); "
+                             f"got {self.samples}")
+        if self.candidates < 0:
+            raise ValueError(f"eval.test_time.candidates must be >= 0 (0 = score the samples); got {self.candidates}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.verifier)
+
+
+@dataclass
 class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["reach", "push", "button-press-topdown"])
     episodes_per_task: int = 20
@@ -200,6 +223,7 @@ class EvalConfig:
     privileged_state: bool = False  # diagnostics: the simulator adds the object position (policy must expect it)
     output_dir: str = ""  # default: <checkpoint>/../../eval
     checkpoint: str = ""  # for vla-eval
+    test_time: SampleVerifyConfig = field(default_factory=SampleVerifyConfig)  # sample N, verify, execute the best; off
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 0:

@@ -100,13 +100,7 @@ class VLAPolicy(nn.Module):
         normalized = self.head.sample(cond, generator=generator, **sample_options).float()  # (B, H, D_max)
         if not torch.isfinite(normalized).all():
             raise FloatingPointError("the action head produced NaN or inf actions")
-        chunks = [self.normalizer.unnormalize_action(normalized[i].cpu(), e) for i, e in enumerate(obs.embodiment)]
-        width = max(c.shape[-1] for c in chunks)
-        actions = torch.zeros(len(chunks), normalized.shape[1], width)
-        mask = torch.zeros(len(chunks), width, dtype=torch.bool)
-        for i, chunk in enumerate(chunks):
-            actions[i, :, : chunk.shape[-1]] = chunk
-            mask[i, : chunk.shape[-1]] = True
+        actions, mask = self.normalizer.unnormalize_actions(normalized, obs.embodiment)
         return ActionChunk(actions=actions, mask=mask)
 
     def sampling_settings(self, num_steps: int | None = None, bac: bool = False) -> dict:

@@ -129,6 +129,19 @@ class Normalizer:
         center, scale, valid = self._params(embodiment, "action", actions)
         return torch.where(valid, actions[..., :dim] * scale + center, center)
 
+    def unnormalize_actions(self, normalized: Tensor, embodiments: list[str]) -> tuple[Tensor, Tensor]:
+        """normalized [B, ..., H, max_action_dim], one embodiment per row -> (actions [B, ..., H, D] in each
+        embodiment's units on the CPU, zero-padded to the batch's widest embodiment D; mask bool [B, D], True at
+        each row's own dims)."""
+        chunks = [self.unnormalize_action(normalized[i].cpu(), e) for i, e in enumerate(embodiments)]
+        width = max(c.shape[-1] for c in chunks)
+        actions = torch.zeros(*normalized.shape[:-1], width)
+        mask = torch.zeros(len(chunks), width, dtype=torch.bool)
+        for i, chunk in enumerate(chunks):
+            actions[i, ..., : chunk.shape[-1]] = chunk
+            mask[i, : chunk.shape[-1]] = True
+        return actions, mask
+
     def normalize_state_of(self, state: Tensor, embodiment: str) -> Tensor:
         """state [..., S] of one embodiment in robot units -> [..., max_state_dim] normalised, padded with zeros."""
         return _pad(self._normalize(state, embodiment, "state"), self.max_state_dim)

@@ -148,7 +148,7 @@ def rows(summary: dict) -> list[tuple[str, str, dict]]:
 def markdown(summary: dict) -> str:
     prov = summary["provenance"]
     training = summary.get("training") or {}
-    lines = [f"# One policy, several robots (commit {str(prov.get('git_commit', ''))[:10]})", "",
+    lines = [f"# One policy, several robots (commit {str(prov.get('commit'))[:10]})", "",
              f"{training.get('planned_steps')} steps of batch {training.get('batch_size')}; "
              f"{summary['parameters']['total'] / 1e6:.1f} M parameters; training "
              f"{summary['timings_s']['train_s'] / 60:.0f} min.", "",

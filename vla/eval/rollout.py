@@ -27,6 +27,7 @@ from vla.eval.report import plot_success
 from vla.eval.stats import wilson_interval
 from vla.provenance import provenance
 from vla.sim.envs import SimEnv, camera_slot_mask, make_env, sim_spec
+from vla.test_time import with_test_time
 from vla.types import Observation
 
 
@@ -95,7 +96,9 @@ def run_episode(policy, env: SimEnv, seed: int, cfg: EvalConfig, latencies: list
 
 def evaluate(policy, cfg: EvalConfig, image_size: int, cameras: str | Sequence[str]) -> dict:
     """Roll the policy out on every task; return the summary dict (also written to cfg.output_dir).
-    cameras: the policy's cameras (model.cameras: simulator camera names or registry image slots), in order."""
+    cameras: the policy's cameras (model.cameras: simulator camera names or registry image slots), in order.
+    With cfg.test_time enabled the policy runs inside SampleAndVerify (vla.test_time)."""
+    policy = with_test_time(policy, cfg.test_time)
     sampling = policy.sampling_settings(cfg.num_inference_steps, cfg.bac)  # fails now if bac has no schedule
     episodes, latencies = run_tasks(policy, cfg, image_size, cameras)
     return write_summary(episodes, latencies, cfg, sampling)
@@ -116,7 +119,9 @@ def run_tasks(policy, cfg: EvalConfig, image_size: int,
               cameras: str | Sequence[str]) -> tuple[list[Episode], list[float]]:
     """cfg.episodes_per_task episodes of every task in cfg.tasks (Meta-World or robosuite names, vla.sim.envs), on
     seeds cfg.seed_start, +1, ...; the first cfg.videos_per_task of each task keep their frames (cameras side by
-    side). Returns (episodes, seconds per predicted chunk)."""
+    side). Returns (episodes, seconds per predicted chunk). cfg.test_time enabled: the policy runs inside
+    SampleAndVerify (vla.test_time: N samples, verifier's pick)."""
+    policy = with_test_time(policy, cfg.test_time)
     policy.eval()
     cameras = [cameras] if isinstance(cameras, str) else list(cameras)
     episodes: list[Episode] = []
