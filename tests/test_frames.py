@@ -185,3 +185,26 @@ def test_bad_input_is_named(video_root, tmp_path):
     nan_root = write_dataset(tmp_path / "nan", video=False, nan_at=(1, 4))
     with pytest.raises(ValueError, match="action has NaN or inf at episode 1, frame 4"):
         frames_of(nan_root)
+
+
+def test_video_demos_read_back_like_the_image_demos(tiny_demo_config, tiny_demos_path):
+    """vla-demos --video: the first reach episode recorded as mp4 reads back with the image-mode demos' actions and
+    (up to compression) images; the image-mode cache key is unchanged by the option."""
+    import dataclasses
+
+    from vla.sim.demos import generate_demos
+
+    video_config = dataclasses.replace(tiny_demo_config, tasks=["reach"], episodes_per_task=1, video=True)
+    assert "video" not in tiny_demo_config.cache_key() and video_config.cache_key()["video"] is True
+    path = generate_demos(video_config)
+    assert list(path.rglob("*.mp4")) and path != tiny_demos_path
+    video = LeRobotFrames(path, video_config.repo_id, chunk_size=4, image_size=tiny_demo_config.image_size)
+    image = LeRobotFrames(tiny_demos_path, tiny_demo_config.repo_id, chunk_size=4,
+                          image_size=tiny_demo_config.image_size)
+    assert len(video) == int((image.episode_index == 0).sum())
+    np.testing.assert_array_equal(video.numeric()["action"], image.numeric()["action"][:len(video)])
+    for i in (0, len(video) // 2, len(video) - 1):
+        ours, theirs = video[i], image[i]
+        np.testing.assert_array_equal(ours["actions"], theirs["actions"])
+        np.testing.assert_array_equal(ours["action_is_pad"], theirs["action_is_pad"])
+        assert np.abs(ours["images"].astype(float) - theirs["images"]).mean() < 6
