@@ -7,6 +7,7 @@
     vla-eval fewshot ...          # few-shot benchmark on ML10 (vla.eval.fewshot_benchmark)
     vla-eval vs-lerobot ...       # our heads vs LeRobot's ACT / Diffusion Policy / SmolVLA (vla.eval.vs_lerobot)
     vla-eval cost ...             # latency, step time and FLOPs at equal parameters (vla.eval.cost)
+    vla-eval data ...             # loader samples/s and memory vs LeRobot's loader (vla.eval.data_benchmark)
     vla-eval calibrate-bac ...    # BAC schedules for a checkpoint (vla.eval.bac_calibration)
 """
 
@@ -21,7 +22,8 @@ from vla.config import EvalConfig
 
 SUBCOMMANDS = {"suite": "vla.eval.suite", "heads": "vla.eval.heads_benchmark",
                "fewshot": "vla.eval.fewshot_benchmark", "calibrate-bac": "vla.eval.bac_calibration",
-               "vs-lerobot": "vla.eval.vs_lerobot", "cost": "vla.eval.cost"}
+               "vs-lerobot": "vla.eval.vs_lerobot", "cost": "vla.eval.cost",
+               "data": "vla.eval.data_benchmark"}
 
 
 def main(args: list[str] | None = None) -> None:
