@@ -295,7 +295,7 @@ def test_tied_weights_are_recognised():
 
 
 def test_dataset_frames_are_resized_to_the_model_image_size(tiny_run_config):
-    """A dataset recorded at 32 px trains a 48 px model: its frames are resized as they are read (bilinear), and
+    """A dataset recorded at 32 px trains a 48 px model: its frames are resized as they are read (bicubic), and
     cameras that differ from model.cameras are still refused."""
     native = load_demos(tiny_run_config.model, tiny_run_config.data)
     model = dataclasses.replace(tiny_run_config.model, image_size=48)
@@ -303,7 +303,8 @@ def test_dataset_frames_are_resized_to_the_model_image_size(tiny_run_config):
     assert tuple(native.images.shape[2:4]) == (32, 32) and tuple(resized.images.shape[2:4]) == (48, 48)
     import PIL.Image
 
-    expected = np.asarray(PIL.Image.fromarray(native.images[5, 0].numpy()).resize((48, 48), PIL.Image.BILINEAR))
+    frame = PIL.Image.fromarray(native.images[5, 0].numpy())
+    expected = np.asarray(frame.resize((48, 48), PIL.Image.Resampling.BICUBIC))
     assert np.abs(resized.images[5, 0].numpy().astype(int) - expected.astype(int)).max() <= 1
     with pytest.raises(ValueError, match="has cameras \\['corner'\\]; the model config expects \\['wrist'\\]"):
         load_demos(dataclasses.replace(tiny_run_config.model, cameras=["wrist"]), tiny_run_config.data)

@@ -138,8 +138,6 @@ MISMATCHES = [
      r"camera\(s\) \['observation\.images\.wrist'\] are not mapped by .*my_so101\.yaml"),
     ("camera key absent", lambda e: e["cameras"].update(secondary="observation.images.side"),
      {"cameras": ["primary", "secondary"]}, r"no camera 'observation\.images\.side' for slot 'secondary'"),
-    ("missing slot", None, {"cameras": ["primary", "secondary"]},
-     r"image slot 'secondary' is marked missing .* cannot feed a masked slot yet"),
     ("unknown slot", None, {"cameras": ["primary", "front"]}, r"does not map image slot 'front'"),
     ("rlds entry", lambda e: e.update(format="rlds"), {}, r"describes a rlds dataset; this loader reads LeRobot"),
     ("state key absent", lambda e: [p.update(key="observation.joints") for p in e["state"]], {},
@@ -159,6 +157,15 @@ def test_dataset_that_disagrees_with_its_entry_is_an_error(so101_dataset, tmp_pa
     model, data = configs(so101_dataset, write_entry(tmp_path, change), cameras=cameras, **override)
     with pytest.raises(ValueError, match=message):
         load_demos(model, data)
+
+
+def test_a_slot_the_robot_lacks_is_zeros_and_masked(so101_dataset, tmp_path):
+    demos = load_demos(*configs(so101_dataset, write_entry(tmp_path), cameras=["primary", "secondary"]))
+    assert demos.camera_keys == ["observation.images.top", None] and demos.images.shape[1] == 1  # nothing stored
+    batch = demos.sample(3, torch.Generator().manual_seed(0))
+    assert batch["images"].shape == (3, 2, SIZE, SIZE, 3) and (batch["images"][:, 1] == 0).all()
+    assert batch["image_mask"].tolist() == [[True, False]] * 3
+    assert demos[4]["image_mask"].tolist() == [True, False]
 
 
 def test_metaworld_entry_reads_the_demos_as_the_default_path_does(tiny_demo_config, tiny_demos_path):

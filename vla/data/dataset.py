@@ -207,31 +207,53 @@ def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive; got {chunk_size}")
     meta = LeRobotDatasetMetadata(repo_id, root=root)
-    if entry is None:
-        layout = _default_layout(meta, camera_slots)
-        action_kind = read_action_kind(root, action_kind)
-        state_names = _feature_names(meta.features, layout.state_key)
-        action_names, fps = _feature_names(meta.features, layout.action_key), float(meta.fps)
-    else:
-        layout = entry_layout(entry, meta, f"dataset {repo_id} at {root}", camera_slots)
-        action_kind = _entry_action_kind(entry, root, action_kind)
-        state_names, action_names, fps = entry.state_names, entry.action_names, entry.fps
+    described = describe_dataset(meta, root, entry, camera_slots, action_kind, embodiment)
+    layout = described.layout
     check_dim("action", _width(meta, layout.action_key, layout.action_index), expected_action_dim)
     check_dim("state", _width(meta, layout.state_key, layout.state_index), expected_state_dim)
     dataset = LeRobotDataset(repo_id, root=root,
                              delta_timestamps={layout.action_key: [i / meta.fps for i in range(chunk_size)]})
     columns = _read_columns(dataset, layout, image_size)
-    check_finite(layout.state_key, columns["state"], columns["episode_index"], columns["frame_index"])
-    check_finite(layout.action_key, columns["action"], columns["episode_index"], columns["frame_index"])
-    actions, action_is_pad = _action_chunks(dataset, columns, layout.action_key)
+    check_numeric_finite(columns, layout)
+    start, end = episode_bounds(columns["episode_index"].numpy(), f"dataset {repo_id} at {root}")
+    rows, pads = chunk_rows(np.arange(len(start)), end, chunk_size)
+    actions, action_is_pad = columns["action"][torch.from_numpy(rows)], torch.from_numpy(pads)
     _check_against_getitem(dataset, actions, action_is_pad, layout)
-    default_name = entry.name if entry is not None else meta.robot_type or "unknown"
+    info = described.info
     return ChunkedDemos(
         images=columns["images"], state=columns["state"], actions=actions, action_is_pad=action_is_pad,
         episode_index=columns["episode_index"], task_index=columns["task_index"], tasks=list(meta.tasks.index),
-        embodiment=embodiment or default_name, camera_keys=list(layout.camera_keys), state_names=list(state_names),
-        action_names=list(action_names), fps=fps, action_kind=action_kind,
+        embodiment=described.embodiment, camera_keys=list(layout.camera_keys), state_names=info.state_names,
+        action_names=info.action_names, fps=info.fps, action_kind=info.action_kind,
         camera_slots=list(layout.camera_slots), entry=entry)
+
+
+@dataclass(frozen=True)
+class DescribedDataset:
+    """What a LeRobot dataset is, read through a registry entry or LeRobot's defaults: the columns to read, what its
+    numbers mean, and the embodiment name normalisation statistics are kept under."""
+
+    layout: DatasetLayout
+    info: EmbodimentInfo
+    embodiment: str
+
+
+def describe_dataset(meta: Any, root: str, entry: Embodiment | None, camera_slots: list[str] | None = None,
+                     action_kind: str = "", embodiment: str = "") -> DescribedDataset:
+    """The layout, names, action kind and fps of the dataset `meta` describes (see `load_chunked_demos` for the
+    arguments); with an entry, the dataset is checked against it first. Slots the entry marks missing get camera key
+    None (the readers fill them with zeros and mask them)."""
+    if entry is None:
+        layout = _default_layout(meta, camera_slots)
+        info = EmbodimentInfo(_feature_names(meta.features, layout.action_key),
+                              _feature_names(meta.features, layout.state_key),
+                              read_action_kind(root, action_kind), float(meta.fps))
+    else:
+        layout = entry_layout(entry, meta, f"dataset {meta.repo_id} at {root}", camera_slots)
+        info = EmbodimentInfo(list(entry.action_names), list(entry.state_names),
+                              _entry_action_kind(entry, root, action_kind), entry.fps)
+    default_name = entry.name if entry is not None else meta.robot_type or "unknown"
+    return DescribedDataset(layout, info, embodiment or default_name)
 
 
 def _default_layout(meta: Any, camera_slots: list[str] | None) -> DatasetLayout:
@@ -248,7 +270,8 @@ def _default_layout(meta: Any, camera_slots: list[str] | None) -> DatasetLayout:
 
 def entry_layout(entry: Embodiment, meta: Any, where: str, camera_slots: list[str] | None = None) -> DatasetLayout:
     """The columns `entry` says hold a LeRobot dataset's actions, state and `camera_slots` (default: every slot the
-    entry fills), after checking the dataset against the entry: format, fps, widths, names and cameras.
+    entry fills), after checking the dataset against the entry: format, fps, widths, names and cameras; a slot the
+    entry marks missing gets camera key None.
     Errors name the dataset (`where`), the key, what the entry expects and what the dataset has."""
     if entry.format != "lerobot":
         raise ValueError(f"{where}: {entry.source} describes a {entry.format} dataset; this loader reads LeRobot "
@@ -264,7 +287,8 @@ def entry_layout(entry: Embodiment, meta: Any, where: str, camera_slots: list[st
     return DatasetLayout(action_key=action_key, state_key=state_key,
                          action_index=_index(entry.action, entry.width(action_key)),
                          state_index=_index(entry.state, entry.width(state_key)),
-                         camera_keys=tuple(_camera_keys(entry, meta, slots, where)), camera_slots=tuple(slots))
+                         camera_keys=tuple(_camera_keys(entry, meta, slots, where)),
+                         camera_slots=tuple(slots))
 
 
 def _single_key(entry: Embodiment, which: str, where: str) -> str:
@@ -298,8 +322,8 @@ def _index(parts: tuple, width: int) -> tuple[int, ...] | None:
 
 
 def _camera_keys(entry: Embodiment, meta: Any, slots: list[str], where: str) -> list[str | None]:
-    """Image keys of `slots`, in order (None for a slot the entry marks missing); every camera of the dataset must
-    be mapped by the entry."""
+    """Image keys of `slots`, in order (None for a slot the entry marks missing); every camera of the dataset must be
+    mapped by the entry."""
     mapped = {s.key for s in entry.cameras if not s.missing}
     unmapped = [k for k in meta.camera_keys if k not in mapped]
     if unmapped:
@@ -377,38 +401,60 @@ def _vector_column(column: Any) -> np.ndarray:
 
 
 def _decode_images(column: Any, image_size: int | None = None) -> np.ndarray:
-    """uint8 [N, H, W, 3] from an arrow column of HF Image structs (embedded bytes or a path), each frame resized
-    to image_size x image_size (bilinear, antialiased) when given and not already that size."""
-    frames = []
-    for cell in column.to_pylist():
-        source = io.BytesIO(cell["bytes"]) if cell["bytes"] is not None else cell["path"]
-        image = PIL.Image.open(source).convert("RGB")
-        if image_size is not None and image.size != (image_size, image_size):
-            image = image.resize((image_size, image_size), PIL.Image.BILINEAR)
-        frames.append(np.asarray(image))
-    return np.stack(frames)
+    """uint8 [N, H, W, 3] from an arrow column of HF Image structs (embedded bytes or a path), each frame resized to
+    image_size x image_size when given (`decode_image`)."""
+    return np.stack([decode_image(cell, image_size) for cell in column.to_pylist()])
 
 
-def _action_chunks(dataset: Any, columns: dict[str, Tensor], action_key: str) -> tuple[Tensor, Tensor]:
-    """(actions [N, H, D], action_is_pad [N, H]) from lerobot's delta-timestamp query indices."""
-    row_of = {int(index): row for row, index in enumerate(columns["index"].tolist())}
-    episodes = columns["episode_index"].tolist()
-    rows, pads = [], []
-    for abs_index, episode in tqdm(zip(columns["index"].tolist(), episodes, strict=True), total=len(episodes),
-                                   desc="action chunks", unit="frame", mininterval=1.0):
-        query, padding = dataset._get_query_indices(abs_index, episode)
-        rows.append([row_of[i] for i in query[action_key]])
-        pads.append(padding[f"{action_key}_is_pad"])
-    return columns["action"][torch.tensor(rows)], torch.stack(pads).bool()
+def decode_image(cell: dict, size: int | None = None) -> np.ndarray:
+    """uint8 [H, W, 3] from one HF Image struct (embedded bytes or a path), resized to size x size if given
+    (bicubic, as the backbone resizes)."""
+    source = io.BytesIO(cell["bytes"]) if cell["bytes"] is not None else cell["path"]
+    image = PIL.Image.open(source).convert("RGB")
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), PIL.Image.Resampling.BICUBIC)
+    return np.asarray(image)
+
+
+def check_numeric_finite(columns: dict, layout: DatasetLayout) -> None:
+    """NaN / inf in the state or action columns (as read by `read_numeric_columns`) is a ValueError naming the
+    episode, frame and key."""
+    where = [torch.as_tensor(columns[k]) for k in ("episode_index", "frame_index")]
+    check_finite(layout.state_key, torch.as_tensor(columns["state"]), *where)
+    check_finite(layout.action_key, torch.as_tensor(columns["action"]), *where)
+
+
+def episode_bounds(episode_index: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(first row, last row) of each row's episode, int64 [N] each; every episode's rows must be contiguous."""
+    n = len(episode_index)
+    change = np.flatnonzero(episode_index[1:] != episode_index[:-1]) + 1
+    starts, stops = np.r_[0, change], np.r_[change, n]
+    if len(np.unique(episode_index[starts])) != len(starts):
+        raise ValueError(f"{where}: the frames of an episode are not contiguous (episode_index "
+                         f"{episode_index[starts].tolist()[:20]} runs); re-save the dataset in episode order")
+    lengths = stops - starts
+    return np.repeat(starts, lengths), np.repeat(stops - 1, lengths)
+
+
+def chunk_rows(rows: np.ndarray, last_row: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the action chunks starting at `rows` (int64 [B]) and their pad flags, ([B, H] int64, [B, H] bool).
+
+    `last_row`: the last row of each row's episode, int64 [N] (`episode_bounds`). As lerobot's delta-timestamp query
+    does, a step past the episode's end repeats its last action and is flagged as padding.
+    """
+    steps = rows[:, None] + np.arange(chunk_size)
+    end = last_row[rows][:, None]
+    return np.minimum(steps, end), steps > end
 
 
 def _check_against_getitem(dataset: Any, actions: Tensor, action_is_pad: Tensor, layout: DatasetLayout,
                            n: int = 4) -> None:
-    """Guard against lerobot changing its private query helpers: compare with __getitem__."""
+    """Chunks built from the columns (`chunk_rows`) must equal what LeRobotDataset.__getitem__ gives, at a few frames
+    (a guard against lerobot changing how it pads chunks)."""
     key = layout.action_key
     for i in torch.linspace(0, len(actions) - 1, n).long().tolist():
         item = dataset[i]
         expected = item[key] if layout.action_index is None else item[key][:, list(layout.action_index)]
         if not (torch.equal(expected, actions[i]) and torch.equal(item[f"{key}_is_pad"], action_is_pad[i])):
             raise RuntimeError(f"action chunk of frame {i} differs from LeRobotDataset.__getitem__; "
-                               "lerobot's delta-timestamp internals changed")
+                               "lerobot's delta-timestamp padding changed")

@@ -8,6 +8,7 @@
     vla-eval vs-lerobot ...       # our heads vs LeRobot's ACT / Diffusion Policy / SmolVLA (vla.eval.vs_lerobot)
     vla-eval cost ...             # latency, step time and FLOPs at equal parameters (vla.eval.cost)
     vla-eval mixture ...          # one policy on a robot mixture, each closed loop (vla.eval.mixture_benchmark)
+    vla-eval data ...             # loader samples/s and memory vs LeRobot's loader (vla.eval.data_benchmark)
     vla-eval calibrate-bac ...    # BAC schedules for a checkpoint (vla.eval.bac_calibration)
     vla-eval train-verifier ...   # action verifier for test-time sampling (vla.test_time.verifier_training)
     vla-eval robomonkey ...       # success / latency vs samples per observation (vla.eval.robomonkey)
@@ -26,7 +27,7 @@ from vla.config import EvalConfig
 SUBCOMMANDS = {"suite": "vla.eval.suite", "heads": "vla.eval.heads_benchmark",
                "fewshot": "vla.eval.fewshot_benchmark", "calibrate-bac": "vla.eval.bac_calibration",
                "vs-lerobot": "vla.eval.vs_lerobot", "cost": "vla.eval.cost",
-               "mixture": "vla.eval.mixture_benchmark",
+               "mixture": "vla.eval.mixture_benchmark", "data": "vla.eval.data_benchmark",
                "train-verifier": "vla.test_time.verifier_training", "robomonkey": "vla.eval.robomonkey"}
 
 

@@ -3,6 +3,7 @@
     vla-demos --episodes_per_task=10 --tasks='[push]'
     python -m vla.sim.demos --image_size=96
     vla-demos --tasks='[robosuite/Lift/UR5e]' --repo_id=local/robosuite_ur5e   # robosuite (vla.sim.robosuite_env)
+    vla-demos --tasks='[reach]' --video=true      # cameras as mp4 (LeRobot v3 video mode; vla.data.frames reads it)
 
 One dataset holds one embodiment (one robot_type, action and state width): its tasks must all be of the same
 simulator and arm (`vla.sim.envs.sim_spec`). A Meta-World dataset records `camera`; a robosuite one records both
@@ -56,11 +57,15 @@ class DemoConfig:
     repo_id: str = "local/metaworld"
     # PNG-writing threads (lerobot's AsyncImageWriter); 0 writes in the main thread.
     image_writer_threads: int = 2
+    # Store the cameras as video (lerobot's use_videos: one AV1 mp4 per camera, LeRobot v3's default) instead of PNG
+    # frames in the parquet files; read such a dataset with vla.data.frames.LeRobotFrames.
+    video: bool = False
 
     def cache_key(self) -> dict[str, Any]:
-        """The fields that determine the recorded content."""
+        """The fields that determine the recorded content (`video` only when on, so image-mode keys stay as
+        they were)."""
         key = dataclasses.asdict(self)
-        for name in ("root", "image_writer_threads"):
+        for name in ("root", "image_writer_threads") + (() if self.video else ("video",)):
             key.pop(name)
         return {**key, "format_version": DEMOS_FORMAT_VERSION}
 
@@ -102,7 +107,8 @@ class DemoConfig:
 def dataset_features(cfg: DemoConfig) -> dict[str, dict]:
     """LeRobot feature spec: one image per recorded camera, the robot state, the action (named)."""
     spec = cfg.spec()
-    return lerobot_features(cfg.cameras(), cfg.image_size, list(spec.state_names), list(spec.action_names))
+    return lerobot_features(cfg.cameras(), cfg.image_size, list(spec.state_names), list(spec.action_names),
+                            video=cfg.video)
 
 
 def rollout_expert(env: SimEnv, seed: int, steps_after_success: int = 0) -> tuple[list[dict[str, Any]], bool]:
@@ -157,7 +163,7 @@ def generate_demos(cfg: DemoConfig) -> Path:
         shutil.rmtree(path)
     dataset = LeRobotDataset.create(
         repo_id=cfg.repo_id, fps=spec.fps, features=dataset_features(cfg), root=path,
-        robot_type=spec.embodiment, use_videos=False, image_writer_threads=cfg.image_writer_threads)
+        robot_type=spec.embodiment, use_videos=cfg.video, image_writer_threads=cfg.image_writer_threads)
     seeds_used: dict[str, list[int]] = {}
     failed_seeds: dict[str, list[int]] = {}
     with tqdm(total=len(cfg.tasks) * cfg.episodes_per_task, desc="expert demos", unit="episode") as bar:
