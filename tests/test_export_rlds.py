@@ -180,6 +180,10 @@ def test_refuses_an_existing_folder_and_too_many_shards(panda_demos, exported):
         export(panda_demos, exported.parents[1], *flags)
     with pytest.raises(SystemExit, match=r"shards must be between 1 and the number of episodes \(3\); got 4"):
         export(panda_demos, exported.parents[1], *flags, "--version=0.2.0", "--shards=4")
+    export(panda_demos, exported.parents[1], *flags, "--version=0.3.0", "--max_episodes=2")
+    first_two = exported.parent / "0.3.0"
+    assert json.loads((first_two / "dataset_info.json").read_text())["splits"][0]["shardLengths"] == ["2"]
+    assert [len(e) for e in RLDSDataset(first_two, load_embodiment(TARGET)).episodes()] == list(STEPS[:2])
 
 
 def test_tfds_reads_it(exported):
@@ -211,3 +215,26 @@ def test_recorded_robosuite_demos_round_trip(tmp_path):
         np.testing.assert_array_equal(getattr(result, name).numpy(), getattr(source, name).numpy(), err_msg=name)
     assert result.instructions(range(len(result))) == ["lift the cube"] * len(source)
     assert (result.images.int() - source.images.int()).abs().float().mean() < 3
+
+
+def test_without_source_entry_cameras_by_slot_and_unnamed_values_by_position(tmp_path):
+    """No --source_embodiment: LeRobot's default keys, cameras named as the slots, values matched by position when
+    the dataset names none (names ["actions"], as LIBERO's LeRobot copy has)."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    features = lerobot_features(["primary", "wrist"], SIZE, ["s"] * 8, ["a"] * 7)
+    features["action"]["names"], features["observation.state"]["names"] = ["actions"], ["state"]
+    dataset = LeRobotDataset.create(repo_id="test/unnamed", fps=20, root=tmp_path / "unnamed", use_videos=False,
+                                    features=features)
+    actions = np.arange(21, dtype=np.float32).reshape(3, 7) / 21
+    for t in range(3):
+        dataset.add_frame({"observation.images.primary": frame(0, t, 0), "observation.images.wrist": frame(0, t, 1),
+                           "action": actions[t], "observation.state": np.full(8, t, np.float32), "task": "lift"})
+    dataset.save_episode()
+    dataset.finalize()
+    vla_data(["export-rlds", f"--root={tmp_path / 'unnamed'}", "--repo_id=test/unnamed", "--name=unnamed",
+              f"--embodiment_config={TARGET}", f"--output_root={tmp_path / 'rlds'}", "--episodes_succeed=false"])
+    (episode,) = RLDSDataset(tmp_path / "rlds" / "unnamed" / "0.1.0", load_embodiment(TARGET)).episodes()
+    np.testing.assert_array_equal(episode.actions, actions)
+    np.testing.assert_array_equal(episode.state, np.repeat(np.arange(3, dtype=np.float32)[:, None], 8, axis=1))
+    assert episode.instruction == "lift" and episode.images["wrist"].shape == (3, SIZE, SIZE, 3)

@@ -142,13 +142,14 @@ def write_rlds(root: Path, name: str, features: dict[str, StepFeature], episodes
 @dataclass
 class _Source:
     """The LeRobot dataset being exported: its arrow table, the layout of its columns and the names of their
-    values (`generic`: the dataset does not name them, so they are matched by position)."""
+    values (`unnamed`: "action" / "state" when the dataset does not name its values, so they are matched by
+    position)."""
 
     dataset: object
     where: str
     layout: DatasetLayout
     names: dict[str, list[str]]  # "action" / "state" -> value names
-    generic: bool
+    unnamed: set[str]
     cameras: dict[str, str]  # slot -> LeRobot image key
     tasks: dict[int, str]  # task_index -> task
 
@@ -187,25 +188,27 @@ def _open_source(cfg: ExportRLDSConfig) -> _Source:
     if cfg.source_embodiment:
         entry = load_embodiment(cfg.source_embodiment)
         layout = entry_layout(entry, meta, where)
-        names, generic = {"action": entry.action_names, "state": entry.state_names}, False
+        names, unnamed = {"action": entry.action_names, "state": entry.state_names}, set()
     else:
         layout = _default_layout(meta, None)
-        names = {"action": _feature_names(meta.features, layout.action_key),
-                 "state": _feature_names(meta.features, layout.state_key)}
-        generic = any(n == [f"{k}_{i}" for i in range(len(n))] or len(n) != meta.features[k]["shape"][0]
-                      for n, k in ((names["action"], layout.action_key), (names["state"], layout.state_key)))
+        keys = {"action": layout.action_key, "state": layout.state_key}
+        names = {which: _feature_names(meta.features, key) for which, key in keys.items()}
+        positional = {which: [f"{key}_{i}" for i in range(meta.features[key]["shape"][0])]
+                      for which, key in keys.items()}
+        unnamed = {w for w in keys if names[w] == positional[w] or len(names[w]) != len(positional[w])}
+        names = {w: positional[w] if w in unnamed else names[w] for w in keys}
     cameras = dict(zip(layout.camera_slots, layout.camera_keys, strict=True))
     videos = [k for k in cameras.values() if k is not None and meta.features[k]["dtype"] == "video"]
     if videos:
         raise ValueError(f"{where}: cameras {videos} are stored as video; export-rlds reads datasets whose cameras "
                          f"are stored as images (LeRobotDataset.create(use_videos=False), as vla-demos writes)")
     tasks = {int(row.task_index): str(task) for task, row in meta.tasks.iterrows()}
-    return _Source(dataset, where, layout, names, generic, {s: k for s, k in cameras.items() if k}, tasks)
+    return _Source(dataset, where, layout, names, unnamed, {s: k for s, k in cameras.items() if k}, tasks)
 
 
 def _plan(target: Embodiment, which: str, source: _Source) -> dict[str, list[int]]:
     """For every RLDS key the target's `which` parts write: the source value (column of the source's action /
-    state vector) of each of its values, in order; matched by name (by position when `source.generic`)."""
+    state vector) of each of its values, in order; matched by name (by position when the source names none)."""
     parts: tuple[Part, ...] = target.action if which == "action" else target.state
     wanted, have = [n for p in parts for n in p.names], source.names[which]
     if len(wanted) != len(have):
@@ -213,11 +216,11 @@ def _plan(target: Embodiment, which: str, source: _Source) -> dict[str, list[int
                          f"{len(wanted)} {wanted} to {target.keys(which)}: the widths must be equal (an export "
                          f"writes every value, and only those)")
     missing = [n for n in wanted if n not in have]
-    if missing and not source.generic:
+    if missing and which not in source.unnamed:
         part = next(p for p in parts if missing[0] in p.names)
         raise ValueError(f"{source.where}: its {which} has no value {missing[0]!r} (it has {have}), which "
                          f"{target.source} writes to key {part.key!r}; name the values alike in both entries")
-    column = {n: i for i, n in enumerate(wanted)} if source.generic else {n: have.index(n) for n in wanted}
+    column = {n: i for i, n in enumerate(wanted)} if which in source.unnamed else {n: have.index(n) for n in wanted}
     plan = {}
     for key in target.keys(which):
         index = [-1] * target.width(key)
