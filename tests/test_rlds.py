@@ -13,12 +13,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import yaml
-from tfrecord.writer import TFRecordWriter
 
 from vla.data.dataset import load_chunked_demos
+from vla.data.export_rlds import write_rlds
 from vla.data.registry import load_embodiment
 from vla.data.report import main as vla_data
-from vla.data.rlds import RLDSDataset, RLDSError
+from vla.data.rlds import RLDSDataset, RLDSError, StepFeature
 
 H, W = 12, 16  # camera size in the tiny datasets (the real ones are 480 x 640 and 256 x 320)
 STEPS = (5, 7, 6, 4)  # steps per episode
@@ -92,53 +92,8 @@ def _jpeg(r: int, g: int, b: int) -> bytes:
     return buffer.getvalue()
 
 
-def write_rlds(root: Path, name: str, layout: dict, episodes: list[dict], shards: int = 2) -> Path:
-    """A tfds RLDS folder <root>/<name>/0.1.0: dataset_info.json, features.json and `shards` TFRecord shards of
-    tf.train.Example episodes with tfds' flattened keys (bools as int64, numbers flattened over steps)."""
-    folder = root / name / "0.1.0"
-    folder.mkdir(parents=True)
-    (folder / "dataset_info.json").write_text(json.dumps({"name": name, "version": "0.1.0", "splits": [
-        {"name": "train", "numShards": str(shards), "shardLengths": []}]}))
-    (folder / "features.json").write_text(json.dumps(features_json(layout)))
-    per_shard = -(-len(episodes) // shards)
-    for shard in range(shards):
-        writer = TFRecordWriter(str(folder / f"{name}-train.tfrecord-{shard:05d}-of-{shards:05d}"))
-        for index, steps in enumerate(episodes[shard * per_shard:(shard + 1) * per_shard], shard * per_shard):
-            datum = {f"steps/{key}": _flat(value) for key, value in steps.items()}
-            datum["episode_metadata/file_path"] = (f"/raw/{name}/episode_{index}.npy".encode(), "byte")
-            writer.write(datum)
-        writer.close()
-    return folder
-
-
-def _flat(value) -> tuple:
-    if isinstance(value, list):
-        return value, "byte"
-    value = np.asarray(value)
-    if value.dtype.kind in "biu":
-        return value.astype(np.int64).ravel().tolist(), "int"
-    return value.astype(np.float32).ravel().tolist(), "float"
-
-
-def features_json(layout: dict) -> dict:
-    """features.json as tfds writes it: FeaturesDicts nested by key path, `steps` a Dataset of them."""
-    steps: dict = {}
-    for key, (kind, shape, dtype) in layout.items():
-        node = steps
-        for part in key.split("/")[:-1]:
-            node = node.setdefault(part, {"pythonClassName": "tensorflow_datasets.core.features.features_dict."
-                                                             "FeaturesDict", "featuresDict": {"features": {}}})
-            node = node["featuresDict"]["features"]
-        dims = {"dimensions": [str(d) for d in shape]} if shape else {}
-        leaf = {"image": {"shape": dims, "dtype": dtype, "encodingFormat": "jpeg"}} if kind == "image" else (
-            {"text": {}} if kind == "text" else {"tensor": {"shape": dims, "dtype": dtype, "encoding": "none"}})
-        node[key.split("/")[-1]] = leaf
-    fdict = "tensorflow_datasets.core.features.features_dict.FeaturesDict"
-    return {"pythonClassName": fdict, "featuresDict": {"features": {
-        "steps": {"pythonClassName": "tensorflow_datasets.core.features.dataset_feature.Dataset",
-                  "sequence": {"feature": {"pythonClassName": fdict, "featuresDict": {"features": steps}},
-                               "length": "-1"}},
-        "episode_metadata": {"pythonClassName": fdict, "featuresDict": {"features": {"file_path": {"text": {}}}}}}}}
+def step_features(layout: dict) -> dict[str, StepFeature]:
+    return {key: StepFeature(key, kind, shape, dtype) for key, (kind, shape, dtype) in layout.items()}
 
 
 def make_dataset(tmp_path: Path, name: str = "bridge", layout: dict | None = None, change=None) -> Path:
@@ -147,7 +102,9 @@ def make_dataset(tmp_path: Path, name: str = "bridge", layout: dict | None = Non
     episodes = [episode_steps(layout, e, t) for e, t in enumerate(STEPS)]
     if change is not None:
         change(episodes)
-    return write_rlds(tmp_path, name, layout, episodes)
+    paths = [f"/raw/{name}/episode_{index}.npy" for index in range(len(episodes))]
+    return write_rlds(tmp_path, name, step_features(layout), zip(paths, episodes, strict=True), len(episodes),
+                      shards=2)
 
 
 def expected_vectors(name: str, episode: int, which: str) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     vla-data convert-rlds --rlds_dir data/bridge/0.1.0 --embodiment_config bridge \\
         --output_root outputs/datasets/bridge --repo_id local/bridge [--max_episodes 100] [--image_size 224] \\
-        [--skip_bad_episodes true]
+        [--skip_bad_episodes true] [--embodiment_name NAME]
 
 Writes with lerobot's own API (LeRobotDataset.create, add_frame, save_episode, finalize), images stored as images
 (not video): `action` [D] and `observation.state` [S] hold the entry's action / state parts concatenated in entry
@@ -11,7 +11,8 @@ episode's instruction is its task; fps is the entry's. `--image_size S` resizes 
 aspect ratio not kept); 0 keeps each camera's size from features.json.
 
 Beside LeRobot's metadata it writes `meta/vla_embodiment.yaml`, the LeRobot-format entry of the converted dataset
-(`lerobot_entry`: same name, fps, names, kinds, units, normalisation and gripper, keys as above), which
+(`lerobot_entry`: same fps, names, kinds, units, normalisation and gripper, keys as above; named as the RLDS entry,
+or `--embodiment_name`, which is also the dataset's robot_type), which
 `--data.embodiment_config <output_root>/meta/vla_embodiment.yaml` reads, and `meta/vla_embodiment.json` with the
 action kind when the entry's arm dimensions have one.
 """
@@ -47,13 +48,18 @@ class ConvertRLDSConfig:
     image_size: int = 0  # > 0: resize every camera to image_size x image_size; 0 = keep features.json's size
     fps: float = 0.0  # the source's control rate if known; must equal the entry's (0 = take the entry's)
     skip_bad_episodes: bool = False  # leave out (and count) episodes that fail their checks instead of stopping
+    # the converted dataset's embodiment (its robot_type and entry name, statistics are kept under it); "" = the RLDS
+    # entry's name. E.g. robosuite_panda_osc for robosuite_panda_osc_rlds data, so that a policy trained on it runs on
+    # the simulator's robosuite/<Task>/Panda tasks (whose embodiment that is)
+    embodiment_name: str = ""
 
 
-def lerobot_entry(entry: Embodiment) -> dict:
-    """The LeRobot-format registry entry (as a YAML mapping) of a dataset convert-rlds wrote from `entry`'s data."""
+def lerobot_entry(entry: Embodiment, name: str = "") -> dict:
+    """The LeRobot-format registry entry (as a YAML mapping) of a dataset convert-rlds wrote from `entry`'s data,
+    named `name` ("" = the entry's name)."""
     cameras = {s.name: None if s.missing else f"observation.images.{s.name}" for s in entry.cameras}
-    raw = {"name": entry.name, "format": "lerobot", "fps": entry.fps, "dataset": f"converted from {entry.dataset}",
-           "robot": entry.robot, "normalization": entry.normalization,
+    raw = {"name": name or entry.name, "format": "lerobot", "fps": entry.fps,
+           "dataset": f"converted from {entry.dataset}", "robot": entry.robot, "normalization": entry.normalization,
            "action": _parts(entry.action, "action"), "state": _parts(entry.state, "observation.state"),
            "cameras": cameras}
     if entry.gripper is not None:
@@ -85,8 +91,8 @@ def convert(cfg: ConvertRLDSConfig) -> Path:
     features |= {f"observation.images.{slot}": {"dtype": "image", "shape": shape,
                                                 "names": ["height", "width", "channels"]}
                  for slot, shape in sizes.items()}
-    dataset = LeRobotDataset.create(repo_id=cfg.repo_id, fps=round(entry.fps), root=root, robot_type=entry.name,
-                                    use_videos=False, features=features)
+    dataset = LeRobotDataset.create(repo_id=cfg.repo_id, fps=round(entry.fps), root=root,
+                                    robot_type=cfg.embodiment_name or entry.name, use_videos=False, features=features)
     episodes = source.episodes(cfg.max_episodes or None, skip_bad_episodes=cfg.skip_bad_episodes)
     written = 0
     for episode in tqdm(episodes, desc=f"converting {source.name}", unit="episode"):
@@ -95,7 +101,8 @@ def convert(cfg: ConvertRLDSConfig) -> Path:
     if written == 0:
         raise ValueError(f"no episode of {source.name} was converted ({len(source.skipped)} skipped)")
     dataset.finalize()
-    (root / ENTRY_FILE).write_text(yaml.safe_dump(lerobot_entry(entry), sort_keys=False, default_flow_style=None))
+    converted = lerobot_entry(entry, cfg.embodiment_name)
+    (root / ENTRY_FILE).write_text(yaml.safe_dump(converted, sort_keys=False, default_flow_style=None))
     if entry.action_kind is not None:
         write_action_kind(root, entry.action_kind)
     print(f"wrote {written} episodes to {root} ({len(source.skipped)} skipped); its entry: {root / ENTRY_FILE}"
