@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,9 +154,10 @@ def test_vla_train_trains_one_policy_on_the_mixture(mixture_config):
     assert torch.equal(normalize_batch(policy.normalizer, raw)["action_mask"].sum(1), torch.full((4,), 6))
 
 
+@pytest.mark.slow
 def test_mixture_run_trains_one_policy_and_evaluates_every_robot(tmp_path):
-    """`vla-eval mixture` on its smoke recipe: Meta-World + robosuite UR5e demos -> one policy -> each robot closed
-    loop, with the report and its provenance."""
+    """`vla-eval mixture` on its smoke recipe: Meta-World + robosuite UR5e + robosuite Panda demos (the Panda's written
+    as RLDS and read back) -> one policy -> each robot closed loop, with the report and its provenance."""
     from vla.config import parse_with_recipe
     from vla.eval.mixture_benchmark import MixtureRunConfig, run_mixture
 
@@ -165,12 +167,17 @@ def test_mixture_run_trains_one_policy_and_evaluates_every_robot(tmp_path):
     cfg = dataclasses.replace(cfg, datasets=[
         dataclasses.replace(d, demos=dataclasses.replace(d.demos, root=str(tmp_path / "data"))) for d in cfg.datasets])
     summary = run_mixture(cfg)
-    assert list(summary["embodiments"]) == ["metaworld_sawyer", "robosuite_ur5e_joint"]
+    robots = ["metaworld_sawyer", "robosuite_ur5e_joint", "robosuite_panda_osc"]
+    assert list(summary["embodiments"]) == robots
     for block in summary["embodiments"].values():
         assert all(r["episodes"] == 1 for r in block["tasks"].values())
-    assert [d["embodiment"] for d in summary["training"]["datasets"]] == ["metaworld_sawyer", "robosuite_ur5e_joint"]
+    assert [d["embodiment"] for d in summary["training"]["datasets"]] == robots
+    panda = summary["embodiments"]["robosuite_panda_osc"]
+    assert panda["through_rlds"] and panda["source"]["root"].endswith("-rlds/lerobot")
+    rlds = Path(panda["source"]["root"]).parent / "rlds" / "robosuite_panda_osc_rlds" / "0.1.0"
+    assert (rlds / "features.json").exists()
     report = (tmp_path / "results" / "mixture.md").read_text()
     assert "| robosuite_ur5e_joint | robosuite/Lift/UR5e | " in report
-    for name in ("mixture.png", "summary.json", "rollouts_metaworld_sawyer.mp4", "rollouts_robosuite_ur5e_joint.mp4"):
+    for name in ("mixture.png", "summary.json", *(f"rollouts_{robot}.mp4" for robot in robots)):
         assert (tmp_path / "results" / name).exists(), name
     assert summary["provenance"]["config"]["model"]["cameras"] == ["primary", "wrist"]

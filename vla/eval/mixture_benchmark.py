@@ -72,8 +72,10 @@ def dataset_source(spec: MixtureDatasetConfig) -> MixtureEntry:
         return entry
     from vla.data.rlds_round_trip import through_rlds
 
-    converted, converted_entry = through_rlds(root, spec.demos.repo_id, spec.embodiment_config, spec.rlds_entry)
-    return dataclasses.replace(entry, root=str(converted), repo_id=converted.name,
+    episodes = spec.demos.episodes_per_task * len(spec.demos.tasks)
+    converted, converted_entry = through_rlds(root, spec.demos.repo_id, spec.embodiment_config, spec.rlds_entry,
+                                              shards=min(4, episodes))
+    return dataclasses.replace(entry, root=str(converted), repo_id=f"{spec.demos.repo_id}_rlds",
                                embodiment_config=str(converted_entry))
 
 
