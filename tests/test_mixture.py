@@ -181,3 +181,19 @@ def test_mixture_run_trains_one_policy_and_evaluates_every_robot(tmp_path):
     for name in ("mixture.png", "summary.json", *(f"rollouts_{robot}.mp4" for robot in robots)):
         assert (tmp_path / "results" / name).exists(), name
     assert summary["provenance"]["config"]["model"]["cameras"] == ["primary", "wrist"]
+
+
+def test_stream_reader_gives_the_memory_readers_batches(mixture_config):
+    """data.reader=stream (frames decoded per sample in a DataLoader worker) yields exactly the batches the in-memory
+    reader yields: same keys, same frames, same augmentation, same normalisation."""
+    memory = load_sources(mixture_config.model, mixture_config.data)
+    stream = load_sources(mixture_config.model, dataclasses.replace(mixture_config.data, reader="stream"))
+    assert [type(s).__name__ for s in stream] == ["LeRobotFrames", "LeRobotFrames"]
+    normalizer = build_policy(mixture_config, memory, None).normalizer
+    batches = [iter(make_loader(sources, [1.0, 2.0], normalizer, batch_size=8, seed=3, image_shift=2, start=5,
+                                num_workers=workers)) for sources, workers in ((memory, 0), (stream, 1))]
+    for _ in range(2):
+        a, b = next(batches[0]), next(batches[1])
+        assert a.keys() == b.keys() and a["embodiment"] == b["embodiment"]
+        for key in ("images", "image_mask", "state", "actions", "action_mask", "action_is_pad"):
+            assert torch.equal(a[key], b[key]), key

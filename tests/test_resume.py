@@ -54,6 +54,22 @@ def assert_same_run(out, reference: dict) -> None:
         assert metrics[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-7), key
 
 
+def test_streamed_run_in_a_worker_killed_and_resumed_equals_the_in_memory_run(uninterrupted, tiny_run_config, tmp_path,
+                                                                            monkeypatch):
+    """data.reader=stream with a DataLoader worker: killed mid-run and resumed, it logs what the uninterrupted
+    in-memory run logged (the samples of a step depend on the seed, rank and step only)."""
+    streamed = dataclasses.replace(tiny_run_config, data=dataclasses.replace(tiny_run_config.data, reader="stream",
+                                                                             num_workers=1))
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        die_on_call(patch, train_module, "make_batch", 7)
+        with pytest.raises(Killed):
+            train(run_config(streamed, out))
+    assert (out / "checkpoints" / "last").resolve().name == "step_0000004"
+    train(run_config(streamed, out))
+    assert_same_run(out, uninterrupted[1])
+
+
 def test_run_killed_between_checkpoints_resumes_exactly(uninterrupted, tiny_run_config, tmp_path, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as patch:

@@ -19,6 +19,7 @@ from vla.deploy.chunking import ScheduleConfig
 
 NORMALIZATION_MODES = ("quantile", "zscore")
 LOG_BACKENDS = ("csv", "tensorboard", "wandb")
+DATA_READERS = ("memory", "stream")
 MIXED_PRECISION = ("no", "bf16")
 
 
@@ -89,6 +90,16 @@ class DataConfig:
     # DataLoader worker processes that read and transform samples (0 = in the training process; in-memory datasets
     # need none)
     num_workers: int = 0
+    # how frames are read: memory (every frame decoded once into RAM at start: fast for small data) | stream (each
+    # sample's frames decoded when drawn, in the DataLoader workers, from image- or video-mode datasets: memory does
+    # not grow with the dataset; vla.data.frames.LeRobotFrames)
+    reader: str = "memory"
+
+    def __post_init__(self) -> None:
+        if self.reader not in DATA_READERS:
+            raise ValueError(f"data.reader must be one of {DATA_READERS}; got {self.reader!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0; got {self.num_workers}")
 
     def datasets(self) -> list[MixtureEntry]:
         """The mixture, or the one dataset of root / repo_id as a mixture of one."""

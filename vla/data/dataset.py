@@ -55,6 +55,7 @@ class ChunkedDemos:
     camera_slots: list[str] = field(default_factory=list)
     entry: Embodiment | None = None  # the registry entry the dataset was read with, if any
     n_obs_steps: int = 1  # history frames per sample that `__getitem__` returns
+    frame_index: Tensor | None = None  # int64 [N]: each frame's index within its episode (as the dataset records it)
 
     def __post_init__(self) -> None:
         if not self.camera_slots:
@@ -68,6 +69,10 @@ class ChunkedDemos:
     @property
     def image_size(self) -> int:
         return self.images.shape[2]
+
+    def chunks(self) -> tuple[Tensor, Tensor]:
+        """Every frame's action chunk (float32 [N, H, D]) and pad flags (bool [N, H])."""
+        return self.actions, self.action_is_pad
 
     def numeric(self) -> dict[str, np.ndarray]:
         """Every frame's state float32 [N, S] and own action [N, D] (what normalisation statistics are computed on)."""
@@ -128,6 +133,7 @@ class ChunkedDemos:
             "instruction": self.tasks[int(self.task_index[i])],
             "embodiment": self.embodiment,
             "episode_index": int(self.episode_index[i]),
+            **({} if self.frame_index is None else {"frame_index": int(self.frame_index[i])}),
         }
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None, n_obs_steps: int = 1) -> dict:
@@ -225,7 +231,7 @@ def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action
         episode_index=columns["episode_index"], task_index=columns["task_index"], tasks=list(meta.tasks.index),
         embodiment=described.embodiment, camera_keys=list(layout.camera_keys), state_names=info.state_names,
         action_names=info.action_names, fps=info.fps, action_kind=info.action_kind,
-        camera_slots=list(layout.camera_slots), entry=entry)
+        camera_slots=list(layout.camera_slots), entry=entry, frame_index=columns["frame_index"])
 
 
 @dataclass(frozen=True)

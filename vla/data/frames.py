@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from vla.data.dataset import (
     check_numeric_finite,
@@ -178,6 +179,12 @@ class LeRobotFrames:
     def numeric(self) -> dict[str, np.ndarray]:
         """The whole numeric columns, no image decoded: "state" float32 [N, S], "action" float32 [N, D]."""
         return {"state": self._state, "action": self._action}
+
+    def chunks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every frame's action chunk from the numeric columns (no image decoded): (float32 [N, H, D], bool
+        [N, H]), as `ChunkedDemos.chunks`."""
+        rows, pads = chunk_rows(np.arange(len(self)), self._last_row, self.chunk_size)
+        return torch.from_numpy(self._action[rows]), torch.from_numpy(pads)
 
     def history(self, i: int) -> np.ndarray:
         """Rows [n_obs_steps] of the frames ending at row i, oldest first; before the episode start its first

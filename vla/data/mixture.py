@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vla.data.normalize import Normalizer
-from vla.data.transforms import augment_sample, collate, normalize_sample
+from vla.data.transforms import as_tensors, augment_sample, collate, normalize_sample
 
 BLOCK = 4096  # dataset choices are drawn in blocks of this many samples, each block from its own seed
 Key = tuple[int, int, int]  # (source, frame index, augmentation seed)
@@ -122,7 +122,7 @@ class MixtureDataset(Dataset):
 
     def __getitem__(self, key: Key) -> dict:
         source, frame, seed = key
-        sample = self.sources[source][frame]
+        sample = as_tensors(self.sources[source][frame])
         sample = augment_sample(sample, self.image_shift, torch.Generator().manual_seed(seed))
         return normalize_sample(self.normalizer, sample)
 

@@ -71,9 +71,11 @@ class Normalizer:
     @classmethod
     def from_demos(cls, demos: ChunkedDemos, mode: Mode = "quantile", max_action_dim: int | None = None,
                    max_state_dim: int | None = None) -> Normalizer:
-        """Statistics of one dataset: actions over every frame's own action, state over every frame."""
-        return cls.from_sources([demos], mode, max_action_dim or demos.actions.shape[-1],
-                                max_state_dim or demos.state.shape[-1])
+        """Statistics of one dataset (any frame source): actions over every frame's own action, state over every
+        frame; max dims default to the dataset's widths."""
+        columns = demos.numeric()
+        return cls.from_sources([demos], mode, max_action_dim or columns["action"].shape[-1],
+                                max_state_dim or columns["state"].shape[-1])
 
     @classmethod
     def from_sources(cls, sources: list, mode: Mode, max_action_dim: int, max_state_dim: int) -> Normalizer:

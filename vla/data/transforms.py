@@ -14,6 +14,7 @@ A normalised sample, as `VLAPolicy.forward` takes it once collated:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,6 +22,11 @@ from vla.data.augment import random_shift
 from vla.data.normalize import Normalizer
 
 TENSOR_KEYS = ("images", "image_mask", "state", "actions", "action_mask", "action_is_pad")
+
+
+def as_tensors(sample: dict) -> dict:
+    """A raw sample whose arrays may be numpy (a streaming reader's) with torch tensors instead."""
+    return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in sample.items()}
 
 
 def normalize_sample(normalizer: Normalizer, sample: dict) -> dict:

@@ -54,21 +54,19 @@ def export_policy(accelerator: Accelerator, model: nn.Module, folder: Path, ema:
             save_policy(module, folder, training=training, weights=state)
 
 
-def probe_observation(sources: list[ChunkedDemos] | ChunkedDemos, n_obs_steps: int = 1) -> Observation:
-    """Two training frames of each dataset (the first and the middle one, with their history) to compare predictions
-    on; states are zero-padded to the widest dataset's (as a batch mixing embodiments is)."""
+def probe_observation(sources: list | ChunkedDemos) -> Observation:
+    """Two training frames of each dataset (the first and the middle one, with their history: frame sources return
+    the history they were built with) to compare predictions on; states are zero-padded to the widest dataset's (as a
+    batch mixing embodiments is)."""
     sources = sources if isinstance(sources, list) else [sources]
-    width = max(demos.state.shape[1] for demos in sources)
-    images, masks, states, instructions, embodiments = [], [], [], [], []
-    for demos in sources:
-        idx = torch.tensor([0, len(demos) // 2])
-        images.append(demos.observation_images(idx, n_obs_steps))
-        masks.append(demos.observation_mask(len(idx), n_obs_steps))
-        states.append(torch.nn.functional.pad(demos.state[idx], (0, width - demos.state.shape[1])))
-        instructions += demos.instructions(idx)
-        embodiments += [demos.embodiment] * len(idx)
-    return Observation(images=torch.cat(images), state=torch.cat(states), instruction=instructions,
-                       embodiment=embodiments, image_mask=torch.cat(masks))
+    samples = [source[i] for source in sources for i in (0, len(source) // 2)]
+    width = max(len(s["state"]) for s in samples)
+    state = torch.stack([torch.nn.functional.pad(torch.as_tensor(s["state"]).float(), (0, width - len(s["state"])))
+                         for s in samples])
+    return Observation(images=torch.stack([torch.as_tensor(s["images"]) for s in samples]), state=state,
+                       instruction=[s["instruction"] for s in samples],
+                       embodiment=[s["embodiment"] for s in samples],
+                       image_mask=torch.stack([torch.as_tensor(s["image_mask"]) for s in samples]))
 
 
 def verify_export(accelerator: Accelerator, model: nn.Module, checkpoint: Path,
@@ -79,7 +77,7 @@ def verify_export(accelerator: Accelerator, model: nn.Module, checkpoint: Path,
     rank 0 loads the checkpoint as deploy does (load_policy) and predicts the same, in the live model's dtypes
     (`with_dtypes`). The report is written to <checkpoint>/export_check.json; a difference beyond float tolerance is
     raised on every rank."""
-    obs = probe_observation(sources, accelerator.unwrap_model(model).config.n_obs_steps)
+    obs = probe_observation(sources)
     with ema.swapped_in() if ema is not None else nullcontext(), full_weights(accelerator, model) as module:
         training, dtype = module.training, next(module.parameters()).dtype
         dtypes = {name: t.dtype for name, t in [*module.named_parameters(), *module.named_buffers()]}

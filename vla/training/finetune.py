@@ -189,7 +189,8 @@ def check_same_embodiment(pretrained: Normalizer, demos: ChunkedDemos, path: Pat
     checkpoint records them): its statistics are reused."""
     name = demos.embodiment
     known = pretrained.info.get(name)
-    ours = {"action dims": demos.actions.shape[-1], "state dims": demos.state.shape[-1]}
+    columns = demos.numeric()
+    ours = {"action dims": columns["action"].shape[-1], "state dims": columns["state"].shape[-1]}
     theirs = {"action dims": pretrained.action_dim(name), "state dims": pretrained.state_dim(name)}
     if known is not None:
         ours |= demos.info.to_dict()

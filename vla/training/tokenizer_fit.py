@@ -30,8 +30,9 @@ FIT_REPORT = "action_tokenizer_fit.json"
 
 
 def normalized_chunks(normalizer: Normalizer, demos: ChunkedDemos) -> np.ndarray:
-    """Every frame's action chunk, normalised, in the embodiment's own dims: [N, H, D] float64."""
-    actions = normalizer.normalize_action(demos.actions, demos.embodiment)  # (N, H, D_max)
+    """Every frame's action chunk, normalised, in the embodiment's own dims: [N, H, D] float64 (demos: any frame
+    source with `chunks()`)."""
+    actions = normalizer.normalize_action(demos.chunks()[0], demos.embodiment)  # (N, H, D_max)
     return actions[..., :normalizer.action_dim(demos.embodiment)].double().numpy()
 
 
@@ -84,7 +85,7 @@ def fit_action_tokenizer(policy, demos: ChunkedDemos, output_dir: str | Path, is
     result = None
     if is_main:
         chunks = normalized_chunks(policy.normalizer, demos)
-        episodes = demos.episode_index.numpy()
+        episodes = np.asarray(demos.episode_index)
         if head_config.tokenizer_path:
             tokenizer = load_prefit(head_config.tokenizer_path, policy.normalizer, demos.embodiment)
             held = split_episodes(episodes, head_config.tokenizer_holdout, seed)

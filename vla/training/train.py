@@ -27,6 +27,7 @@ against the live model's (export_check.json). Decisions that start or end a run 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
@@ -46,8 +48,9 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 
 from vla.checkpoint import count_parameters, load_policy, load_tokenizer
 from vla.config import DataConfig, MixtureEntry, ModelConfig, TrainConfig, parse, to_yaml
-from vla.data.dataset import ChunkedDemos, load_chunked_demos
-from vla.data.mixture import make_loader
+from vla.data.dataset import ChunkedDemos, check_dim, load_chunked_demos
+from vla.data.frames import LeRobotFrames
+from vla.data.mixture import FrameSource, make_loader
 from vla.data.normalize import Normalizer
 from vla.data.registry import Embodiment, load_embodiment
 from vla.policy import VLAPolicy
@@ -98,10 +101,11 @@ def last_checkpoint(output_dir: str | Path) -> Path:
     return checkpoint_dir(output_dir) / "last"
 
 
-def load_sources(model: ModelConfig, data: DataConfig) -> list[ChunkedDemos]:
-    """The training frames of every dataset of `data` (its mixture, or the one dataset), in memory, images resized
-    to model.image_size; with an embodiment entry its keys are used and the model's image slots (model.cameras) are
-    filled from the entry's camera mapping (a slot the robot lacks is masked)."""
+def load_sources(model: ModelConfig, data: DataConfig) -> list[FrameSource]:
+    """A frame source for every dataset of `data` (its mixture, or the one dataset): in memory (data.reader=memory,
+    `ChunkedDemos`) or read per sample (stream, `LeRobotFrames`), images resized to model.image_size; with an
+    embodiment entry its keys are used and the model's image slots (model.cameras) are filled from the entry's camera
+    mapping (a slot the robot lacks is masked)."""
     sources = [load_dataset(model, data, spec) for spec in data.datasets()]
     if len(sources) > 1 and model.head.tokenizer_config is not None:
         names = sorted({s.embodiment for s in sources})
@@ -111,10 +115,20 @@ def load_sources(model: ModelConfig, data: DataConfig) -> list[ChunkedDemos]:
     return sources
 
 
-def load_dataset(model: ModelConfig, data: DataConfig, spec: MixtureEntry) -> ChunkedDemos:
+def load_dataset(model: ModelConfig, data: DataConfig, spec: MixtureEntry) -> FrameSource:
     entry = load_embodiment(spec.embodiment_config) if spec.embodiment_config else None
     if entry is not None:
         check_normalization(entry, model.normalization)
+    if data.reader == "stream":
+        frames = LeRobotFrames(spec.root, spec.repo_id, chunk_size=model.head.horizon, image_size=model.image_size,
+                               n_obs_steps=model.n_obs_steps, entry=entry, embodiment=spec.embodiment,
+                               action_kind=spec.action_kind,
+                               camera_slots=list(model.cameras) if entry is not None else None)
+        columns = frames.numeric()
+        check_dim("action", columns["action"].shape[-1], data.action_dim)
+        check_dim("state", columns["state"].shape[-1], data.state_dim)
+        check_observation_spec(model, frames)
+        return frames
     demos = load_chunked_demos(spec.root, spec.repo_id, chunk_size=model.head.horizon,
                                expected_action_dim=data.action_dim, expected_state_dim=data.state_dim,
                                embodiment=spec.embodiment, action_kind=spec.action_kind, entry=entry,
@@ -126,10 +140,11 @@ def load_dataset(model: ModelConfig, data: DataConfig, spec: MixtureEntry) -> Ch
 
 
 def load_demos(model: ModelConfig, data: DataConfig) -> ChunkedDemos:
-    """The one dataset of `data` (a mixture is an error here: see load_sources)."""
+    """The one dataset of `data`, in memory whatever data.reader says (for tools that index every frame: the BAC
+    calibration, the verifier, tokenizer fitting commands); a mixture is an error here (see load_sources)."""
     if len(data.datasets()) != 1:
         raise ValueError(f"expected one dataset; data.mixture lists {len(data.mixture)}")
-    return load_sources(model, data)[0]
+    return load_dataset(model, dataclasses.replace(data, reader="memory"), data.datasets()[0])
 
 
 def check_normalization(entry: Embodiment, mode: str) -> None:
@@ -146,7 +161,7 @@ def check_normalization(entry: Embodiment, mode: str) -> None:
                          f"--model.normalization to the entry's")
 
 
-def check_observation_spec(model: ModelConfig, demos: ChunkedDemos) -> None:
+def check_observation_spec(model: ModelConfig, demos: FrameSource) -> None:
     """Fail before training, naming both sides, when the dataset's cameras (image slots) differ from the model
     config's (images are resized to model.image_size as they are read)."""
     cameras = list(demos.camera_slots)
@@ -156,7 +171,7 @@ def check_observation_spec(model: ModelConfig, demos: ChunkedDemos) -> None:
                          f"image slots with an embodiment entry: --data.embodiment_config)")
 
 
-def build_policy(cfg: TrainRunConfig, sources: list[ChunkedDemos] | ChunkedDemos,
+def build_policy(cfg: TrainRunConfig, sources: list[FrameSource] | FrameSource,
                  resume_from: Path | None) -> VLAPolicy:
     """A fresh policy (stats computed from the datasets), one started from train.init_from (vla.training.finetune), or
     the one in `resume_from` when resuming; then train.freeze and train.lora decide what trains.
@@ -198,7 +213,9 @@ RUN_CONTROL_FIELDS = frozenset({"train.output_dir", "train.resume", "train.resum
                                 "train.log_every", "train.save_every", "train.keep_last", "train.log_backend",
                                 "train.wandb_project", "train.verify_export",
                                 # recomputation restores the RNG state: the same numbers, with less memory
-                                "train.gradient_checkpointing", "data.num_workers",
+                                "train.gradient_checkpointing",
+                                # how frames are read: the same samples (tests/test_mixture.py, test_resume.py)
+                                "data.num_workers", "data.reader",
                                 "data.root"})  # the dataset's content is compared by fingerprint instead
 # the saved weights, optimiser moments (one slot per trainable tensor), EMA and per-rank state fit only these: never
 # resumed under other values
@@ -206,26 +223,30 @@ STATE_SHAPING = ("model.", "num_processes", "distributed", "train.init_from", "t
                  "train.ema_decay")
 
 
-def dataset_fingerprint(demos: ChunkedDemos) -> str:
-    """sha256 of what the training frames are: every action, state, pad flag, episode and task, a strided
-    sample of the images (all of them would cost seconds), the instructions, embodiment and camera layout."""
+def dataset_fingerprint(demos: FrameSource) -> str:
+    """sha256 of what a frame source's training frames are: every state, action chunk, pad flag and episode, the
+    images of 64 evenly spaced frames (all of them would cost seconds), the instructions, embodiment and image slots."""
     digest = hashlib.sha256()
-    for tensor in (demos.state, demos.actions, demos.action_is_pad, demos.episode_index, demos.task_index,
-                   demos.images[:: max(1, len(demos) // 64)]):
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.contiguous().numpy().tobytes())
-    digest.update(json.dumps([demos.tasks, demos.embodiment, demos.camera_keys, list(demos.images.shape)]).encode())
+    columns = demos.numeric()
+    actions, pads = demos.chunks()
+    probes = [demos[i] for i in range(0, len(demos), max(1, len(demos) // 64))]
+    for array in (columns["state"], actions, pads, demos.episode_index, *(p["images"] for p in probes),
+                  *(p["instruction"].encode() for p in probes)):
+        array = np.frombuffer(array, dtype=np.uint8) if isinstance(array, bytes) else np.asarray(array)
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(json.dumps([demos.tasks, demos.embodiment, demos.camera_slots]).encode())
     return digest.hexdigest()
 
 
-def sources_fingerprint(sources: list[ChunkedDemos]) -> str:
+def sources_fingerprint(sources: list[FrameSource]) -> str:
     """`dataset_fingerprint` of one dataset, or a digest of every dataset's in order (a mixture)."""
     if len(sources) == 1:
         return dataset_fingerprint(sources[0])
     return hashlib.sha256(" ".join(dataset_fingerprint(s) for s in sources).encode()).hexdigest()
 
 
-def run_record(cfg: TrainRunConfig, sources: list[ChunkedDemos] | ChunkedDemos, num_processes: int,
+def run_record(cfg: TrainRunConfig, sources: list[FrameSource] | FrameSource, num_processes: int,
                distributed: dict | None = None) -> dict:
     """Everything a run's trajectory depends on; a checkpoint resumes exactly only under the same record."""
     sources = sources if isinstance(sources, list) else [sources]
@@ -236,11 +257,11 @@ def run_record(cfg: TrainRunConfig, sources: list[ChunkedDemos] | ChunkedDemos, 
             "num_processes": num_processes, "distributed": distributed or {"backend": "single"}}
 
 
-def training_summary(cfg: TrainRunConfig, sources: list[ChunkedDemos], record: dict) -> dict:
+def training_summary(cfg: TrainRunConfig, sources: list[FrameSource], record: dict) -> dict:
     """What a checkpoint records about its training run (meta.json "training", shown on its model card); the
     step it was saved at is added by save_checkpoint."""
     datasets = [{"repo_id": spec.repo_id, "embodiment": demos.embodiment, "frames": len(demos),
-                 "episodes": int(demos.episode_index.unique().numel()), "tasks": list(demos.tasks),
+                 "episodes": len(np.unique(np.asarray(demos.episode_index))), "tasks": list(demos.tasks),
                  "fingerprint": dataset_fingerprint(demos) if len(sources) > 1 else record["run"]["dataset"],
                  **({"weight": spec.weight} if cfg.data.mixture else {})}
                 for spec, demos in zip(cfg.data.datasets(), sources, strict=True)]
@@ -332,7 +353,7 @@ def make_batch(batches: Iterator[dict]) -> dict:
     return next(batches)
 
 
-def make_batches(cfg: TrainRunConfig, sources: list[ChunkedDemos], normalizer: Normalizer, rank: int,
+def make_batches(cfg: TrainRunConfig, sources: list[FrameSource], normalizer: Normalizer, rank: int,
                  world_size: int, start_step: int) -> Iterator[dict]:
     """This rank's batches from optimiser step `start_step` on (the mixture's position is the number of samples
     this rank drew before it)."""
@@ -399,7 +420,7 @@ def save_resume_state(accelerator: Accelerator, policy, optimizer, folder: Path,
         ema.save(folder, accelerator.process_index)
 
 
-def build_trainable_policy(accelerator: Accelerator, cfg: TrainRunConfig, sources: list[ChunkedDemos],
+def build_trainable_policy(accelerator: Accelerator, cfg: TrainRunConfig, sources: list[FrameSource],
                            resume_from: Path | None) -> VLAPolicy:
     """The policy as it trains (build_policy: fresh, init_from or resumed, then train.freeze / train.lora), built whole
     on every rank, its action tokenizer fit (token heads that have none yet), gradient checkpointing on when asked."""
@@ -478,7 +499,7 @@ def window_scalars(accelerator: Accelerator, telemetry: Telemetry, window_loss: 
             "peak_mem_mb": float(ranks[:, 2].max())}
 
 
-def prepare_training(accelerator: Accelerator, cfg: TrainRunConfig, sources: list[ChunkedDemos],
+def prepare_training(accelerator: Accelerator, cfg: TrainRunConfig, sources: list[FrameSource],
                      resume_from: Path | None, start_step: int) -> tuple:
     """(policy, optimizer, scheduler, ema), prepared by accelerate, with the training state of `resume_from` restored:
     one process / DDP load the optimiser (and, under EMA, the trained weights) into the plain objects before
