@@ -8,9 +8,11 @@ default) and as PNG frames. Arms, each a map-style dataset in a shuffled `torch.
 workers and batch size, except `in_memory`:
 - `lerobot_video`: `LeRobotDataset(delta_timestamps={"action": chunk}, video_backend="pyav")` on the video dataset
   (torchcodec, lerobot's default, cannot load here without system FFmpeg libraries);
-- `ours_video` / `ours_image`: `vla.data.frames.LeRobotFrames` on the video / image dataset;
-- `in_memory`: `load_chunked_demos` (every frame decoded into RAM at build) sampled by `ChunkedDemos.sample` in the
-  training process, as vla-train does today (no workers).
+- `ours_video` / `ours_image`: vla-train's data path with `data.reader=stream`: `vla.data.frames.LeRobotFrames` on
+  the video / image dataset behind `vla.data.mixture.make_loader` (mixture sampler, per-sample random shift and
+  normalisation, collate) in the same number of workers, so ours does more per sample than LeRobot's arm;
+- `in_memory`: the same path with `data.reader=memory` (`load_chunked_demos`: every frame decoded into RAM at
+  build), read in the training process (no workers), as vla-train reads small datasets.
 Each arm runs in a fresh process (`isolate`), so its peak memory is its own: the process and its DataLoader workers'
 proportional set size (PSS: shared pages split between the processes that map them) and resident set size (RSS,
 shared pages counted once per process), sampled every `memory_interval_s`. Throughput: `batches` batches after
@@ -62,6 +64,7 @@ class DataBenchConfig:
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     chunk_size: int = 8  # the quickstart's horizon
     n_obs_steps: int = 1
+    image_shift: int = 4  # our arms' augmentation (the quickstart's data.image_shift)
     batch_size: int = 32
     num_workers: int = 2
     batches: int = 40
@@ -95,37 +98,38 @@ def datasets(cfg: DataBenchConfig) -> dict[str, Path]:
 
 
 def build_arm(cfg: DataBenchConfig, arm: str, roots: dict[str, Path]):
-    """What one arm iterates: a DataLoader, or (in_memory) a function returning one batch."""
+    """The DataLoader one arm iterates."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
     from vla.data.dataset import load_chunked_demos
     from vla.data.frames import LeRobotFrames
+    from vla.data.mixture import make_loader
+    from vla.data.normalize import Normalizer
 
     repo, size = cfg.demos.repo_id, cfg.demos.image_size
-    if arm == "in_memory":
-        demos = load_chunked_demos(str(roots["image"]), repo, cfg.chunk_size)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        return lambda: demos.sample(cfg.batch_size, generator, cfg.n_obs_steps)
     if arm == "lerobot_video":
         fps = LeRobotDatasetMetadata(repo, root=roots["video"]).fps
         dataset = LeRobotDataset(repo, root=roots["video"], video_backend="pyav",
                                  delta_timestamps={"action": [k / fps for k in range(cfg.chunk_size)]})
+        return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
+                                           num_workers=cfg.num_workers,
+                                           generator=torch.Generator().manual_seed(cfg.seed))
+    if arm == "in_memory":
+        source = load_chunked_demos(str(roots["image"]), repo, cfg.chunk_size, image_size=size)
+        source.n_obs_steps = cfg.n_obs_steps
     else:
-        dataset = LeRobotFrames(roots[arm.removeprefix("ours_")], repo, cfg.chunk_size, image_size=size,
-                                n_obs_steps=cfg.n_obs_steps)
-    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True,
-                                       num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+        source = LeRobotFrames(roots[arm.removeprefix("ours_")], repo, cfg.chunk_size, image_size=size,
+                               n_obs_steps=cfg.n_obs_steps)
+    # vla-train's own data path: mixture sampler -> per-sample augmentation and normalisation -> collate
+    return make_loader([source], [1.0], Normalizer.from_demos(source), cfg.batch_size, cfg.seed,
+                       image_shift=cfg.image_shift, num_workers=0 if arm == "in_memory" else cfg.num_workers)
 
 
-def batches(source, count: int):
-    """`count` batches from a DataLoader (cycled) or a batch function."""
-    if callable(source) and not isinstance(source, torch.utils.data.DataLoader):
-        for _ in range(count):
-            yield source()
-        return
+def batches(loader: torch.utils.data.DataLoader, count: int):
+    """`count` batches from a DataLoader (cycled when it is finite)."""
     done = 0
     while done < count:
-        for batch in source:
+        for batch in loader:
             yield batch
             done += 1
             if done == count:
@@ -193,7 +197,8 @@ def measure_arm(cfg: DataBenchConfig, arm: str, roots: dict[str, Path]) -> dict:
 
 
 def batch_keys(arm: str) -> str:
-    return "LeRobot item (float32 CHW images)" if arm == BASELINE else "frame-source contract (uint8 HWC images)"
+    return ("LeRobot item (float32 CHW images, robot units)" if arm == BASELINE
+            else "vla-train batch (uint8 HWC images, augmented, normalised and padded)")
 
 
 def _arm_in_child(cfg: DataBenchConfig, arm: str, roots: dict[str, Path], queue) -> None:
