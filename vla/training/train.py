@@ -48,8 +48,8 @@ from vla.checkpoint import count_parameters, load_policy, load_tokenizer
 from vla.config import DataConfig, MixtureEntry, ModelConfig, TrainConfig, parse, to_yaml
 from vla.data.dataset import ChunkedDemos, load_chunked_demos
 from vla.data.mixture import make_loader
-from vla.data.normalize import Normalizer
-from vla.data.registry import Embodiment, load_embodiment
+from vla.data.normalize import Normalizer, entry_modes
+from vla.data.registry import load_embodiment
 from vla.policy import VLAPolicy
 from vla.provenance import differing_keys, flat_config, provenance
 from vla.training.checkpoint import (
@@ -114,7 +114,7 @@ def load_sources(model: ModelConfig, data: DataConfig) -> list[ChunkedDemos]:
 def load_dataset(model: ModelConfig, data: DataConfig, spec: MixtureEntry) -> ChunkedDemos:
     entry = load_embodiment(spec.embodiment_config) if spec.embodiment_config else None
     if entry is not None:
-        check_normalization(entry, model.normalization)
+        entry_modes(entry, model.normalization)  # an entry asking for another mode fails before its data is read
     demos = load_chunked_demos(spec.root, spec.repo_id, chunk_size=model.head.horizon,
                                expected_action_dim=data.action_dim, expected_state_dim=data.state_dim,
                                embodiment=spec.embodiment, action_kind=spec.action_kind, entry=entry,
@@ -130,20 +130,6 @@ def load_demos(model: ModelConfig, data: DataConfig) -> ChunkedDemos:
     if len(data.datasets()) != 1:
         raise ValueError(f"expected one dataset; data.mixture lists {len(data.mixture)}")
     return load_sources(model, data)[0]
-
-
-def check_normalization(entry: Embodiment, mode: str) -> None:
-    """Refuse an entry whose normalisation the run would not apply: the policy's normaliser uses one mode
-    (model.normalization) for every dimension; per-dimension modes come with per-sample transforms (issue 15
-    item 3), and until then an entry asking for them must not be silently normalised otherwise."""
-    modes = dict(zip(entry.action_names, entry.action_normalization, strict=True))
-    modes |= {f"state {n}": m for n, m in zip(entry.state_names, entry.state_normalization, strict=True)}
-    differ = {name: m for name, m in modes.items() if m != mode}
-    if differ:
-        raise ValueError(f"{entry.source} normalises {differ}, but this run normalises every dimension with "
-                         f"model.normalization={mode!r} (per-dimension modes are not applied by the in-memory "
-                         f"path yet): set the entry's normalization to {mode!r} without per-part overrides, or "
-                         f"--model.normalization to the entry's")
 
 
 def check_observation_spec(model: ModelConfig, demos: ChunkedDemos) -> None:
