@@ -19,8 +19,11 @@ from safetensors.torch import load_file
 from vla.action_heads import ARHeadConfig
 from vla.backbones.config import BackboneConfig
 from vla.checkpoint import TOKENIZER_DIR, load_policy
-from vla.data.embodiment import write_action_kind
-from vla.training.finetune import INIT_REPORT
+from vla.config import ModelConfig
+from vla.data.embodiment import EmbodimentInfo, write_action_kind
+from vla.data.normalize import Normalizer, compute_stats
+from vla.data.registry import load_embodiment
+from vla.training.finetune import INIT_REPORT, extend_normalizer
 from vla.training.lora import ADAPTER_DIR, ADAPTER_WEIGHTS, FULL_WEIGHTS, PEFT_PREFIX
 from vla.training.train import build_policy, load_demos, train
 from vla.types import Observation
@@ -316,3 +319,35 @@ def test_10shot_recipe_fine_tunes_from_the_command_line(tiny_run_config, tiny_ch
     report = json.loads((tmp_path / INIT_REPORT).read_text())
     assert report["new"] == [] and report["reinitialised"] == {} and report["embodiments"]["statistics"] == "added"
     assert load_policy(tmp_path / "checkpoints" / "last").embodiments == ["metaworld_sawyer", "sawyer_b"]
+
+
+class EntryDemos:
+    """What extend_normalizer reads of a ChunkedDemos: a dataset read through a registry entry (bridge.yaml, whose
+    0 / 1 gripper is `normalization: none`)."""
+
+    def __init__(self):
+        self.entry = load_embodiment("bridge")
+        self.embodiment = "bridge"
+        gen = torch.Generator().manual_seed(0)
+        self.actions, self.state = torch.randn(40, 4, 7, generator=gen), torch.randn(40, 7, generator=gen)
+        self.actions[..., 6] = (torch.arange(40) % 2)[:, None].float()
+        self.info = EmbodimentInfo(self.entry.action_names, self.entry.state_names, "ee_delta", self.entry.fps)
+
+    def numeric(self) -> dict:
+        return {"state": self.state.numpy(), "action": self.actions[:, 0].numpy()}
+
+
+def test_extend_normalizer_carries_the_modes_of_the_checkpoint_and_of_the_new_embodiment(tmp_path):
+    stats = {"old_arm": {"action": compute_stats(torch.rand(20, 3)), "state": compute_stats(torch.rand(20, 2))}}
+    old_modes = {"old_arm": {"action": ["quantile", "quantile", "none"], "state": ["quantile", "quantile"]}}
+    pretrained = Normalizer(stats=stats, mode="quantile", max_action_dim=3, max_state_dim=2, modes=old_modes)
+    demos = EntryDemos()
+    model = ModelConfig(max_action_dim=8, max_state_dim=8)
+    extended, status = extend_normalizer(pretrained, demos, model, tmp_path)
+    assert status == "added" and extended.stats["old_arm"] == stats["old_arm"]
+    assert extended.modes == old_modes | {"bridge": {"action": ["quantile"] * 6 + ["none"],
+                                                     "state": ["quantile"] * 7}}
+    actions = demos.actions[:, 0]
+    assert torch.equal(extended.normalize_action(actions, "bridge")[:, 6], actions[:, 6])
+    known, status = extend_normalizer(extended, demos, model, tmp_path)  # a known embodiment keeps its modes
+    assert status == "the checkpoint's" and known.modes == extended.modes

@@ -14,6 +14,8 @@ import yaml
 from vla.action_heads import DiTHeadConfig
 from vla.config import DataConfig, ModelConfig
 from vla.data import Normalizer
+from vla.data.transforms import normalize_batch
+from vla.policy import VLAPolicy
 from vla.training.train import load_demos
 
 JOINTS = ["shoulder_pan.pos", "shoulder_lift.pos", "elbow_flex.pos", "wrist_flex.pos", "wrist_roll.pos"]
@@ -142,9 +144,10 @@ MISMATCHES = [
     ("rlds entry", lambda e: e.update(format="rlds"), {}, r"describes a rlds dataset; this loader reads LeRobot"),
     ("state key absent", lambda e: [p.update(key="observation.joints") for p in e["state"]], {},
      r"no key 'observation\.joints'"),
-    ("per-dimension normalisation", lambda e: e["action"][1].update(normalization="none"), {},
-     r"normalises \{'gripper\.pos': 'none'\}, but this run normalises every dimension with "
-     r"model\.normalization='quantile'"),
+    ("another normalisation mode", lambda e: e["action"][1].update(normalization="zscore"), {},
+     r"my_so101\.yaml normalises \{'action gripper\.pos': 'zscore'\}, but this policy normalises with "
+     r"model\.normalization='quantile' .*set those parts' normalization to 'quantile' or 'none', or "
+     r"--model\.normalization to 'zscore'"),
     ("action kind", None, {"action_kind": "ee_delta"},
      r"--data\.action_kind says the actions are 'ee_delta'; .*my_so101\.yaml says 'joint_position'"),
 ]
@@ -181,3 +184,44 @@ def test_metaworld_entry_reads_the_demos_as_the_default_path_does(tiny_demo_conf
     for name in ("images", "state", "actions", "action_is_pad", "episode_index"):
         assert torch.equal(getattr(registry, name), getattr(plain, name)), name
     assert registry.camera_slots == ["primary"] and plain.camera_slots == [tiny_demo_config.camera]
+
+
+def gripper_passed_through(entry):
+    for part in entry["action"][1], entry["state"][1]:
+        part["normalization"] = "none"
+
+
+def test_a_gripper_passed_through_beyond_the_sample_clip_is_refused(so101_dataset, tmp_path):
+    """`normalization: none` on the SO-101's gripper, in percent (here 0.5..209.5): the head clips sampled
+    normalised actions to [-1, 1] (quantile), so the policy could never output most of them."""
+    model, data = configs(so101_dataset, write_entry(tmp_path, gripper_passed_through))
+    demos = load_demos(model, data)  # the entry's modes are the policy's or none: read
+    normalizer = Normalizer.from_sources([demos], model.normalization, 8, 8)
+    assert normalizer.modes == {"my_so101": {"action": ["quantile"] * 5 + ["none"],
+                                             "state": ["quantile"] * 5 + ["none"]}}
+    with pytest.raises(ValueError, match=r"'my_so101' passes action dimension 'gripper\.pos' through unnormalised "
+                                         r".*span \[0\.5, 209\.5\], beyond the head's sample clip \[-1, 1\]"):
+        VLAPolicy(model, normalizer)
+
+
+def test_a_gripper_passed_through_within_the_clip_trains(so101_dataset, tmp_path, tiny_vlm_path, train_on_batch):
+    """The same entry on a 0 / 1 gripper: its dims reach the policy unchanged, the arm's are normalised, and the
+    loss on a batch falls."""
+    from vla.backbones.config import BackboneConfig
+
+    model, data = configs(so101_dataset, write_entry(tmp_path, gripper_passed_through))
+    model = dataclasses.replace(model, backbone=BackboneConfig(family="paligemma", pretrained=str(tiny_vlm_path)),
+                                head=DiTHeadConfig(horizon=HORIZON, hidden=32, depth=2, heads=2))
+    demos = load_demos(model, data)
+    demos.actions[..., 5] = demos.actions[..., 5].floor() % 2  # open / closed by frame
+    demos.state[:, 5] = demos.state[:, 5].ceil() % 2
+    torch.manual_seed(0)
+    policy = VLAPolicy(model, Normalizer.from_sources([demos], model.normalization, 8, 8))
+    raw = demos.sample(8, torch.Generator().manual_seed(0))
+    batch = normalize_batch(policy.normalizer, raw)
+    assert torch.equal(batch["actions"][..., 5], raw["actions"][..., 5])
+    assert torch.equal(batch["state"][:, 5], raw["state"][:, 5])
+    assert batch["actions"][..., :5].abs().max() <= 1 and not torch.equal(batch["actions"][..., 0],
+                                                                          raw["actions"][..., 0])
+    losses = train_on_batch(policy, batch, steps=30)
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5

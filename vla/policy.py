@@ -29,6 +29,7 @@ def sample_clip(mode: str, config: ModelConfig) -> float | None:
 class VLAPolicy(nn.Module):
     def __init__(self, config: ModelConfig, normalizer: Normalizer, backbone: VLMBackbone | None = None):
         super().__init__()
+        normalizer.check_passthrough(sample_clip(normalizer.mode, config))  # before the (slow) backbone is built
         self.config = config
         self.normalizer = normalizer
         # the VLM the backbone's weights came from (hub id or folder), recorded in checkpoints and their model card;

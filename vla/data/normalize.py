@@ -20,9 +20,13 @@ from vla.data.embodiment import EmbodimentInfo
 
 if TYPE_CHECKING:
     from vla.data.dataset import ChunkedDemos
+    from vla.data.registry import Embodiment
 
 Mode = Literal["quantile", "zscore"]
 MODES = ("quantile", "zscore")
+# a dimension is normalised with the policy's mode or passed through unchanged ("none": e.g. a 0/1 gripper)
+PASS = "none"
+KINDS = ("action", "state")
 STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
 # Dimensions whose spread is below this are constant in the data (e.g. an always-zero goal
 # slot); they normalise to 0 and unnormalise to their centre instead of dividing by ~0.
@@ -48,6 +52,9 @@ class Normalizer:
     mode: "quantile" maps [q01, q99] to [-1, 1] (actions are then clipped to [-1, 1], the
         range diffusion schedulers clip samples to; state is not clipped); "zscore" uses
         (x - mean) / std and clips nothing.
+    modes: embodiment -> {"action": [D modes], "state": [S modes]}, each `mode` or "none" (the value passes
+        through unchanged, never clipped); an embodiment not listed uses `mode` for every dimension (so files
+        written before per-dimension modes load and normalise as they did).
     """
 
     stats: dict[str, dict[str, dict[str, list[float]]]]
@@ -57,6 +64,7 @@ class Normalizer:
     # embodiment -> the training data's action / state names, action kind and fps (what deploy checks an arm
     # against); empty in normalisers built by hand
     info: dict[str, EmbodimentInfo] = field(default_factory=dict)
+    modes: dict[str, dict[str, list[str]]] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +75,14 @@ class Normalizer:
                 dim = self._dim(embodiment, kind)
                 if dim > max_dim:
                     raise ValueError(f"{embodiment!r} {kind} dim {dim} > max_{kind}_dim {max_dim}")
+        for embodiment, kinds in self.modes.items():
+            if embodiment not in self.stats:
+                raise ValueError(f"normalisation modes for {embodiment!r}, which has no statistics")
+            for kind, modes in kinds.items():
+                dim = self._dim(embodiment, kind) if kind in KINDS else -1
+                if len(modes) != dim or not set(modes) <= {self.mode, PASS}:
+                    raise ValueError(f"{embodiment!r} {kind} modes {modes}: expected {dim} of {self.mode!r} / "
+                                     f"{PASS!r} (the policy's mode, or passed through)")
 
     @classmethod
     def from_demos(cls, demos: ChunkedDemos, mode: Mode = "quantile", max_action_dim: int | None = None,
@@ -81,8 +97,9 @@ class Normalizer:
     def from_sources(cls, sources: list, mode: Mode, max_action_dim: int, max_state_dim: int) -> Normalizer:
         """Statistics per embodiment over every source of it (frame sources with `numeric()`, `embodiment`, `info`:
         vla.data.mixture): two datasets of one robot share statistics; sources of one embodiment that disagree on
-        its names, kind or fps are an error."""
-        stats, info = {}, {}
+        its names, kind, fps or per-dimension modes are an error. The modes come from each source's registry
+        entry (`entry`; `mode` everywhere without one): see `entry_modes`."""
+        stats, info, modes = {}, {}, {}
         for name in dict.fromkeys(s.embodiment for s in sources):
             own = [s for s in sources if s.embodiment == name]
             described = {json.dumps(s.info.to_dict(), sort_keys=True) for s in own}
@@ -93,11 +110,41 @@ class Normalizer:
             stats[name] = {kind: compute_stats(torch.from_numpy(np.concatenate([c[kind] for c in columns])))
                            for kind in ("action", "state")}
             info[name] = own[0].info
-        return cls(stats=stats, mode=mode, max_action_dim=max_action_dim, max_state_dim=max_state_dim, info=info)
+            asked = {json.dumps(source_modes(s, mode)) for s in own}
+            if len(asked) > 1:
+                raise ValueError(f"datasets of embodiment {name!r} normalise it differently: {sorted(asked)}; give "
+                                 f"them different embodiment names or the same normalization in their entries")
+            own_modes = source_modes(own[0], mode)
+            if any(m != mode for kind in own_modes.values() for m in kind):
+                modes[name] = own_modes
+        return cls(stats=stats, mode=mode, max_action_dim=max_action_dim, max_state_dim=max_state_dim, info=info,
+                   modes=modes)
 
     @property
     def embodiments(self) -> list[str]:
         return sorted(self.stats)
+
+    def dim_modes(self, embodiment: str, kind: str) -> list[str]:
+        """The mode of every `kind` ("action" | "state") dimension of `embodiment`: `mode` or "none"."""
+        return self.modes.get(embodiment, {}).get(kind) or [self.mode] * self._dim(embodiment, kind)
+
+    def check_passthrough(self, clip: float | None) -> None:
+        """Refuse an action dimension passed through ("none") whose training values leave [-clip, clip], the range
+        the head clips sampled normalised actions to (`vla.policy.sample_clip`; None: no clip): the policy could
+        not produce those values."""
+        if clip is None:
+            return
+        for embodiment in self.modes:
+            stats, names = self.stats[embodiment]["action"], self._action_names(embodiment)
+            for d, mode in enumerate(self.dim_modes(embodiment, "action")):
+                low, high = stats["min"][d], stats["max"][d]
+                if mode == PASS and (low < -clip or high > clip):
+                    raise ValueError(
+                        f"{embodiment!r} passes action dimension {names[d]!r} through unnormalised (normalization: "
+                        f"{PASS}), but its training values span [{low:g}, {high:g}], beyond the head's sample clip "
+                        f"[-{clip:g}, {clip:g}] ({self.mode}): the policy could not output them; normalise that "
+                        f"dimension with the policy's mode ({self.mode!r}) in the registry entry, or rescale it to "
+                        f"[-{clip:g}, {clip:g}]")
 
     def action_dim(self, embodiment: str) -> int:
         return self._dim(embodiment, "action")
@@ -118,8 +165,8 @@ class Normalizer:
     def normalize_action(self, actions: Tensor, embodiment: str) -> Tensor:
         """actions [..., D] in robot units -> [..., max_action_dim], padded with zeros."""
         normalized = self._normalize(actions, embodiment, "action")
-        if self.mode == "quantile":
-            normalized = normalized.clamp(-1.0, 1.0)
+        bounded = self._params(embodiment, "action", actions)[3]
+        normalized = torch.where(bounded, normalized.clamp(-1.0, 1.0), normalized)
         return _pad(normalized, self.max_action_dim)
 
     def unnormalize_action(self, actions: Tensor, embodiment: str) -> Tensor:
@@ -128,7 +175,7 @@ class Normalizer:
         if actions.shape[-1] not in (dim, self.max_action_dim):
             raise ValueError(f"normalised actions have {actions.shape[-1]} dims; expected {self.max_action_dim} "
                              f"(padded) or {dim} ({embodiment!r})")
-        center, scale, valid = self._params(embodiment, "action", actions)
+        center, scale, valid, _ = self._params(embodiment, "action", actions)
         return torch.where(valid, actions[..., :dim] * scale + center, center)
 
     def unnormalize_actions(self, normalized: Tensor, embodiments: list[str]) -> tuple[Tensor, Tensor]:
@@ -171,21 +218,23 @@ class Normalizer:
         return out
 
     def save(self, path: str | Path) -> None:
-        """Write mode, padded dims and statistics as JSON."""
+        """Write mode, padded dims, statistics and per-dimension modes as JSON."""
         payload = {"mode": self.mode, "max_action_dim": self.max_action_dim, "max_state_dim": self.max_state_dim,
-                   "stats": self.stats, "embodiments": {name: info.to_dict() for name, info in self.info.items()}}
+                   "stats": self.stats, "embodiments": {name: info.to_dict() for name, info in self.info.items()},
+                   "modes": self.modes}
         Path(path).write_text(json.dumps(payload, indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Normalizer:
-        """Read what save() wrote; every field must be present (the mode is never defaulted)."""
+        """Read what save() wrote; every field must be present (the mode is never defaulted). A file without
+        "modes" (written before per-dimension modes) uses the mode for every dimension."""
         payload = json.loads(Path(path).read_text())
         missing = [k for k in ("mode", "max_action_dim", "max_state_dim", "stats") if k not in payload]
         if missing:
             raise ValueError(f"normalisation file {path} lacks {missing}")
         info = {name: EmbodimentInfo(**fields) for name, fields in payload.get("embodiments", {}).items()}
         return cls(stats=payload["stats"], mode=payload["mode"], max_action_dim=payload["max_action_dim"],
-                   max_state_dim=payload["max_state_dim"], info=info)
+                   max_state_dim=payload["max_state_dim"], info=info, modes=payload.get("modes", {}))
 
     def _stats_for(self, embodiment: str, kind: str) -> dict[str, list[float]]:
         if embodiment not in self.stats:
@@ -196,17 +245,24 @@ class Normalizer:
     def _dim(self, embodiment: str, kind: str) -> int:
         return len(self._stats_for(embodiment, kind)["mean"])
 
-    def _params(self, embodiment: str, kind: str, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(center, scale, valid) [D] so that normalised = (x - center) / scale where valid, else 0."""
+    def _action_names(self, embodiment: str) -> list[str]:
+        names = self.info[embodiment].action_names if embodiment in self.info else []
+        dim = self.action_dim(embodiment)
+        return names if len(names) == dim else [f"dim {d}" for d in range(dim)]
+
+    def _params(self, embodiment: str, kind: str, like: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(center, scale, valid, bounded) [D] so that normalised = (x - center) / scale where valid, else 0;
+        bounded: the quantile dimensions (actions are clipped there). A "none" dimension is (0, 1, valid)."""
         key = (embodiment, kind, like.dtype, like.device)
         if key not in self._cache:
             s = {k: torch.tensor(v, dtype=torch.float64) for k, v in self._stats_for(embodiment, kind).items()}
-            if self.mode == "quantile":
-                center, scale = (s["q99"] + s["q01"]) / 2, (s["q99"] - s["q01"]) / 2
-            else:
-                center, scale = s["mean"], s["std"]
-            valid = scale >= EPS
-            params = (center, torch.where(valid, scale, torch.ones_like(scale)), valid)
+            modes = self.dim_modes(embodiment, kind)
+            bounded = torch.tensor([m == "quantile" for m in modes], dtype=torch.bool)
+            passed = torch.tensor([m == PASS for m in modes], dtype=torch.bool)
+            center = torch.where(bounded, (s["q99"] + s["q01"]) / 2, torch.where(passed, 0.0, s["mean"]))
+            scale = torch.where(bounded, (s["q99"] - s["q01"]) / 2, torch.where(passed, 1.0, s["std"]))
+            valid = (scale >= EPS) | passed
+            params = (center, torch.where(valid, scale, torch.ones_like(scale)), valid, bounded)
             self._cache[key] = tuple(p.to(device=like.device, dtype=like.dtype if p.is_floating_point() else p.dtype)
                                      for p in params)
         return self._cache[key]
@@ -215,8 +271,34 @@ class Normalizer:
         dim = self._dim(embodiment, kind)
         if x.shape[-1] != dim:
             raise ValueError(f"{kind} has {x.shape[-1]} dims; expected {dim} for embodiment {embodiment!r}")
-        center, scale, valid = self._params(embodiment, kind, x)
+        center, scale, valid, _ = self._params(embodiment, kind, x)
         return torch.where(valid, (x - center) / scale, torch.zeros_like(x))
+
+
+def entry_modes(entry: Embodiment, mode: str) -> dict[str, list[str]]:
+    """{"action": [D], "state": [S]}: the mode of every dimension `entry` asks for, after checking that a policy
+    normalising with `mode` can apply it: each must be `mode` or "none" (one policy has one mode, the range its head
+    clips samples to depends on it); another is a ValueError naming the dimensions and the fix."""
+    asked = {"action": entry.action_normalization, "state": entry.state_normalization}
+    names = {"action": entry.action_names, "state": entry.state_names}
+    other = {f"{kind} {name}": m for kind in KINDS for name, m in zip(names[kind], asked[kind], strict=True)
+             if m not in (mode, PASS)}
+    if other:
+        theirs = sorted(set(other.values()))
+        raise ValueError(f"{entry.source} normalises {other}, but this policy normalises with model.normalization="
+                         f"{mode!r} (one policy has one mode; a dimension may also be {PASS!r}, passed through): set "
+                         f"those parts' normalization to {mode!r} or {PASS!r}, or --model.normalization to "
+                         f"{' / '.join(repr(m) for m in theirs)} with the entry's other parts to match")
+    return asked
+
+
+def source_modes(source, mode: str) -> dict[str, list[str]]:
+    """The per-dimension modes of a frame source: its registry entry's (`entry_modes`), or `mode` everywhere."""
+    entry = getattr(source, "entry", None)
+    if entry is not None:
+        return entry_modes(entry, mode)
+    numeric = source.numeric()
+    return {kind: [mode] * numeric[kind].shape[-1] for kind in KINDS}
 
 
 def _pad(x: Tensor, dim: int) -> Tensor:

@@ -76,13 +76,12 @@ class TokenizerFitConfig:
 def normalized_chunks(data: DataConfig, horizon: int, mode: str):
     """(chunks [N, H, D] float64 normalised as vla-train does, episode_index [N], the ChunkedDemos, the Normalizer)."""
     from vla.data.dataset import load_chunked_demos
-    from vla.data.normalize import Normalizer
+    from vla.data.normalize import Normalizer, entry_modes
     from vla.data.registry import load_embodiment
-    from vla.training.train import check_normalization
 
     entry = load_embodiment(data.embodiment_config) if data.embodiment_config else None
     if entry is not None:
-        check_normalization(entry, mode)
+        entry_modes(entry, mode)
     demos = load_chunked_demos(data.root, data.repo_id, chunk_size=horizon, expected_action_dim=data.action_dim,
                                expected_state_dim=data.state_dim, embodiment=data.embodiment,
                                action_kind=data.action_kind, entry=entry)

@@ -167,13 +167,14 @@ def extend_normalizer(pretrained: Normalizer, demos: ChunkedDemos, model: ModelC
         raise ValueError(f"{path} normalises with {pretrained.mode!r}, this run with model.normalization="
                          f"{model.normalization!r}: one policy has one mode; set --model.normalization "
                          f"{pretrained.mode}")
-    stats, info = dict(pretrained.stats), dict(pretrained.info)
+    stats, info, modes = dict(pretrained.stats), dict(pretrained.info), dict(pretrained.modes)
     if name in stats:
         check_same_embodiment(pretrained, demos, path)
         status = "the checkpoint's"
     else:
         own = Normalizer.from_demos(demos, pretrained.mode)
         stats[name], info[name], status = own.stats[name], own.info[name], "added"
+        modes |= own.modes
     widths = {e: (len(s["action"]["mean"]), len(s["state"]["mean"])) for e, s in stats.items()}
     too_wide = {e: w for e, w in widths.items() if w[0] > model.max_action_dim or w[1] > model.max_state_dim}
     if too_wide:
@@ -181,7 +182,7 @@ def extend_normalizer(pretrained: Normalizer, demos: ChunkedDemos, model: ModelC
                          f"{model.max_action_dim} / max_state_dim={model.max_state_dim}; raise them (the layers "
                          f"that depend on the width are then re-initialised)")
     return Normalizer(stats=stats, mode=pretrained.mode, max_action_dim=model.max_action_dim,
-                      max_state_dim=model.max_state_dim, info=info), status
+                      max_state_dim=model.max_state_dim, info=info, modes=modes), status
 
 
 def check_same_embodiment(pretrained: Normalizer, demos: ChunkedDemos, path: Path) -> None:

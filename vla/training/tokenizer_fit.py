@@ -66,7 +66,8 @@ def load_prefit(path: str | Path, normalizer: Normalizer, embodiment: str) -> Ac
     if stats_file.is_file():
         theirs = Normalizer.load(stats_file)
         same = (theirs.mode == normalizer.mode and
-                theirs.stats.get(embodiment, {}).get("action") == normalizer.stats[embodiment]["action"])
+                theirs.stats.get(embodiment, {}).get("action") == normalizer.stats[embodiment]["action"] and
+                theirs.modes.get(embodiment) == normalizer.modes.get(embodiment))
         if not same:
             raise ValueError(f"the tokenizer in {folder} was fit on chunks normalised with {stats_file} "
                              f"({theirs.mode}), which differs from this policy's {normalizer.mode} statistics of "

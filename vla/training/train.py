@@ -51,8 +51,8 @@ from vla.config import DataConfig, MixtureEntry, ModelConfig, TrainConfig, parse
 from vla.data.dataset import ChunkedDemos, check_dim, load_chunked_demos
 from vla.data.frames import LeRobotFrames
 from vla.data.mixture import FrameSource, make_loader
-from vla.data.normalize import Normalizer
-from vla.data.registry import Embodiment, load_embodiment
+from vla.data.normalize import Normalizer, entry_modes
+from vla.data.registry import load_embodiment
 from vla.policy import VLAPolicy
 from vla.provenance import differing_keys, flat_config, provenance
 from vla.training.checkpoint import (
@@ -118,7 +118,7 @@ def load_sources(model: ModelConfig, data: DataConfig) -> list[FrameSource]:
 def load_dataset(model: ModelConfig, data: DataConfig, spec: MixtureEntry) -> FrameSource:
     entry = load_embodiment(spec.embodiment_config) if spec.embodiment_config else None
     if entry is not None:
-        check_normalization(entry, model.normalization)
+        entry_modes(entry, model.normalization)  # an entry asking for another mode fails before its data is read
     if data.reader == "stream":
         frames = LeRobotFrames(spec.root, spec.repo_id, chunk_size=model.head.horizon, image_size=model.image_size,
                                n_obs_steps=model.n_obs_steps, entry=entry, embodiment=spec.embodiment,
@@ -145,20 +145,6 @@ def load_demos(model: ModelConfig, data: DataConfig) -> ChunkedDemos:
     if len(data.datasets()) != 1:
         raise ValueError(f"expected one dataset; data.mixture lists {len(data.mixture)}")
     return load_dataset(model, dataclasses.replace(data, reader="memory"), data.datasets()[0])
-
-
-def check_normalization(entry: Embodiment, mode: str) -> None:
-    """Refuse an entry whose normalisation the run would not apply: the policy's normaliser uses one mode
-    (model.normalization) for every dimension; per-dimension modes come with per-sample transforms (issue 15
-    item 3), and until then an entry asking for them must not be silently normalised otherwise."""
-    modes = dict(zip(entry.action_names, entry.action_normalization, strict=True))
-    modes |= {f"state {n}": m for n, m in zip(entry.state_names, entry.state_normalization, strict=True)}
-    differ = {name: m for name, m in modes.items() if m != mode}
-    if differ:
-        raise ValueError(f"{entry.source} normalises {differ}, but this run normalises every dimension with "
-                         f"model.normalization={mode!r} (per-dimension modes are not applied by the in-memory "
-                         f"path yet): set the entry's normalization to {mode!r} without per-part overrides, or "
-                         f"--model.normalization to the entry's")
 
 
 def check_observation_spec(model: ModelConfig, demos: FrameSource) -> None:
