@@ -8,9 +8,11 @@ TARGET_VS_LEROBOT = 2.0  # issue 15 item 6: our samples/s on video data at least
 
 DESCRIPTIONS = {
     "lerobot_video": "LeRobotDataset(delta_timestamps, video_backend=pyav) + DataLoader, video dataset",
-    "ours_video": "LeRobotFrames + DataLoader, video dataset",
-    "ours_image": "LeRobotFrames + DataLoader, image dataset (PNG in parquet)",
-    "in_memory": "load_chunked_demos + ChunkedDemos.sample in the training process, image dataset",
+    "ours_video": "vla-train's loader, data.reader=stream (LeRobotFrames, mixture sampler, per-sample shift + "
+                  "normalisation) in the DataLoader workers, video dataset",
+    "ours_image": "the same, image dataset (PNG in parquet)",
+    "in_memory": "vla-train's loader, data.reader=memory (load_chunked_demos) in the training process, image "
+                 "dataset",
 }
 
 

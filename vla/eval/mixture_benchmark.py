@@ -25,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from vla.config import DataConfig, EvalConfig, MixtureEntry, ModelConfig, TrainConfig, parse_with_recipe  # noqa: E402
 from vla.pipeline import TinyBackboneConfig  # noqa: E402
@@ -133,6 +134,13 @@ def run_mixture(cfg: MixtureRunConfig) -> dict:
     return summary
 
 
+def report_from_summary(summary_json: str | Path, out: str | Path) -> None:
+    """mixture.md and mixture.png again from a run's summary.json (e.g. after a change to the report's layout)."""
+    summary = json.loads(Path(summary_json).read_text())
+    plot(summary, Path(out) / "mixture.png")
+    (Path(out) / "mixture.md").write_text(markdown(summary))
+
+
 def write_report(cfg: MixtureRunConfig, summary: dict) -> None:
     out = Path(cfg.results_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,9 +188,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("success (95% CI)")
     ax.set_title("one policy on a cross-embodiment mixture: closed-loop success")
-    for embodiment, colour in colours.items():
-        ax.bar([], [], color=colour, label=embodiment)
-    ax.legend(fontsize=7)
+    ax.legend(handles=[Patch(color=colour, label=embodiment) for embodiment, colour in colours.items()], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
