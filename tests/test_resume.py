@@ -176,3 +176,18 @@ def test_sigkilled_training_process_resumes_exactly(uninterrupted, tiny_run_conf
     assert last.resolve().name == "step_0000004"
     train(run_config(tiny_run_config, out))
     assert_same_run(out, uninterrupted[1])
+
+
+def test_settings_added_to_vla_after_a_checkpoint_count_as_their_defaults(tiny_run_config, tmp_path):
+    """A run record written before data.mixture / reader / color_jitter or a newer train.* field existed resumes under
+    today's defaults; a setting that really differs is still named."""
+    from vla.training.train import load_sources, run_differences, run_record
+
+    sources = load_sources(tiny_run_config.model, tiny_run_config.data)
+    current = run_record(tiny_run_config, sources, 1)
+    older = {**current, "config": {k: v for k, v in current["config"].items()
+                                   if k not in ("data.mixture", "data.reader", "data.color_jitter", "train.ema_decay")}}
+    assert run_differences(older, current) == []
+    changed = run_record(dataclasses.replace(tiny_run_config, data=dataclasses.replace(tiny_run_config.data,
+                                                                                       color_jitter=0.2)), sources, 1)
+    assert run_differences(older, changed) == ["data.color_jitter: 0.0 in the checkpoint, 0.2 now"]

@@ -78,6 +78,9 @@ class DataConfig:
     action_dim: int | None = None  # the dataset's action dim must equal this (checked at load); None = not checked
     state_dim: int | None = None
     image_shift: int = 4  # random-shift augmentation in pixels (DrQ); 0 = off
+    # colour jitter strength (torchvision ColorJitter: brightness / contrast / saturation factors 1 +- s, hue up to
+    # s / 4), applied per image after the shift; 0 = off
+    color_jitter: float = 0.0
     # the embodiment name the dataset's frames are trained (and normalised) under; "" = the dataset's robot_type
     embodiment: str = ""
     # joint_position | ee_delta: what the dataset's actions are; "" = the embodiment entry's, else as recorded in its

@@ -117,13 +117,15 @@ class MixtureDataset(Dataset):
     """Keys -> normalised samples: the source's raw sample, augmented (seeded by the key), normalised and padded with
     its own embodiment's statistics (vla.data.transforms). Runs in DataLoader workers."""
 
-    def __init__(self, sources: Sequence[FrameSource], normalizer: Normalizer, image_shift: int = 0):
-        self.sources, self.normalizer, self.image_shift = list(sources), normalizer, image_shift
+    def __init__(self, sources: Sequence[FrameSource], normalizer: Normalizer, image_shift: int = 0,
+                 color_jitter: float = 0.0):
+        self.sources, self.normalizer = list(sources), normalizer
+        self.image_shift, self.color_jitter = image_shift, color_jitter
 
     def __getitem__(self, key: Key) -> dict:
         source, frame, seed = key
         sample = as_tensors(self.sources[source][frame])
-        sample = augment_sample(sample, self.image_shift, torch.Generator().manual_seed(seed))
+        sample = augment_sample(sample, self.image_shift, seed, self.color_jitter)
         return normalize_sample(self.normalizer, sample)
 
     def __len__(self) -> int:
@@ -132,13 +134,13 @@ class MixtureDataset(Dataset):
 
 def make_loader(sources: Sequence[FrameSource], weights: Sequence[float], normalizer: Normalizer, batch_size: int,
                 seed: int, rank: int = 0, world_size: int = 1, start: int = 0, image_shift: int = 0,
-                num_workers: int = 0) -> DataLoader:
+                num_workers: int = 0, color_jitter: float = 0.0) -> DataLoader:
     """An infinite DataLoader of normalised batches of this rank from sample position `start` (see the module
     docstring); num_workers 0 reads in the training process (the fast path for in-memory sources)."""
     sampler = MixtureSampler([len(s) for s in sources], weights, batch_size, seed, rank, world_size, start)
     # its own generator: a DataLoader iterator otherwise draws its workers' base seed from the global RNG, which
     # would shift the training noise of a resumed run by one draw
     generator = torch.Generator().manual_seed(seed_of(seed, rank, start, 4))
-    return DataLoader(MixtureDataset(sources, normalizer, image_shift), batch_sampler=sampler, collate_fn=collate,
-                      num_workers=num_workers, persistent_workers=num_workers > 0, generator=generator,
-                      prefetch_factor=2 if num_workers > 0 else None)
+    return DataLoader(MixtureDataset(sources, normalizer, image_shift, color_jitter), batch_sampler=sampler,
+                      collate_fn=collate, num_workers=num_workers, persistent_workers=num_workers > 0,
+                      generator=generator, prefetch_factor=2 if num_workers > 0 else None)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vla.data.augment import random_shift
+from vla.data.augment import color_jitter, random_shift
 from vla.data.normalize import Normalizer
 
 TENSOR_KEYS = ("images", "image_mask", "state", "actions", "action_mask", "action_is_pad")
@@ -44,11 +44,15 @@ def normalize_sample(normalizer: Normalizer, sample: dict) -> dict:
     }
 
 
-def augment_sample(sample: dict, image_shift: int, generator: torch.Generator | None) -> dict:
-    """Random shift (DrQ) of every image of one sample by up to `image_shift` pixels, each image its own shift."""
-    if image_shift <= 0:
-        return sample
-    return {**sample, "images": random_shift(sample["images"][None], image_shift, generator)[0]}
+def augment_sample(sample: dict, image_shift: int, seed: int, jitter: float = 0.0) -> dict:
+    """Random shift (DrQ) of every image of one sample by up to `image_shift` pixels, then colour jitter of the given
+    strength (0 = off), each image its own draw; the draws are a function of `seed` (the sample's key)."""
+    images = sample["images"]
+    if image_shift > 0:
+        images = random_shift(images[None], image_shift, torch.Generator().manual_seed(seed))[0]
+    if jitter > 0:
+        images = color_jitter(images, jitter, seed)
+    return {**sample, "images": images}
 
 
 def collate(samples: list[dict]) -> dict:

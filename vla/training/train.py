@@ -258,10 +258,12 @@ def training_summary(cfg: TrainRunConfig, sources: list[FrameSource], record: di
 
 def run_differences(saved: dict, current: dict) -> list[str]:
     """Human-readable differences between two run records, e.g. ["train.steps: 3000 in the checkpoint, 4000 now"].
-    A train setting the checkpoint's record lacks (added to vla after it was written) counts as its default."""
+    A train or data setting the checkpoint's record lacks (added to vla after it was written, e.g. data.mixture)
+    counts as its default."""
     new = current["config"]
-    added = {k: v for k, v in flat_config(TrainConfig()).items() if f"train.{k}" in new}
-    old = {**{f"train.{k}": v for k, v in added.items() if f"train.{k}" not in saved["config"]}, **saved["config"]}
+    defaults = {f"{section}.{k}": v for section, config in (("train", TrainConfig()), ("data", DataConfig()))
+                for k, v in flat_config(config).items()}
+    old = {**{k: v for k, v in defaults.items() if k in new and k not in saved["config"]}, **saved["config"]}
     diffs = [f"{key}: {old.get(key, '<unset>')!r} in the checkpoint, {new.get(key, '<unset>')!r} now"
              for key in differing_keys(old, new)]
     if saved["dataset"] != current["dataset"]:
@@ -347,6 +349,7 @@ def make_batches(cfg: TrainRunConfig, sources: list[FrameSource], normalizer: No
     weights = [spec.weight for spec in cfg.data.datasets()]
     loader = make_loader(sources, weights, normalizer, cfg.train.batch_size, cfg.train.seed, rank, world_size,
                          start=start_step * per_step, image_shift=cfg.data.image_shift,
+                         color_jitter=cfg.data.color_jitter,
                          num_workers=cfg.data.num_workers)
     return iter(loader)
 
