@@ -34,7 +34,7 @@ def test_data_benchmark_reports_every_arm(tmp_path):
         assert row["wait_fraction"] == pytest.approx(wait_fraction(row["samples_per_s"], 0.23, 32))
     assert rows["lerobot_video"]["vs_lerobot"] == 1.0
     assert {p["function"] for p in results["profile"]["ours_video"]} >= {"total"}
-    assert "| `ours_video` | LeRobotFrames + DataLoader, video dataset |" in report
+    assert "| `ours_video` | vla-train's loader, data.reader=stream (LeRobotFrames" in report
     assert "x LeRobot's samples/s on video data" in report
 
 
