@@ -66,21 +66,39 @@ class VLAPolicy(nn.Module):
             image_mask = None  # every slot real: the unmasked path (the same computation)
         backbone = self.backbone(images, instruction, keep_cache=self.head.reads_language_cache,
                                  image_mask=None if image_mask is None else image_mask.to(images.device))
-        return Cond(backbone=backbone, proprio=proprio)
+        return Cond(backbone=backbone, proprio=proprio, embodiment=list(embodiment))
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """Training losses for a normalised batch (vla.data.transforms; the data pipeline normalises, the policy
         does not): images uint8 [B, N, H, W, 3], image_mask bool [B, N], state [B, S_max] and actions
         [B, H, D_max] normalised and zero-padded, action_mask bool [B, D_max], action_is_pad bool [B, H],
-        instruction list[str], embodiment list[str].
+        instruction list[str], embodiment list[str]; plus the fields the head's loss takes (`head.batch_inputs`,
+        e.g. the latent head's latent_codes [B, K]). A sample of action-free data has no action dims (action_mask
+        all False); only a head that `trains_without_actions` takes one.
         """
         target = check_normalized(batch)
         if not torch.isfinite(target).all():
             raise ValueError("training batch has NaN or inf in actions")
+        self._check_head_inputs(batch)
         cond = self.encode(batch["images"], batch["state"].float(), batch["instruction"], batch["embodiment"],
                            batch.get("image_mask"))
         valid = (~batch["action_is_pad"])[:, :, None] & batch["action_mask"][:, None, :]  # (B, H, D_max)
-        return self.head.loss(cond, target.float(), valid)
+        extra = {name: batch[name] for name in self.head.batch_inputs}
+        return self.head.loss(cond, target.float(), valid, **extra)
+
+    def _check_head_inputs(self, batch: dict) -> None:
+        """A ValueError naming the problem when the batch has action-free samples and the head learns only from
+        actions, or lacks a field the head's loss takes."""
+        action_free = ~batch["action_mask"].any(1)  # (B,)
+        if bool(action_free.any()) and not self.head.trains_without_actions:
+            names = sorted({e for e, free in zip(batch["embodiment"], action_free.tolist(), strict=True) if free})
+            raise ValueError(f"{int(action_free.sum())} samples of this batch have no actions (action-free data of "
+                             f"{names}); the {self.head.config.type} head learns from actions only: train the latent "
+                             f"head (model.head.type=latent) on action-free data")
+        missing = [name for name in self.head.batch_inputs if name not in batch]
+        if missing:
+            raise ValueError(f"the {self.head.config.type} head trains on batch field(s) {missing}, which this batch "
+                             f"lacks (latent_codes: label the datasets with `vla-latent label` first)")
 
     @torch.no_grad()
     def predict(self, obs: Observation, generator: torch.Generator | None = None, prefix_actions: Tensor | None = None,

@@ -157,14 +157,18 @@ class Cond:
     """Conditioning for an action head: backbone output plus the normalised, padded state.
 
     proprio: float [B, S_max] normalised state, zero in padded dims.
+    embodiment: the B samples' embodiment names (a head with a part per robot picks it by name); empty when the
+        caller did not say (heads that need it raise).
     """
 
     backbone: BackboneOutput
     proprio: Tensor
     extras: dict = field(default_factory=dict)
+    embodiment: list[str] = field(default_factory=list)
 
     def repeat_interleave(self, repeats: int) -> Cond:
         """Each sample repeated `repeats` times in a row (extras are shared, not repeated)."""
         if repeats == 1:
             return self
-        return Cond(self.backbone.repeat_interleave(repeats), self.proprio.repeat_interleave(repeats, 0), self.extras)
+        return Cond(self.backbone.repeat_interleave(repeats), self.proprio.repeat_interleave(repeats, 0), self.extras,
+                    [name for name in self.embodiment for _ in range(repeats)])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import draccus
 import torch
@@ -119,6 +119,11 @@ class ActionHead(nn.Module, ABC):
     normalisation, not the weights: 1 for quantile (targets lie in [-1, 1]), wider for zscore; the policy sets it.
     """
 
+    # batch fields besides the actions that `loss` takes as keyword arguments (VLAPolicy.forward passes them)
+    batch_inputs: ClassVar[tuple[str, ...]] = ()
+    # the head learns from samples without actions (action-free video: action_mask all False), e.g. latent actions
+    trains_without_actions: ClassVar[bool] = False
+
     def __init__(self, config: HeadConfig, action_dim: int):
         super().__init__()
         self.config = config
@@ -146,6 +151,7 @@ class ActionHead(nn.Module, ABC):
 
         actions: [B, H, D] normalised, padded actions.
         valid: bool [B, H, D]; False for steps past the episode end and for padded dims.
+        A head with `batch_inputs` also takes those batch fields as keyword arguments.
         Returns a dict whose "loss" entry is the scalar to minimise.
         """
 
