@@ -54,6 +54,12 @@ class HeadConfig(draccus.ChoiceRegistry):
         return False
 
     @property
+    def reads_latent_codes(self) -> bool:
+        """The head trains on latent-action labels (vla.latent.labels): training reads every dataset's labels and
+        its samples carry latent_codes [K]."""
+        return False
+
+    @property
     def tokenizer_config(self) -> TokenizerConfig | None:
         """The action tokenizer the head predicts tokens of (fit on the training data before training and saved
         in the checkpoint's action_tokenizer/); None for heads without one."""
