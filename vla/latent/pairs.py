@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vla.latent.labels import future_rows
-from vla.latent.text import check_instructions
+from vla.latent.text import has_words
 
 
 def source_name(source: Any) -> str:
@@ -87,8 +87,10 @@ class FramePairs(Dataset):
         s, row = self.locate(int(j))
         frame_t, instruction = self.frame(s, row)
         frame_tk, _ = self.frame(s, int(self.futures[s][row]))
-        episode = int(np.asarray(self.sources[s].episode_index)[row])
-        check_instructions([instruction], 1, where=f"{source_name(self.sources[s])} episode {episode} frame {row}: ")
+        if not has_words(instruction):
+            episode = int(np.asarray(self.sources[s].episode_index)[row])
+            raise ValueError(f"{source_name(self.sources[s])}: episode {episode}, frame {row} has no instruction "
+                             f"({instruction!r}); the latent action model needs each frame's task instruction")
         return {"frame_t": frame_t, "frame_tk": frame_tk, "instruction": instruction}
 
 

@@ -24,6 +24,11 @@ HASHED = "hashed"
 WORD = re.compile(r"[a-z0-9]+")
 
 
+def has_words(text: object) -> bool:
+    """Whether `text` is an instruction: a str with at least one word."""
+    return isinstance(text, str) and WORD.search(text.lower()) is not None
+
+
 def check_instructions(instructions: list[str] | None, batch: int, where: str = "") -> list[str]:
     """The instructions, after checking there is a non-empty one for each of `batch` samples."""
     if instructions is None or len(instructions) != batch:
@@ -31,7 +36,7 @@ def check_instructions(instructions: list[str] | None, batch: int, where: str = 
         raise ValueError(f"{where}the latent action model needs an instruction per frame pair: got {count} for "
                          f"{batch} pairs")
     for i, text in enumerate(instructions):
-        if not isinstance(text, str) or not WORD.search(text.lower()):
+        if not has_words(text):
             raise ValueError(f"{where}pair {i} has no instruction ({text!r}); every frame pair needs its task's "
                              f"instruction (the dataset's task)")
     return list(instructions)
