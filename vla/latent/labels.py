@@ -62,6 +62,19 @@ class LatentLabels:
                 "num_frames": self.num_frames}
 
 
+def future_rows(episode_index: np.ndarray, frame_gap: int) -> np.ndarray:
+    """int64 [N]: the row each frame's code looks ahead to, i + frame_gap clamped to the last row of frame i's episode
+    (the frames of an episode are contiguous, as every frame source checks)."""
+    if frame_gap < 1:
+        raise ValueError(f"frame_gap must be >= 1; got {frame_gap}")
+    episode_index = np.asarray(episode_index)
+    n = len(episode_index)
+    starts = np.r_[0, np.flatnonzero(episode_index[1:] != episode_index[:-1]) + 1]
+    stops = np.r_[starts[1:], n]
+    last = np.repeat(stops - 1, stops - starts)
+    return np.minimum(np.arange(n, dtype=np.int64) + frame_gap, last).astype(np.int64)
+
+
 def labels_dir(root: str | Path) -> Path:
     return Path(root) / LABELS_DIR
 
