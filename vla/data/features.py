@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 
-def lerobot_features(cameras: list[str], image_size: int, state_names: list[str], action_names: list[str],
-                     video: bool = False) -> dict:
-    """One square uint8 image per camera (stored as PNG frames, or with `video` as an mp4 per camera), the state
-    vector and the action vector, named. No state / action names: no such feature (action-free data: video without
-    action labels, vla.data.dataset)."""
-    image = {"dtype": "video" if video else "image", "shape": (image_size, image_size, 3),
+def lerobot_features(cameras: list[str], image_size: int | tuple[int, int], state_names: list[str],
+                     action_names: list[str], video: bool = False) -> dict:
+    """One uint8 image per camera, image_size x image_size or (height, width) (stored as PNG frames, or with `video`
+    as an mp4 per camera), the state vector and the action vector, named. No state / action names: no such feature
+    (action-free data: video without action labels, vla.data.dataset)."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    image = {"dtype": "video" if video else "image", "shape": (height, width, 3),
              "names": ["height", "width", "channels"]}
     features = {f"observation.images.{c}": dict(image) for c in cameras}
     for key, names in (("observation.state", state_names), ("action", action_names)):

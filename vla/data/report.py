@@ -1,5 +1,6 @@
-"""`vla-data report`: what is in a LeRobot dataset, before training on it (`vla-data convert-rlds` and
-`vla-data export-rlds`: see vla.data.convert_rlds and vla.data.export_rlds).
+"""`vla-data report`: what is in a LeRobot dataset, before training on it (`vla-data convert-rlds`,
+`vla-data export-rlds` and `vla-data import-videos`: see vla.data.convert_rlds, vla.data.export_rlds and
+vla.data.import_videos).
 
     vla-data report --root outputs/datasets --repo_id local/metaworld-1a2b3c4d \\
         [--embodiment_config metaworld_sawyer] [--output_dir outputs/data_report] [--idle_threshold 0.01]
@@ -282,13 +283,19 @@ def main(args: list[str] | None = None) -> None:
         from vla.data.export_rlds import main as export_rlds
 
         return export_rlds(args[1:])
+    if args[:1] == ["import-videos"]:
+        from vla.data.import_videos import main as import_videos
+
+        return import_videos(args[1:])
     if args[:1] != ["report"]:
         raise SystemExit("usage: vla-data report --root DIR --repo_id ID [--embodiment_config NAME] "
                          "[--output_dir DIR]\n"
                          "       vla-data convert-rlds --rlds_dir DIR --embodiment_config NAME --output_root DIR "
                          "--repo_id ID\n"
                          "       vla-data export-rlds --root DIR --repo_id ID --embodiment_config NAME "
-                         "--output_root DIR\n(vla-data <command> --help lists every option)")
+                         "--output_root DIR\n"
+                         "       vla-data import-videos --videos_dir DIR --output_root DIR --repo_id ID "
+                         "[--image_size N] [--camera NAME]\n(vla-data <command> --help lists every option)")
     cfg = draccus.parse(DatasetReportConfig, args=args[1:])
     path = write_report(cfg, ["vla-data", *args])
     print(f"wrote {path} (+ dataset_report.json, frames.png, actions.png)")
