@@ -51,7 +51,7 @@ from vla.config import DataConfig, MixtureEntry, ModelConfig, TrainConfig, parse
 from vla.data.dataset import ChunkedDemos, check_dim, is_action_free, load_chunked_demos
 from vla.data.frames import LeRobotFrames
 from vla.data.mixture import FrameSource, make_loader
-from vla.data.normalize import Normalizer, entry_modes
+from vla.data.normalize import Normalizer, entry_modes, has_actions
 from vla.data.registry import load_embodiment
 from vla.latent.labels import check_same_model
 from vla.policy import VLAPolicy
@@ -280,7 +280,7 @@ def data_kind(source: FrameSource) -> dict:
     """What training_summary adds for a dataset beyond its size: "action_free" when it has no actions, and the latent
     action model its labels came from when they were read."""
     labels = getattr(source, "latent_labels", None)
-    return {**({} if getattr(source, "has_actions", True) else {"action_free": True}),
+    return {**({} if has_actions(source) else {"action_free": True}),
             **({} if labels is None else {"latent_labels": labels.meta()})}
 
 
@@ -631,7 +631,7 @@ def train(cfg: TrainRunConfig) -> Path:
         if out_of_time:
             break
     progress.close()
-    labelled = [s for s in sources if getattr(s, "has_actions", True)]  # predicting needs action statistics
+    labelled = [s for s in sources if has_actions(s)]  # predicting needs action statistics
     if cfg.train.verify_export and final is not None and final != resume_from and not labelled:
         accelerator.print("export check skipped: no dataset with actions to predict on")
     elif cfg.train.verify_export and final is not None and final != resume_from:
