@@ -259,6 +259,7 @@ def test_latent_codes_follow_the_labels_file(imported, tmp_path):
         np.testing.assert_array_equal(batch["latent_codes"].numpy(), codes[rows])
     for i in range(len(memory)):
         assert_same_sample(memory[i], stream[i])
+    assert memory.sample(4, torch.Generator().manual_seed(0))["latent_codes"].shape == (4, 3)
     unlabelled = LeRobotFrames(root, REPO, chunk_size=HORIZON, image_size=SIZE)
     assert "latent_codes" not in unlabelled[0]
     assert dataset_fingerprint(stream) != dataset_fingerprint(unlabelled)  # a relabelled dataset is other data
