@@ -274,8 +274,8 @@ def _check_image_mode(meta: Any, layout: DatasetLayout) -> None:
     videos = [key for key in layout.camera_keys if key is not None and key in meta.video_keys]
     if videos:
         raise ValueError(f"dataset {meta.repo_id} at {meta.root} stores camera(s) {videos} as video; the in-memory "
-                         f"reader reads image-mode datasets: read it with --data.reader=stream "
-                         f"(vla.data.frames.LeRobotFrames)")
+                         f"reader reads image-mode datasets: read it with the streaming reader "
+                         f"(vla.data.frames.LeRobotFrames: vla-train --data.reader=stream, vla-latent --reader=stream)")
 
 
 def check_label_order(index: np.ndarray, where: str) -> None:
