@@ -5,6 +5,11 @@ Shapes: N = frames, C = cameras, H = chunk size (action horizon), D = action dim
 Without an embodiment registry entry the dataset's keys are LeRobot's defaults ("action", "observation.state",
 every "observation.images.*" camera); with one (`vla.data.registry`), the entry names the keys, maps cameras to the
 model's image slots and is checked against the dataset (widths, names, fps, cameras) before anything is decoded.
+
+Action-free data (video without action labels: `vla-data import-videos`, `vla-demos --action_free`) has no `action`
+feature (and may have no `observation.state`): it loads with D = 0 (`has_actions` False), every chunk [H, 0] flagged
+as padding, and the state [S] (S may be 0). With `latent_labels`, every sample also carries the dataset's
+latent-action codes (vla.latent.labels, written by `vla-latent label`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tqdm import tqdm
 
 from vla.data.embodiment import EMBODIMENT_FILE, EmbodimentInfo, read_action_kind, recorded_action_kind
 from vla.data.registry import Embodiment
+from vla.latent.labels import LatentLabels, read_labels
 
 
 @dataclass
@@ -31,12 +37,14 @@ class ChunkedDemos:
         slots `camera_slots`, which without a registry entry are the camera names: "observation.images.<slot>");
         a slot the registry entry marks missing has key None and no images here (samples fill it with zeros and
         mask it: `slot_mask`).
-    state: float32 [N, S].
-    actions: float32 [N, H, D]; actions[i, k] is the action k steps after frame i.
+    state: float32 [N, S] (S = 0 for action-free data without a state).
+    actions: float32 [N, H, D]; actions[i, k] is the action k steps after frame i. D = 0 for action-free data.
     action_is_pad: bool [N, H]; True where i + k is past the end of frame i's episode
-        (those actions repeat the episode's last action, as lerobot pads them).
+        (those actions repeat the episode's last action, as lerobot pads them); all True for action-free data.
     episode_index: int64 [N].
     task_index: int64 [N], indexing `tasks` (the instructions).
+    latent_labels: the dataset's latent-action labels (codes int64 [N, K]) when it was loaded with them; samples
+        then carry "latent_codes" [K].
     """
 
     images: Tensor
@@ -56,6 +64,7 @@ class ChunkedDemos:
     entry: Embodiment | None = None  # the registry entry the dataset was read with, if any
     n_obs_steps: int = 1  # history frames per sample that `__getitem__` returns
     frame_index: Tensor | None = None  # int64 [N]: each frame's index within its episode (as the dataset records it)
+    latent_labels: LatentLabels | None = None
 
     def __post_init__(self) -> None:
         if not self.camera_slots:
@@ -69,6 +78,11 @@ class ChunkedDemos:
     @property
     def image_size(self) -> int:
         return self.images.shape[2]
+
+    @property
+    def has_actions(self) -> bool:
+        """False for action-free data (D = 0)."""
+        return self.actions.shape[-1] > 0
 
     def chunks(self) -> tuple[Tensor, Tensor]:
         """Every frame's action chunk (float32 [N, H, D]) and pad flags (bool [N, H])."""
@@ -122,7 +136,8 @@ class ChunkedDemos:
     def __getitem__(self, i: int) -> dict:
         """Frame i as a raw sample (robot units; vla.data.transforms turns it into a training sample): images uint8
         [n_obs_steps * n_slots, S, S, 3], image_mask bool [n_obs_steps * n_slots], state [S], actions [H, D],
-        action_is_pad [H], instruction, embodiment, episode_index, frame_index."""
+        action_is_pad [H], instruction, embodiment, episode_index, frame_index; latent_codes int64 [K] when loaded
+        with latent labels."""
         index = torch.tensor([int(i)])
         return {
             "images": self.observation_images(index, self.n_obs_steps)[0],
@@ -134,13 +149,15 @@ class ChunkedDemos:
             "embodiment": self.embodiment,
             "episode_index": int(self.episode_index[i]),
             **({} if self.frame_index is None else {"frame_index": int(self.frame_index[i])}),
+            **self.latent_codes(index[0]),
         }
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None, n_obs_steps: int = 1) -> dict:
         """A uniformly random batch of frames (with replacement).
 
         Returns images uint8 [B, n_obs_steps * C, H_img, W_img, 3], state [B, S], actions [B, H, D],
-        action_is_pad [B, H], episode_index [B], instruction and embodiment (lists of B str).
+        action_is_pad [B, H], episode_index [B], instruction and embodiment (lists of B str); latent_codes int64
+        [B, K] when loaded with latent labels.
         """
         indices = torch.randint(len(self), (batch_size,), generator=generator)
         return {
@@ -152,7 +169,15 @@ class ChunkedDemos:
             "episode_index": self.episode_index[indices],
             "instruction": self.instructions(indices),
             "embodiment": [self.embodiment] * batch_size,
+            **self.latent_codes(indices),
         }
+
+
+    def latent_codes(self, indices: Tensor) -> dict[str, Tensor]:
+        """{"latent_codes": int64 [..., K]} of the frames at `indices` (a scalar or [B]), or {} without labels."""
+        if self.latent_labels is None:
+            return {}
+        return {"latent_codes": torch.from_numpy(self.latent_labels.codes)[indices]}
 
 
 def check_finite(name: str, values: Tensor, episode_index: Tensor, frame_index: Tensor) -> None:
@@ -180,10 +205,11 @@ def _feature_names(features: dict, key: str) -> list[str]:
 @dataclass(frozen=True)
 class DatasetLayout:
     """Which columns of a LeRobot dataset the loader reads: the action and state keys (and which of their values:
-    None = all, in order), and the image keys that fill the model's image slots, in slot order."""
+    None = all, in order), and the image keys that fill the model's image slots, in slot order. action_key None:
+    action-free data (no action column; state_key may then be None too: no state, S = 0)."""
 
-    action_key: str = "action"
-    state_key: str = "observation.state"
+    action_key: str | None = "action"
+    state_key: str | None = "observation.state"
     action_index: tuple[int, ...] | None = None
     state_index: tuple[int, ...] | None = None
     camera_keys: tuple[str | None, ...] = ()  # None: a slot the robot has no camera for (masked)
@@ -193,17 +219,20 @@ class DatasetLayout:
 def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action_dim: int | None = None,
                        expected_state_dim: int | None = None, embodiment: str = "",
                        action_kind: str = "", entry: Embodiment | None = None,
-                       camera_slots: list[str] | None = None, image_size: int | None = None) -> ChunkedDemos:
+                       camera_slots: list[str] | None = None, image_size: int | None = None,
+                       latent_labels: bool = False) -> ChunkedDemos:
     """Read a LeRobot dataset through LeRobotDataset with action delta_timestamps, into memory.
 
     `embodiment` names the robot the frames belong to (normalisation statistics are kept under it);
     empty: the registry entry's name, else the dataset's robot_type ("unknown" when it has none). `action_kind`:
     joint_position | ee_delta, or empty for the entry's or the kind recorded with the dataset
-    (`vla.data.embodiment.read_action_kind`). `entry`: the registry entry describing the dataset (its keys,
-    names, kind, fps and cameras are then used and checked); `camera_slots`: the image slots to read, in order
-    (default: every slot the entry fills, or without an entry every camera of the dataset); a slot the entry marks
-    missing (null) is kept, masked. `image_size`: frames are resized to image_size x image_size as they are decoded
-    (None: kept at the dataset's size).
+    (`vla.data.embodiment.read_action_kind`; action-free data has none). `entry`: the registry entry describing the
+    dataset (its keys, names, kind, fps and cameras are then used and checked); `camera_slots`: the image slots to
+    read, in order (default: every slot the entry fills, or without an entry every camera of the dataset); a slot the
+    entry marks missing (null) is kept, masked. `image_size`: frames are resized to image_size x image_size as they
+    are decoded (None: kept at the dataset's size). `expected_action_dim` / `expected_state_dim` are checked for
+    data with actions (action-free data has none to check). `latent_labels`: read the dataset's latent-action labels
+    (`vla.latent.labels.read_labels`; an error naming `vla-latent label` when it has none).
 
     Chunks and pad flags are exactly what LeRobotDataset(repo_id, root, delta_timestamps=
     {action_key: [i / fps for i in range(chunk_size)]})[i] gives; a few frames are checked against it.
@@ -214,24 +243,57 @@ def load_chunked_demos(root: str, repo_id: str, chunk_size: int, expected_action
         raise ValueError(f"chunk_size must be positive; got {chunk_size}")
     meta = LeRobotDatasetMetadata(repo_id, root=root)
     described = describe_dataset(meta, root, entry, camera_slots, action_kind, embodiment)
-    layout = described.layout
-    check_dim("action", _width(meta, layout.action_key, layout.action_index), expected_action_dim)
-    check_dim("state", _width(meta, layout.state_key, layout.state_index), expected_state_dim)
-    dataset = LeRobotDataset(repo_id, root=root,
-                             delta_timestamps={layout.action_key: [i / meta.fps for i in range(chunk_size)]})
+    layout, info = described.layout, described.info
+    if info.has_actions:
+        check_dim("action", _width(meta, layout.action_key, layout.action_index), expected_action_dim)
+        check_dim("state", _width(meta, layout.state_key, layout.state_index), expected_state_dim)
+    _check_image_mode(meta, layout)
+    deltas = {layout.action_key: [i / meta.fps for i in range(chunk_size)]} if info.has_actions else None
+    dataset = LeRobotDataset(repo_id, root=root, delta_timestamps=deltas)
+    labels = read_labels(root, num_frames=len(dataset.hf_dataset)) if latent_labels else None
     columns = _read_columns(dataset, layout, image_size)
     check_numeric_finite(columns, layout)
+    if labels is not None:
+        check_label_order(columns["index"].numpy(), f"dataset {repo_id} at {root}")
     start, end = episode_bounds(columns["episode_index"].numpy(), f"dataset {repo_id} at {root}")
-    rows, pads = chunk_rows(np.arange(len(start)), end, chunk_size)
+    rows, pads = chunk_rows(np.arange(len(start)), end, chunk_size, info.has_actions)
     actions, action_is_pad = columns["action"][torch.from_numpy(rows)], torch.from_numpy(pads)
-    _check_against_getitem(dataset, actions, action_is_pad, layout)
-    info = described.info
+    if info.has_actions:
+        _check_against_getitem(dataset, actions, action_is_pad, layout)
     return ChunkedDemos(
         images=columns["images"], state=columns["state"], actions=actions, action_is_pad=action_is_pad,
         episode_index=columns["episode_index"], task_index=columns["task_index"], tasks=list(meta.tasks.index),
         embodiment=described.embodiment, camera_keys=list(layout.camera_keys), state_names=info.state_names,
         action_names=info.action_names, fps=info.fps, action_kind=info.action_kind,
-        camera_slots=list(layout.camera_slots), entry=entry, frame_index=columns["frame_index"])
+        camera_slots=list(layout.camera_slots), entry=entry, frame_index=columns["frame_index"],
+        latent_labels=labels)
+
+
+def _check_image_mode(meta: Any, layout: DatasetLayout) -> None:
+    """The in-memory reader decodes image columns; a camera stored as video is read by the streaming reader."""
+    videos = [key for key in layout.camera_keys if key is not None and key in meta.video_keys]
+    if videos:
+        raise ValueError(f"dataset {meta.repo_id} at {meta.root} stores camera(s) {videos} as video; the in-memory "
+                         f"reader reads image-mode datasets: read it with the streaming reader "
+                         f"(vla.data.frames.LeRobotFrames: vla-train --data.reader=stream, vla-latent --reader=stream)")
+
+
+def check_label_order(index: np.ndarray, where: str) -> None:
+    """Latent-action labels are rows in LeRobot's global frame index order; the table's rows must be in that order
+    (row i = frame index i) for row i's label to be frame i's."""
+    if not np.array_equal(index, np.arange(len(index))):
+        raise ValueError(f"{where}: its frames are not stored in global index order (index column "
+                         f"{index[:10].tolist()}...), so latent-action labels cannot be matched to rows; re-save it")
+
+
+def is_action_free(root: str, repo_id: str, entry: Embodiment | None = None) -> bool:
+    """Whether a LeRobot dataset, read with `entry` (or LeRobot's default keys), has no actions: from its metadata
+    alone, before any frame is read."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+    if entry is not None:
+        return not entry.has_actions
+    return "action" not in LeRobotDatasetMetadata(repo_id, root=root).features
 
 
 @dataclass(frozen=True)
@@ -248,14 +310,23 @@ def describe_dataset(meta: Any, root: str, entry: Embodiment | None, camera_slot
                      action_kind: str = "", embodiment: str = "") -> DescribedDataset:
     """The layout, names, action kind and fps of the dataset `meta` describes (see `load_chunked_demos` for the
     arguments); with an entry, the dataset is checked against it first. Slots the entry marks missing get camera key
-    None (the readers fill them with zeros and mask them)."""
-    if entry is None:
-        layout = _default_layout(meta, camera_slots)
+    None (the readers fill them with zeros and mask them). A dataset without an action column (or with an
+    action-free entry, `action: []`) is action-free: no action names, action kind "" (an --data.action_kind given
+    for it is an error)."""
+    where = f"dataset {meta.repo_id} at {root}"
+    layout = _default_layout(meta, camera_slots) if entry is None else entry_layout(entry, meta, where, camera_slots)
+    if layout.action_key is None:
+        if action_kind:
+            raise ValueError(f"{where} has no actions (action-free data); action_kind={action_kind!r} describes "
+                             f"actions: leave it empty (--data.action_kind, or the mixture entry's)")
+        state_names = (list(entry.state_names) if entry is not None else
+                       [] if layout.state_key is None else _feature_names(meta.features, layout.state_key))
+        info = EmbodimentInfo([], state_names, "", float(meta.fps) if entry is None else entry.fps)
+    elif entry is None:
         info = EmbodimentInfo(_feature_names(meta.features, layout.action_key),
                               _feature_names(meta.features, layout.state_key),
                               read_action_kind(root, action_kind), float(meta.fps))
     else:
-        layout = entry_layout(entry, meta, f"dataset {meta.repo_id} at {root}", camera_slots)
         info = EmbodimentInfo(list(entry.action_names), list(entry.state_names),
                               _entry_action_kind(entry, root, action_kind), entry.fps)
     default_name = entry.name if entry is not None else meta.robot_type or "unknown"
@@ -263,14 +334,17 @@ def describe_dataset(meta: Any, root: str, entry: Embodiment | None, camera_slot
 
 
 def _default_layout(meta: Any, camera_slots: list[str] | None) -> DatasetLayout:
-    """LeRobot's default keys; cameras by name ("observation.images.<slot>"), all of them unless slots are given."""
+    """LeRobot's default keys; cameras by name ("observation.images.<slot>"), all of them unless slots are given.
+    Without an "action" column the dataset is action-free (action_key None), and its state is optional."""
+    action_key = "action" if "action" in meta.features else None
+    state_key = "observation.state" if action_key is not None or "observation.state" in meta.features else None
     keys = list(meta.camera_keys)
     if camera_slots is not None:
         keys = [f"observation.images.{slot}" for slot in camera_slots]
         absent = [k for k in keys if k not in meta.camera_keys]
         if absent:
             raise ValueError(f"dataset {meta.repo_id} has no camera {absent}; it has {list(meta.camera_keys)}")
-    return DatasetLayout(camera_keys=tuple(keys),
+    return DatasetLayout(action_key=action_key, state_key=state_key, camera_keys=tuple(keys),
                          camera_slots=tuple(k.removeprefix("observation.images.") for k in keys))
 
 
@@ -286,13 +360,15 @@ def entry_layout(entry: Embodiment, meta: Any, where: str, camera_slots: list[st
     if abs(float(meta.fps) - entry.fps) > 1e-6:
         raise ValueError(f"{where}: fps {meta.fps} != {entry.fps} in {entry.source} (fps); the actions would be "
                          f"executed at the wrong rate")
-    action_key, state_key = (_single_key(entry, which, where) for which in ("action", "state"))
-    for key in (action_key, state_key):
+    # an action-free entry (action: []) reads no action, and a state only if it lists one
+    action_key = _single_key(entry, "action", where) if entry.has_actions else None
+    state_key = _single_key(entry, "state", where) if entry.has_actions or entry.state else None
+    for key in (k for k in (action_key, state_key) if k is not None):
         _check_key(entry, meta.features, key, where)
     slots = list(camera_slots) if camera_slots is not None else [s.name for s in entry.cameras if not s.missing]
     return DatasetLayout(action_key=action_key, state_key=state_key,
-                         action_index=_index(entry.action, entry.width(action_key)),
-                         state_index=_index(entry.state, entry.width(state_key)),
+                         action_index=_index(entry.action, entry.width(action_key)) if action_key else None,
+                         state_index=_index(entry.state, entry.width(state_key)) if state_key else None,
                          camera_keys=tuple(_camera_keys(entry, meta, slots, where)),
                          camera_slots=tuple(slots))
 
@@ -358,7 +434,9 @@ def _entry_action_kind(entry: Embodiment, root: str, configured: str) -> str:
     return kind
 
 
-def _width(meta: Any, key: str, index: tuple[int, ...] | None) -> int:
+def _width(meta: Any, key: str | None, index: tuple[int, ...] | None) -> int:
+    if key is None:  # action-free data: no such column
+        return 0
     if key not in meta.features:
         raise ValueError(f"dataset {meta.repo_id} has no key {key!r}; it has {sorted(meta.features)}")
     return len(index) if index is not None else meta.features[key]["shape"][0]
@@ -366,11 +444,13 @@ def _width(meta: Any, key: str, index: tuple[int, ...] | None) -> int:
 
 def read_numeric_columns(dataset: Any, layout: DatasetLayout) -> dict[str, np.ndarray]:
     """The numeric columns of the dataset's arrow table, no image decoded: state float32 [N, S] and action [N, D]
-    (the layout's keys and indices), index / episode_index / frame_index / task_index int64 [N]."""
+    (the layout's keys and indices; [N, 0] where the layout has no such key: action-free data),
+    index / episode_index / frame_index / task_index int64 [N]."""
     table = dataset.hf_dataset.data
     if table.num_rows == 0:
         raise ValueError(f"dataset {dataset.repo_id} at {dataset.root} has no frames")
-    columns = {name: _select(_vector_column(table.column(key)), index)
+    columns = {name: np.zeros((table.num_rows, 0), np.float32) if key is None else
+               _select(_vector_column(table.column(key)), index)
                for name, key, index in (("state", layout.state_key, layout.state_index),
                                         ("action", layout.action_key, layout.action_index))}
     for key in ("index", "episode_index", "frame_index", "task_index"):
@@ -426,8 +506,9 @@ def check_numeric_finite(columns: dict, layout: DatasetLayout) -> None:
     """NaN / inf in the state or action columns (as read by `read_numeric_columns`) is a ValueError naming the
     episode, frame and key."""
     where = [torch.as_tensor(columns[k]) for k in ("episode_index", "frame_index")]
-    check_finite(layout.state_key, torch.as_tensor(columns["state"]), *where)
-    check_finite(layout.action_key, torch.as_tensor(columns["action"]), *where)
+    for name, key in (("state", layout.state_key), ("action", layout.action_key)):
+        if key is not None:
+            check_finite(key, torch.as_tensor(columns[name]), *where)
 
 
 def episode_bounds(episode_index: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
@@ -442,15 +523,17 @@ def episode_bounds(episode_index: np.ndarray, where: str) -> tuple[np.ndarray, n
     return np.repeat(starts, lengths), np.repeat(stops - 1, lengths)
 
 
-def chunk_rows(rows: np.ndarray, last_row: np.ndarray, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
+def chunk_rows(rows: np.ndarray, last_row: np.ndarray, chunk_size: int,
+               has_actions: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Rows of the action chunks starting at `rows` (int64 [B]) and their pad flags, ([B, H] int64, [B, H] bool).
 
     `last_row`: the last row of each row's episode, int64 [N] (`episode_bounds`). As lerobot's delta-timestamp query
-    does, a step past the episode's end repeats its last action and is flagged as padding.
+    does, a step past the episode's end repeats its last action and is flagged as padding. Without actions
+    (action-free data) every step is padding: no action of the chunk is real.
     """
     steps = rows[:, None] + np.arange(chunk_size)
     end = last_row[rows][:, None]
-    return np.minimum(steps, end), steps > end
+    return np.minimum(steps, end), (steps > end) | (not has_actions)
 
 
 def _check_against_getitem(dataset: Any, actions: Tensor, action_is_pad: Tensor, layout: DatasetLayout,

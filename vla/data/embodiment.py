@@ -22,8 +22,9 @@ EMBODIMENT_FILE = Path("meta") / "vla_embodiment.json"
 
 @dataclass
 class EmbodimentInfo:
-    """action_names [D] / state_names [S] in dataset order; action_kind: one of ACTION_KINDS; fps: the
-    dataset's frame rate, i.e. the rate its actions are meant to be executed at."""
+    """action_names [D] / state_names [S] in dataset order; action_kind: one of ACTION_KINDS, or "" for action-free
+    data (D = 0: video without action labels, which has no kind); fps: the dataset's frame rate, i.e. the rate its
+    actions are meant to be executed at."""
 
     action_names: list[str]
     state_names: list[str]
@@ -31,7 +32,12 @@ class EmbodimentInfo:
     fps: float
 
     def __post_init__(self) -> None:
-        check_action_kind(self.action_kind)
+        if self.action_names or self.action_kind:
+            check_action_kind(self.action_kind)
+
+    @property
+    def has_actions(self) -> bool:
+        return bool(self.action_names)
 
     def to_dict(self) -> dict:
         return asdict(self)

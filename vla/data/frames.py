@@ -10,6 +10,8 @@ open file or decoder: each worker opens its own.
 Chunks and pads are built from the in-memory action column by `vla.data.dataset.chunk_rows`, the function
 `load_chunked_demos` uses, and equal what LeRobotDataset(..., delta_timestamps={action: [k / fps for k < H]})[i]
 gives. Camera slots a registry entry marks missing (`Slot.missing`) come out all zeros with `image_mask` False.
+Action-free data (no action column: video without action labels) loads with `has_actions` False, chunks [H, 0] all
+flagged as padding; with `latent_labels` every sample carries the dataset's latent-action codes (vla.latent.labels).
 
 Video frames are decoded with PyAV, which lerobot's own "pyav" backend wraps. lerobot's `decode_video_frames` is not
 used: its pyav path opens the file again for every call (through torchvision's deprecated VideoReader) and returns
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from vla.data.dataset import (
+    check_label_order,
     check_numeric_finite,
     chunk_rows,
     decode_image,
@@ -40,6 +43,7 @@ from vla.data.dataset import (
 )
 from vla.data.embodiment import EmbodimentInfo
 from vla.data.registry import Embodiment
+from vla.latent.labels import LatentLabels, read_labels
 
 
 class FrameDecodeError(RuntimeError):
@@ -131,12 +135,14 @@ class LeRobotFrames:
     order (default: every slot the entry fills, or without an entry every camera of the dataset by name); with an
     entry, a slot it marks missing is allowed and masked. embodiment / action_kind: as `load_chunked_demos`.
     tolerance_s: how far a decoded video frame may be from the asked time (lerobot's default). max_open_files: video
-    files each process keeps open.
+    files each process keeps open. latent_labels: read the dataset's latent-action labels (`read_labels`; attribute
+    `latent_labels`), so every sample carries "latent_codes" int64 [K].
     """
 
     def __init__(self, root: str | Path, repo_id: str, chunk_size: int, image_size: int, n_obs_steps: int = 1,
                  camera_slots: list[str] | None = None, entry: Embodiment | None = None, embodiment: str = "",
-                 action_kind: str = "", tolerance_s: float = 1e-4, max_open_files: int = 8):
+                 action_kind: str = "", tolerance_s: float = 1e-4, max_open_files: int = 8,
+                 latent_labels: bool = False):
         from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
         for name, value in (("chunk_size", chunk_size), ("image_size", image_size), ("n_obs_steps", n_obs_steps),
@@ -151,6 +157,7 @@ class LeRobotFrames:
         self.embodiment: str = described.embodiment
         self.entry = entry
         self.info: EmbodimentInfo = described.info
+        self.has_actions: bool = described.info.has_actions
         self.tasks: list[str] = list(meta.tasks.index)
         self.camera_slots: list[str] = list(self.layout.camera_slots)
         self.chunk_size, self.n_obs_steps, self.image_size = chunk_size, n_obs_steps, image_size
@@ -167,6 +174,10 @@ class LeRobotFrames:
         self.episode_index: np.ndarray = columns["episode_index"]
         self._frame_index, self._task_index = columns["frame_index"], columns["task_index"]
         self._first_row, self._last_row = episode_bounds(self.episode_index, self.where)
+        self.latent_labels: LatentLabels | None = None
+        if latent_labels:
+            self.latent_labels = read_labels(self.root, num_frames=len(self))
+            check_label_order(columns["index"], self.where)
         table = dataset.hf_dataset.data
         self._timestamp = table.column("timestamp").to_numpy().astype(np.float64)
         # image-mode columns: the arrow table is memory-mapped from lerobot's cache, and pickles as its file path
@@ -183,7 +194,7 @@ class LeRobotFrames:
     def chunks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every frame's action chunk from the numeric columns (no image decoded): (float32 [N, H, D], bool
         [N, H]), as `ChunkedDemos.chunks`."""
-        rows, pads = chunk_rows(np.arange(len(self)), self._last_row, self.chunk_size)
+        rows, pads = chunk_rows(np.arange(len(self)), self._last_row, self.chunk_size, self.has_actions)
         return torch.from_numpy(self._action[rows]), torch.from_numpy(pads)
 
     def history(self, i: int) -> np.ndarray:
@@ -195,16 +206,20 @@ class LeRobotFrames:
         """Frame i: "images" uint8 [n_obs_steps * n_slots, image_size, image_size, 3] time-major (slots of t-1, then
         t); "image_mask" bool [n_obs_steps * n_slots] (False at missing slots, whose images are zeros); "state"
         float32 [S]; "actions" float32 [H, D] (the chunk starting at frame i, robot units); "action_is_pad" bool [H];
-        "instruction", "embodiment" str; "episode_index", "frame_index" int."""
+        "instruction", "embodiment" str; "episode_index", "frame_index" int; with latent labels "latent_codes" torch
+        int64 [K]."""
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(f"{self.where}: frame {i} out of range [0, {len(self)})")
-        rows, pads = chunk_rows(np.array([i]), self._last_row, self.chunk_size)
+        rows, pads = chunk_rows(np.array([i]), self._last_row, self.chunk_size, self.has_actions)
         images, mask = self.images(self.history(i))
-        return {"images": images, "image_mask": mask, "state": self._state[i].copy(),
-                "actions": self._action[rows[0]], "action_is_pad": pads[0],
-                "instruction": self.tasks[int(self._task_index[i])], "embodiment": self.embodiment,
-                "episode_index": int(self.episode_index[i]), "frame_index": int(self._frame_index[i])}
+        sample = {"images": images, "image_mask": mask, "state": self._state[i].copy(),
+                  "actions": self._action[rows[0]], "action_is_pad": pads[0],
+                  "instruction": self.tasks[int(self._task_index[i])], "embodiment": self.embodiment,
+                  "episode_index": int(self.episode_index[i]), "frame_index": int(self._frame_index[i])}
+        if self.latent_labels is not None:
+            sample["latent_codes"] = torch.from_numpy(self.latent_labels.codes[i].copy())
+        return sample
 
     def images(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 [T * n_slots, S, S, 3] time-major, bool [T * n_slots]) for the frames at `rows` (int64 [T])."""

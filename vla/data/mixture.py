@@ -9,7 +9,9 @@ the next frame of that dataset's shuffled epoch. Everything is a pure function o
   disjoint rank shards, perm[rank::world_size].
 
 `MixtureSampler` yields batches of keys (dataset, frame, augmentation seed); `MixtureDataset` turns a key into a
-normalised sample (vla.data.transforms) inside a DataLoader worker; `make_loader` puts them together.
+normalised sample (vla.data.transforms) inside a DataLoader worker; `make_loader` puts them together. A mixture may
+hold action-free sources (video without action labels): they are drawn like any other, and their samples come out
+with action_mask all False (vla.data.transforms.action_free_fields).
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ Key = tuple[int, int, int]  # (source, frame index, augmentation seed)
 
 
 class FrameSource(Protocol):
-    """One dataset's frames as raw samples (vla.data.transforms): ChunkedDemos (in memory) or a streaming reader."""
+    """One dataset's frames as raw samples (vla.data.transforms): ChunkedDemos (in memory) or a streaming reader.
+    has_actions: False for action-free data (samples' actions [H, 0]); latent_labels: the dataset's latent-action
+    labels when read (samples then carry latent_codes [K]), else None."""
 
     embodiment: str
     episode_index: torch.Tensor | np.ndarray
+    has_actions: bool
 
     def __len__(self) -> int: ...
 

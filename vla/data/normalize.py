@@ -88,7 +88,10 @@ class Normalizer:
     def from_demos(cls, demos: ChunkedDemos, mode: Mode = "quantile", max_action_dim: int | None = None,
                    max_state_dim: int | None = None) -> Normalizer:
         """Statistics of one dataset (any frame source): actions over every frame's own action, state over every
-        frame; max dims default to the dataset's widths."""
+        frame; max dims default to the dataset's widths. Action-free data has none to compute (a ValueError)."""
+        if not has_actions(demos):
+            raise ValueError(f"dataset of {demos.embodiment!r} has no actions (action-free data): there are no "
+                             f"action statistics to compute; normalise with a dataset that has actions")
         columns = demos.numeric()
         return cls.from_sources([demos], mode, max_action_dim or columns["action"].shape[-1],
                                 max_state_dim or columns["state"].shape[-1])
@@ -98,8 +101,11 @@ class Normalizer:
         """Statistics per embodiment over every source of it (frame sources with `numeric()`, `embodiment`, `info`:
         vla.data.mixture): two datasets of one robot share statistics; sources of one embodiment that disagree on
         its names, kind, fps or per-dimension modes are an error. The modes come from each source's registry
-        entry (`entry`; `mode` everywhere without one): see `entry_modes`."""
+        entry (`entry`; `mode` everywhere without one): see `entry_modes`. Action-free sources (`has_actions`
+        False) are skipped: their samples are never normalised (vla.data.transforms), so an embodiment with only
+        action-free data gets no statistics."""
         stats, info, modes = {}, {}, {}
+        sources = [s for s in sources if has_actions(s)]
         for name in dict.fromkeys(s.embodiment for s in sources):
             own = [s for s in sources if s.embodiment == name]
             described = {json.dumps(s.info.to_dict(), sort_keys=True) for s in own}
@@ -299,6 +305,12 @@ def source_modes(source, mode: str) -> dict[str, list[str]]:
         return entry_modes(entry, mode)
     numeric = source.numeric()
     return {kind: [mode] * numeric[kind].shape[-1] for kind in KINDS}
+
+
+def has_actions(source) -> bool:
+    """Whether a frame source has action labels (False for action-free data; sources without the attribute, e.g.
+    ones built by hand, have)."""
+    return getattr(source, "has_actions", True)
 
 
 def _pad(x: Tensor, dim: int) -> Tensor:

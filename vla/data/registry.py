@@ -17,6 +17,9 @@ An entry says what a dataset's numbers are, so a new robot needs a YAML file and
       wrist: observation.images.wrist
     gripper: {dims: [gripper.pos], open: 100, closed: 0, command: absolute}
 
+An action-free dataset (video without action labels, e.g. `vla-data import-videos`; format lerobot only) has
+`action: []`; its entry then maps its cameras (and state, if any) alone, and has no action kind.
+
 A part reads `names` consecutive values of a dataset key, from `start` (default: right after the previous part of
 the same key, or 0). Parts of one key must cover it without gaps or overlaps, unless `key_widths` gives the key's
 full width (then parts may skip values, e.g. a 15-D `robot_obs` of which 7 are used). A slot marked null is
@@ -164,6 +167,11 @@ class Embodiment:
         return [p.normalization for p in self.state for _ in p.names]
 
     @property
+    def has_actions(self) -> bool:
+        """False for an action-free dataset's entry (`action: []`)."""
+        return bool(self.action)
+
+    @property
     def action_kind(self) -> str | None:
         """joint_position | ee_delta when the arm's dimensions (all but gripper and base) are all of that kind,
         else None (e.g. absolute poses or velocities, which deploy's robot check does not know yet)."""
@@ -194,7 +202,10 @@ class Embodiment:
         return list(dict.fromkeys(p.key for p in parts))
 
     def info(self) -> EmbodimentInfo:
-        """Action / state names, action kind and fps, as a checkpoint records them for deploy's checks."""
+        """Action / state names, action kind and fps, as a checkpoint records them for deploy's checks (an
+        action-free entry has no action names and kind "")."""
+        if not self.has_actions:
+            return EmbodimentInfo([], self.state_names, "", self.fps)
         if self.action_kind is None:
             raise ValueError(f"embodiment {self.name!r} ({self.source}): its arm dimensions are "
                              f"{sorted(set(self.action_kinds) - {'gripper', 'base'})}; a checkpoint can only record "
@@ -245,6 +256,8 @@ def parse_embodiment(raw: Any, source: str) -> Embodiment:
     normalization = fields.choice("normalization", ("quantile", "zscore"), default="quantile")
     key_widths = _key_widths(fields)
     action = _parts(fields, "action", normalization, required=True)
+    if not action and fmt != "lerobot":
+        raise fields.error("action", "[] (an action-free dataset) is supported for lerobot datasets only")
     state = _parts(fields, "state", normalization, required=False)
     _check_widths(action + state, key_widths, source)
     _check_unique_names(action, "action", source)
@@ -317,9 +330,9 @@ class _Fields:
 
 def _parts(fields: _Fields, which: str, default_norm: str, required: bool) -> tuple[Part, ...]:
     raw = fields.get(which, default=[] if not required else ...)
-    if not isinstance(raw, list) or (required and not raw):
-        raise fields.error(which, f"must be a {'non-empty ' if required else ''}list of parts "
-                                  f"({{key, names, kind, unit}}); got {raw!r}")
+    if not isinstance(raw, list):
+        empty = " ([] for an action-free dataset)" if which == "action" else ""
+        raise fields.error(which, f"must be a list of parts ({{key, names, kind, unit}}){empty}; got {raw!r}")
     parts, next_start = [], {}
     for i, item in enumerate(raw):
         part = _Fields(item, fields.source, f"{which}[{i}]", _PART_FIELDS)

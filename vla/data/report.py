@@ -1,5 +1,6 @@
-"""`vla-data report`: what is in a LeRobot dataset, before training on it (`vla-data convert-rlds` and
-`vla-data export-rlds`: see vla.data.convert_rlds and vla.data.export_rlds).
+"""`vla-data report`: what is in a LeRobot dataset, before training on it (`vla-data convert-rlds`,
+`vla-data export-rlds` and `vla-data import-videos`: see vla.data.convert_rlds, vla.data.export_rlds and
+vla.data.import_videos).
 
     vla-data report --root outputs/datasets --repo_id local/metaworld-1a2b3c4d \\
         [--embodiment_config metaworld_sawyer] [--output_dir outputs/data_report] [--idle_threshold 0.01]
@@ -18,6 +19,9 @@ a displacement or velocity dimension (ee_delta_*, ee_vel_*, joint_delta, joint_v
 gripper command) moves by its value, an absolute one (joint_position, ee_abs_*, an absolute gripper) by its change
 since the episode's previous frame. Kinds come from the embodiment registry entry; without one, from the dataset's
 recorded action kind (ee_delta: every dimension a displacement except ones named like "gripper").
+
+An action-free dataset (no action column: `vla-data import-videos`, `vla-demos --action_free`) gets the same report
+without the action statistics, idle frames and action plots (and without state statistics when it has no state).
 """
 
 from __future__ import annotations
@@ -31,8 +35,7 @@ import draccus
 import matplotlib
 import numpy as np
 
-from vla.data.dataset import DatasetLayout, _default_layout, _feature_names, entry_layout, read_numeric_columns
-from vla.data.embodiment import read_action_kind
+from vla.data.dataset import DatasetLayout, describe_dataset, read_numeric_columns
 from vla.data.registry import Embodiment, load_embodiment
 from vla.provenance import provenance
 
@@ -137,36 +140,35 @@ def build_report(cfg: DatasetReportConfig) -> dict:
         raise ValueError("--repo_id is required (the dataset's LeRobot repo id under --root)")
     if not cfg.idle_threshold >= 0:
         raise ValueError(f"--idle_threshold must be >= 0; got {cfg.idle_threshold}")
-    where = f"dataset {cfg.repo_id} at {cfg.root}"
     meta = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.root)
     entry = load_embodiment(cfg.embodiment_config) if cfg.embodiment_config else None
-    if entry is None:
-        layout = _default_layout(meta, None)
-        action_names = _feature_names(meta.features, layout.action_key)
-        state_names = _feature_names(meta.features, layout.state_key)
-        action_kind = read_action_kind(cfg.root, "")
-    else:
-        layout = entry_layout(entry, meta, where)
-        action_names, state_names, action_kind = entry.action_names, entry.state_names, entry.info().action_kind
+    described = describe_dataset(meta, cfg.root, entry)
+    layout, info = described.layout, described.info
+    action_names, state_names, action_kind = info.action_names, info.state_names, info.action_kind
     dataset = LeRobotDataset(cfg.repo_id, root=cfg.root, video_backend=cfg.video_backend or None)
     columns = read_columns(dataset, layout)
     bad = non_finite(columns, {"action": layout.action_key, "state": layout.state_key})
-    idle = idle_frames(columns, motion_dims(entry, action_names, action_kind), cfg.idle_threshold)
+    if info.has_actions:
+        idle = idle_frames(columns, motion_dims(entry, action_names, action_kind), cfg.idle_threshold)
+    else:
+        idle = np.zeros(len(columns.index), dtype=bool)  # no action: nothing to call idle
     episodes = episode_table(columns, idle)
     tasks = list(meta.tasks.index)
     lengths = np.array([e["length"] for e in episodes])
     report = {
         "dataset": {"root": cfg.root, "repo_id": cfg.repo_id, "robot_type": meta.robot_type, "fps": float(meta.fps),
-                    "embodiment_entry": entry.source if entry is not None else None, "action_kind": action_kind,
+                    "embodiment_entry": entry.source if entry is not None else None,
+                    "action_kind": action_kind or None, "action_free": not info.has_actions,
                     "cameras": dict(zip(layout.camera_slots, layout.camera_keys, strict=True)),
                     "video": bool(meta.video_keys)},
         "frames": int(len(columns.index)), "episodes": len(episodes),
         "episode_length": {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max()),
                            "mean_s": float(lengths.mean() / meta.fps)},
         "tasks": {task: sum(e["task_index"] == i for e in episodes) for i, task in enumerate(tasks)},
-        "action": dimension_stats(columns.action, action_names),
-        "state": dimension_stats(columns.state, state_names),
-        "idle": {"threshold": cfg.idle_threshold, "frames": int(idle.sum()), "share": float(idle.mean())},
+        "action": dimension_stats(columns.action, action_names) if action_names else {},
+        "state": dimension_stats(columns.state, state_names) if state_names else {},
+        "idle": ({"threshold": cfg.idle_threshold, "frames": int(idle.sum()), "share": float(idle.mean())}
+                 if info.has_actions else None),
         "non_finite": {"frames": len(bad), "first": bad[:20]},
         "per_episode": episodes,
     }
@@ -179,31 +181,36 @@ def build_report(cfg: DatasetReportConfig) -> dict:
 def markdown(report: dict, cfg: DatasetReportConfig) -> str:
     d = report["dataset"]
     length = report["episode_length"]
+    idle = report["idle"]
+    actions = "action-free (no actions)" if d["action_free"] else f"actions {d['action_kind']}"
     lines = [f"# Dataset report: {d['repo_id']}", "",
              f"Made by `{report['provenance']['command']}` at commit {str(report['provenance']['commit'])[:10]}.", "",
              f"- {report['episodes']} episodes, {report['frames']} frames at {d['fps']:g} fps "
-             f"({'video' if d['video'] else 'image'} mode); robot type {d['robot_type']!r}; actions {d['action_kind']}"
+             f"({'video' if d['video'] else 'image'} mode); robot type {d['robot_type']!r}; {actions}"
              f"{'; entry ' + d['embodiment_entry'] if d['embodiment_entry'] else ''}",
              f"- episode length: min {length['min']}, median {length['median']:g}, max {length['max']} frames "
              f"(mean {length['mean_s']:.1f} s)",
-             "- cameras (model slot: key): " + ", ".join(f"{s}: `{k}`" for s, k in d["cameras"].items()),
-             f"- idle frames (no action dimension moving more than {cfg.idle_threshold:g} x its 1-99% range): "
-             f"{report['idle']['frames']} ({100 * report['idle']['share']:.1f}%)",
-             f"- frames with NaN or inf: {report['non_finite']['frames']}", ""]
+             "- cameras (model slot: key): " + ", ".join(f"{s}: `{k}`" for s, k in d["cameras"].items())]
+    if idle is not None:
+        lines += [f"- idle frames (no action dimension moving more than {cfg.idle_threshold:g} x its 1-99% range): "
+                  f"{idle['frames']} ({100 * idle['share']:.1f}%)"]
+    lines += [f"- frames with NaN or inf: {report['non_finite']['frames']}", ""]
     if report["non_finite"]["frames"]:
         lines += ["First non-finite frames: " + ", ".join(f"episode {b['episode']} frame {b['frame']} (`{b['key']}`)"
                                                           for b in report["non_finite"]["first"]), ""]
     lines += ["## Tasks", "", "| task | episodes |", "|---|---|"]
     lines += [f"| {task} | {n} |" for task, n in report["tasks"].items()]
-    for part in ("action", "state"):
+    for part in (p for p in ("action", "state") if report[p]):
         lines += ["", f"## {part.capitalize()} dimensions (normalisation statistics)", "",
                   "| dim | " + " | ".join(STAT_NAMES) + " |", "|---|" + "---|" * len(STAT_NAMES)]
         lines += [f"| {name} | " + " | ".join(f"{s[k]:.4g}" for k in STAT_NAMES) + " |"
                   for name, s in report[part].items()]
-    idle_heavy = sorted(report["per_episode"], key=lambda e: -e["idle_share"])[:5]
-    lines += ["", "## Episodes with the most idle frames", "", "| episode | length | idle |", "|---|---|---|"]
-    lines += [f"| {e['episode']} | {e['length']} | {100 * e['idle_share']:.0f}% |" for e in idle_heavy]
-    lines += ["", "![frames per camera](frames.png)", "", "![actions over time](actions.png)", ""]
+    if idle is not None:
+        idle_heavy = sorted(report["per_episode"], key=lambda e: -e["idle_share"])[:5]
+        lines += ["", "## Episodes with the most idle frames", "", "| episode | length | idle |", "|---|---|---|"]
+        lines += [f"| {e['episode']} | {e['length']} | {100 * e['idle_share']:.0f}% |" for e in idle_heavy]
+    plot = "episode lengths" if d["action_free"] else "actions over time"
+    lines += ["", "![frames per camera](frames.png)", "", f"![{plot}](actions.png)", ""]
     return "\n".join(lines)
 
 
@@ -244,8 +251,9 @@ def plot_actions(report: dict, cfg: DatasetReportConfig, path: Path) -> None:
             axes[d, 0].plot(columns.frame_index[mine], columns.action[mine, d], lw=1, label=f"ep {episode}")
     for d, name in enumerate(names):
         axes[d, 0].set_ylabel(name, fontsize=8)
-    axes[0, 0].legend(fontsize=7, ncol=cfg.plot_episodes, loc="upper right")
-    axes[dims - 1, 0].set_xlabel("frame")
+    if dims:  # action-free data: the histogram alone
+        axes[0, 0].legend(fontsize=7, ncol=cfg.plot_episodes, loc="upper right")
+        axes[dims - 1, 0].set_xlabel("frame")
     axes[dims, 0].hist([e["length"] for e in report["per_episode"]], bins=20, color="#4878a8")
     axes[dims, 0].set_xlabel("episode length (frames)")
     axes[dims, 0].set_ylabel("episodes", fontsize=8)
@@ -282,13 +290,19 @@ def main(args: list[str] | None = None) -> None:
         from vla.data.export_rlds import main as export_rlds
 
         return export_rlds(args[1:])
+    if args[:1] == ["import-videos"]:
+        from vla.data.import_videos import main as import_videos
+
+        return import_videos(args[1:])
     if args[:1] != ["report"]:
         raise SystemExit("usage: vla-data report --root DIR --repo_id ID [--embodiment_config NAME] "
                          "[--output_dir DIR]\n"
                          "       vla-data convert-rlds --rlds_dir DIR --embodiment_config NAME --output_root DIR "
                          "--repo_id ID\n"
                          "       vla-data export-rlds --root DIR --repo_id ID --embodiment_config NAME "
-                         "--output_root DIR\n(vla-data <command> --help lists every option)")
+                         "--output_root DIR\n"
+                         "       vla-data import-videos --videos_dir DIR --output_root DIR --repo_id ID "
+                         "[--image_size N] [--camera NAME]\n(vla-data <command> --help lists every option)")
     cfg = draccus.parse(DatasetReportConfig, args=args[1:])
     path = write_report(cfg, ["vla-data", *args])
     print(f"wrote {path} (+ dataset_report.json, frames.png, actions.png)")

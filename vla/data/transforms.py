@@ -10,6 +10,9 @@ A raw sample (a frame source's `__getitem__`, see vla.data.frames / vla.data.dat
 A normalised sample, as `VLAPolicy.forward` takes it once collated:
     images (augmented), image_mask, state [S_max] normalised, actions [H, D_max] normalised,
     action_mask bool [D_max] (True at the embodiment's own dims), action_is_pad, instruction, embodiment.
+Action-free samples (D_e = 0: video without action labels) need no statistics: actions zeros [H, D_max], action_mask
+all False, action_is_pad all True, state zeros [S_max]. Other fields pass through untouched, e.g. latent_codes
+int64 [K] (vla.latent.labels), which collate stacks to [B, K].
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import Tensor
 from vla.data.augment import color_jitter, random_shift
 from vla.data.normalize import Normalizer
 
-TENSOR_KEYS = ("images", "image_mask", "state", "actions", "action_mask", "action_is_pad")
+TENSOR_KEYS = ("images", "image_mask", "state", "actions", "action_mask", "action_is_pad", "latent_codes")
 
 
 def as_tensors(sample: dict) -> dict:
@@ -31,17 +34,31 @@ def as_tensors(sample: dict) -> dict:
 
 def normalize_sample(normalizer: Normalizer, sample: dict) -> dict:
     """One raw sample -> a normalised, padded sample (see the module docstring). An embodiment the normaliser has
-    no statistics for, or a width that differs from its statistics', is a ValueError naming it."""
-    embodiment = sample["embodiment"]
+    no statistics for, or a width that differs from its statistics', is a ValueError naming it (action-free samples
+    need none)."""
     images = sample["images"]
     mask = sample.get("image_mask")
+    mask = torch.ones(images.shape[0], dtype=torch.bool) if mask is None else mask
+    if sample["actions"].shape[-1] == 0:
+        return {**sample, "image_mask": mask, **action_free_fields(normalizer, sample["actions"].shape[0])}
+    embodiment = sample["embodiment"]
     return {
         **sample,
-        "image_mask": torch.ones(images.shape[0], dtype=torch.bool) if mask is None else mask,
+        "image_mask": mask,
         "state": normalizer.normalize_state_of(sample["state"].float(), embodiment),
         "actions": normalizer.normalize_action(sample["actions"].float(), embodiment),
         "action_mask": normalizer.action_mask(embodiment),
     }
+
+
+def action_free_fields(normalizer: Normalizer, horizon: int) -> dict[str, Tensor]:
+    """What an action-free sample of `horizon` steps trains with in the normaliser's padded space: actions zeros
+    [H, D_max], action_mask all False [D_max], action_is_pad all True [H], state zeros [S_max] (its state, if any,
+    has no statistics: no normalised state exists for it)."""
+    return {"actions": torch.zeros(horizon, normalizer.max_action_dim),
+            "action_mask": torch.zeros(normalizer.max_action_dim, dtype=torch.bool),
+            "action_is_pad": torch.ones(horizon, dtype=torch.bool),
+            "state": torch.zeros(normalizer.max_state_dim)}
 
 
 def augment_sample(sample: dict, image_shift: int, seed: int, jitter: float = 0.0) -> dict:

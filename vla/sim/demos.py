@@ -4,6 +4,7 @@
     python -m vla.sim.demos --image_size=96
     vla-demos --tasks='[robosuite/Lift/UR5e]' --repo_id=local/robosuite_ur5e   # robosuite (vla.sim.robosuite_env)
     vla-demos --tasks='[reach]' --video=true      # cameras as mp4 (LeRobot v3 video mode; vla.data.frames reads it)
+    vla-demos --tasks='[reach]' --action_free=true   # renders and instructions only: no action, no state
 
 One dataset holds one embodiment (one robot_type, action and state width): its tasks must all be of the same
 simulator and arm (`vla.sim.envs.sim_spec`). A Meta-World dataset records `camera`; a robosuite one records both
@@ -13,6 +14,10 @@ Frame t holds the observation before action t and that action. Only episodes whe
 scripted expert succeeds are kept; a failed seed is skipped and the next seed is tried.
 The dataset folder name carries a hash of the config, and `generation.json` is written beside
 the data once the dataset is complete: the same config returns the cached dataset.
+
+With `--action_free=true` the same expert episodes are written without the action and state features (video with
+instructions, as action-free data is: latent-action pretraining, vla.latent), and without
+`meta/vla_embodiment.json` (there are no actions, so no action kind).
 """
 
 from __future__ import annotations
@@ -60,12 +65,15 @@ class DemoConfig:
     # Store the cameras as video (lerobot's use_videos: one AV1 mp4 per camera, LeRobot v3's default) instead of PNG
     # frames in the parquet files; read such a dataset with vla.data.frames.LeRobotFrames.
     video: bool = False
+    # Write the renders and instructions only, without the action and state features (action-free data)
+    action_free: bool = False
 
     def cache_key(self) -> dict[str, Any]:
-        """The fields that determine the recorded content (`video` only when on, so image-mode keys stay as
-        they were)."""
+        """The fields that determine the recorded content (`video` and `action_free` only when on, so the keys of
+        datasets written before they existed stay as they were)."""
         key = dataclasses.asdict(self)
-        for name in ("root", "image_writer_threads") + (() if self.video else ("video",)):
+        off = tuple(name for name in ("video", "action_free") if not getattr(self, name))
+        for name in ("root", "image_writer_threads") + off:
             key.pop(name)
         return {**key, "format_version": DEMOS_FORMAT_VERSION}
 
@@ -105,10 +113,11 @@ class DemoConfig:
 
 
 def dataset_features(cfg: DemoConfig) -> dict[str, dict]:
-    """LeRobot feature spec: one image per recorded camera, the robot state, the action (named)."""
+    """LeRobot feature spec: one image per recorded camera, the robot state, the action (named); images only when
+    action-free."""
     spec = cfg.spec()
-    return lerobot_features(cfg.cameras(), cfg.image_size, list(spec.state_names), list(spec.action_names),
-                            video=cfg.video)
+    state, action = ([], []) if cfg.action_free else (list(spec.state_names), list(spec.action_names))
+    return lerobot_features(cfg.cameras(), cfg.image_size, state, action, video=cfg.video)
 
 
 def rollout_expert(env: SimEnv, seed: int, steps_after_success: int = 0) -> tuple[list[dict[str, Any]], bool]:
@@ -170,7 +179,8 @@ def generate_demos(cfg: DemoConfig) -> Path:
         for task in cfg.tasks:
             seeds_used[task], failed_seeds[task] = _record_task(dataset, cfg, task, bar)
     dataset.finalize()
-    write_action_kind(path, spec.action_kind)
+    if not cfg.action_free:
+        write_action_kind(path, spec.action_kind)
     generation = {"config": cfg.cache_key(), "embodiment": spec.embodiment, "fps": spec.fps,
                   "seeds_used": seeds_used, "failed_seeds": failed_seeds}
     (path / GENERATION_FILE).write_text(json.dumps(generation, indent=1))
@@ -194,8 +204,9 @@ def _record_task(dataset: Any, cfg: DemoConfig, task: str, bar: tqdm) -> tuple[l
                 for frame in frames:
                     images = {f"observation.images.{c}": image for c, image in zip(cameras, frame["images"],
                                                                                      strict=True)}
-                    dataset.add_frame(images | {"observation.state": frame["state"], "action": frame["action"],
-                                                "task": env.instruction})
+                    numeric = {} if cfg.action_free else {"observation.state": frame["state"],
+                                                          "action": frame["action"]}
+                    dataset.add_frame(images | numeric | {"task": env.instruction})
                 dataset.save_episode()
                 used.append(seed)
                 bar.update(1)

@@ -48,11 +48,12 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 
 from vla.checkpoint import count_parameters, load_policy, load_tokenizer
 from vla.config import DataConfig, MixtureEntry, ModelConfig, TrainConfig, parse, to_yaml
-from vla.data.dataset import ChunkedDemos, check_dim, load_chunked_demos
+from vla.data.dataset import ChunkedDemos, check_dim, is_action_free, load_chunked_demos
 from vla.data.frames import LeRobotFrames
 from vla.data.mixture import FrameSource, make_loader
-from vla.data.normalize import Normalizer, entry_modes
+from vla.data.normalize import Normalizer, entry_modes, has_actions
 from vla.data.registry import load_embodiment
+from vla.latent.labels import check_same_model
 from vla.policy import VLAPolicy
 from vla.provenance import differing_keys, flat_config, provenance
 from vla.training.checkpoint import (
@@ -105,8 +106,15 @@ def load_sources(model: ModelConfig, data: DataConfig) -> list[FrameSource]:
     """A frame source for every dataset of `data` (its mixture, or the one dataset): in memory (data.reader=memory,
     `ChunkedDemos`) or read per sample (stream, `LeRobotFrames`), images resized to model.image_size; with an
     embodiment entry its keys are used and the model's image slots (model.cameras) are filled from the entry's camera
-    mapping (a slot the robot lacks is masked)."""
+    mapping (a slot the robot lacks is masked).
+
+    A head that reads latent-action labels (`model.head.reads_latent_codes`) gets every dataset's labels, all of one
+    latent action model (`check_same_model`); any other head refuses action-free datasets before anything is read.
+    """
     sources = [load_dataset(model, data, spec) for spec in data.datasets()]
+    if model.head.reads_latent_codes and len(sources) > 1:
+        check_same_model({f"{spec.repo_id} at {spec.root}": source.latent_labels
+                          for spec, source in zip(data.datasets(), sources, strict=True)})
     if len(sources) > 1 and model.head.tokenizer_config is not None:
         names = sorted({s.embodiment for s in sources})
         if len(names) > 1:
@@ -116,24 +124,33 @@ def load_sources(model: ModelConfig, data: DataConfig) -> list[FrameSource]:
 
 
 def load_dataset(model: ModelConfig, data: DataConfig, spec: MixtureEntry) -> FrameSource:
+    """One dataset's frame source (see load_sources); data.action_dim / state_dim are checked for data with actions,
+    latent-action labels are read when the head trains on them."""
     entry = load_embodiment(spec.embodiment_config) if spec.embodiment_config else None
     if entry is not None:
         entry_modes(entry, model.normalization)  # an entry asking for another mode fails before its data is read
+    latent = model.head.reads_latent_codes
+    if not latent and is_action_free(spec.root, spec.repo_id, entry):
+        raise ValueError(f"dataset {spec.repo_id} at {spec.root} has no actions (action-free video); the "
+                         f"{model.head.type} head learns from actions only: train a head that reads latent-action "
+                         f"labels (--model.head.type=latent, after labelling the dataset with `vla-latent label`) or "
+                         f"leave this dataset out")
     if data.reader == "stream":
         frames = LeRobotFrames(spec.root, spec.repo_id, chunk_size=model.head.horizon, image_size=model.image_size,
                                n_obs_steps=model.n_obs_steps, entry=entry, embodiment=spec.embodiment,
                                action_kind=spec.action_kind,
-                               camera_slots=list(model.cameras) if entry is not None else None)
-        columns = frames.numeric()
-        check_dim("action", columns["action"].shape[-1], data.action_dim)
-        check_dim("state", columns["state"].shape[-1], data.state_dim)
+                               camera_slots=list(model.cameras) if entry is not None else None, latent_labels=latent)
+        if frames.has_actions:
+            columns = frames.numeric()
+            check_dim("action", columns["action"].shape[-1], data.action_dim)
+            check_dim("state", columns["state"].shape[-1], data.state_dim)
         check_observation_spec(model, frames)
         return frames
     demos = load_chunked_demos(spec.root, spec.repo_id, chunk_size=model.head.horizon,
                                expected_action_dim=data.action_dim, expected_state_dim=data.state_dim,
                                embodiment=spec.embodiment, action_kind=spec.action_kind, entry=entry,
                                camera_slots=list(model.cameras) if entry is not None else None,
-                               image_size=model.image_size)
+                               image_size=model.image_size, latent_labels=latent)
     demos.n_obs_steps = model.n_obs_steps
     check_observation_spec(model, demos)
     return demos
@@ -210,13 +227,16 @@ STATE_SHAPING = ("model.", "num_processes", "distributed", "train.init_from", "t
 
 
 def dataset_fingerprint(demos: FrameSource) -> str:
-    """sha256 of what a frame source's training frames are: every state, action chunk, pad flag and episode, the
-    images of 64 evenly spaced frames (all of them would cost seconds), the instructions, embodiment and image slots."""
+    """sha256 of what a frame source's training frames are: every state, action chunk (empty for action-free data),
+    pad flag and episode, the latent-action codes when read, the images of 64 evenly spaced frames (all of them
+    would cost seconds), the instructions, embodiment and image slots."""
     digest = hashlib.sha256()
     columns = demos.numeric()
     actions, pads = demos.chunks()
     probes = [demos[i] for i in range(0, len(demos), max(1, len(demos) // 64))]
-    for array in (columns["state"], actions, pads, demos.episode_index, *(p["images"] for p in probes),
+    labels = getattr(demos, "latent_labels", None)
+    codes = () if labels is None else (labels.codes,)
+    for array in (columns["state"], actions, pads, demos.episode_index, *codes, *(p["images"] for p in probes),
                   *(p["instruction"].encode() for p in probes)):
         array = np.frombuffer(array, dtype=np.uint8) if isinstance(array, bytes) else np.asarray(array)
         digest.update(str(array.shape).encode())
@@ -249,11 +269,19 @@ def training_summary(cfg: TrainRunConfig, sources: list[FrameSource], record: di
     datasets = [{"repo_id": spec.repo_id, "embodiment": demos.embodiment, "frames": len(demos),
                  "episodes": len(np.unique(np.asarray(demos.episode_index))), "tasks": list(demos.tasks),
                  "fingerprint": dataset_fingerprint(demos) if len(sources) > 1 else record["run"]["dataset"],
-                 **({"weight": spec.weight} if cfg.data.mixture else {})}
+                 **({"weight": spec.weight} if cfg.data.mixture else {}), **data_kind(demos)}
                 for spec, demos in zip(cfg.data.datasets(), sources, strict=True)]
     return {"datasets": datasets, "planned_steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
             "grad_accum_steps": cfg.train.grad_accum_steps, "num_processes": record["run"]["num_processes"],
             "distributed": record["run"]["distributed"], "seed": cfg.train.seed}
+
+
+def data_kind(source: FrameSource) -> dict:
+    """What training_summary adds for a dataset beyond its size: "action_free" when it has no actions, and the latent
+    action model its labels came from when they were read."""
+    labels = getattr(source, "latent_labels", None)
+    return {**({} if has_actions(source) else {"action_free": True}),
+            **({} if labels is None else {"latent_labels": labels.meta()})}
 
 
 def run_differences(saved: dict, current: dict) -> list[str]:
@@ -603,8 +631,11 @@ def train(cfg: TrainRunConfig) -> Path:
         if out_of_time:
             break
     progress.close()
-    if cfg.train.verify_export and final is not None and final != resume_from:
-        report = verify_export(accelerator, policy, final, sources, ema)
+    labelled = [s for s in sources if has_actions(s)]  # predicting needs action statistics
+    if cfg.train.verify_export and final is not None and final != resume_from and not labelled:
+        accelerator.print("export check skipped: no dataset with actions to predict on")
+    elif cfg.train.verify_export and final is not None and final != resume_from:
+        report = verify_export(accelerator, policy, final, labelled, ema)
         ranks = (f"; its {report['ranks']} ranks agree within {report['ranks_max_abs_diff']:.2g}"
                  if report["ranks"] > 1 else "")
         accelerator.print(f"export check: {final.name} predicts the live model's actions within "
