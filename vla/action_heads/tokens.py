@@ -31,6 +31,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -113,6 +114,8 @@ class VocabularyHead(ActionHead):
 
     marker_tokens = 0  # special tokens reserved after the slots; their LLM ids are `marker_ids`
     end_id: int | None = None  # local id ending a sequence (decoding stops at it); None: fixed length
+    # at temperature 0 every sample of an observation is the same chunk (hybrid: no, its diffusion noise differs)
+    deterministic_when_greedy: ClassVar[bool] = True
 
     def __init__(self, config: VocabularyHeadConfig, cond_dim: int, action_dim: int, state_dim: int, backbone):
         super().__init__(config, action_dim)
