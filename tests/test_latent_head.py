@@ -23,7 +23,7 @@ from vla.action_heads import LatentHeadConfig
 from vla.backbones import BackboneConfig
 from vla.checkpoint import TOKENIZER_DIR, load_policy
 from vla.config import LoraConfig, ModelConfig
-from vla.data.dataset import ChunkedDemos
+from vla.data.dataset import ChunkedDemos, load_chunked_demos
 from vla.data.normalize import Normalizer
 from vla.kv_cache import buffer_reuse
 from vla.latent.labels import LatentLabels, write_labels
@@ -298,6 +298,9 @@ def test_save_load_gives_identical_actions(trained, tmp_path):
                        sampled.actions)
     ids = loaded.head.action_ids
     assert torch.equal(loaded.backbone.lm_head.weight[ids], policy.backbone.lm_head.weight[ids])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision, as on a GPU
+        mixed = loaded.predict(obs).actions
+    assert mixed.shape == greedy.actions.shape and torch.isfinite(mixed).all()
     with pytest.raises(ValueError, match="latent head decodes greedily"):
         from vla.test_time.sampling import sample_candidates
         sample_candidates(loaded, obs, 3)
@@ -321,7 +324,7 @@ def test_init_from_adds_a_fresh_decoder_and_keeps_the_pretrained_ones(trained, t
     tuned, report = init_from_checkpoint(model, new_robot_demos, tmp_path / "pretrained")
     assert sorted(tuned.head.decoders) == ["newbot", "sim", "wide"]
     assert tuned.config.head.decoders == ["newbot", "sim", "wide"]
-    new = {name for name in report.new}
+    new = set(report.new)
     assert new == {f"head.decoders.newbot.{n}" for n, _ in tuned.head.decoders["newbot"].named_parameters()}
     assert new <= set(report.fresh) and not report.reinitialised and not report.unused
     assert any(change.startswith("model.head.decoders: ['sim', 'wide'] -> ['newbot', 'sim', 'wide']")
@@ -363,8 +366,8 @@ def test_lora_with_the_new_decoder_trains_adapters_and_decoder_alone(trained, ti
 # ---- vla-train -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif("latent_labels" not in inspect.signature(ChunkedDemos.__init__).parameters
-                    and "latent_labels" not in inspect.signature(ChunkedDemos).parameters,
+@pytest.mark.skipif(not any("latent_labels" in inspect.signature(f).parameters for f in (ChunkedDemos,
+                                                                                          load_chunked_demos)),
                     reason="frame sources read latent-action labels once the action-free data plumbing lands")
 def test_vla_train_on_labelled_demos_fills_the_decoders_and_round_trips(tiny_run_config, tiny_demos_path, tmp_path):
     """vla-train with model.head.type=latent on the tiny demos labelled with random codes: the decoder list is filled

@@ -188,10 +188,7 @@ class LatentHead(VocabularyHead):
     def decode_chunks(self, cond: Cond, latent: Tensor, rows: Tensor | None = None, training: bool = False) -> Tensor:
         """Chunks [B, H, D] from the latent tokens' hidden states [B, K, C], each sample by its embodiment's decoder
         (`cond.embodiment`); rows: bool [B], decode only these (the others stay zero; default all)."""
-        names = cond.embodiment
-        if len(names) != latent.shape[0]:
-            raise ValueError(f"the latent head picks each sample's action decoder by its embodiment; cond.embodiment "
-                             f"has {len(names)} names for {latent.shape[0]} samples (VLAPolicy.encode sets them)")
+        names = self.embodiments(cond)
         rows = torch.ones(len(names), dtype=torch.bool) if rows is None else rows.cpu()
         groups: dict[str, list[int]] = {}
         for index, (name, used) in enumerate(zip(names, rows.tolist(), strict=True)):
@@ -208,6 +205,15 @@ class LatentHead(VocabularyHead):
             unused = [p for name, d in self.decoders.items() if name not in groups for p in d.parameters()]
             out = out + sum(p.sum() for p in unused) * 0.0
         return out
+
+    @staticmethod
+    def embodiments(cond: Cond) -> list[str]:
+        """The B samples' embodiment names; a ValueError when the caller did not give one per sample."""
+        batch = cond.proprio.shape[0]
+        if len(cond.embodiment) != batch:
+            raise ValueError(f"the latent head picks each sample's action decoder by its embodiment; cond.embodiment "
+                             f"has {len(cond.embodiment)} names for {batch} samples (VLAPolicy.encode sets them)")
+        return cond.embodiment
 
     def check_decoders(self, names, training: bool) -> None:
         """A ValueError naming the embodiments among `names` without an action decoder, and those with one."""
@@ -239,7 +245,7 @@ class LatentHead(VocabularyHead):
         if options.get("prefix") is not None:
             raise ValueError("real-time chunking inpaints a denoised chunk; the latent head decodes latent tokens and "
                              "cannot take a prefix (turn real-time chunking off for this policy)")
-        self.check_decoders(cond.embodiment, training=False)  # before decoding
+        self.check_decoders(self.embodiments(cond), training=False)  # before decoding
         temperature = self.config.temperature if temperature is None else temperature
         codes = self.decode_codes(cond, generator, temperature, kv_cache)
         latent = self.hidden_states(cond, codes, opened=self.start(cond, scratch=True))[:, 1:]  # (B, K, C)
