@@ -32,6 +32,7 @@ hidden states. No tanh on the output: chunks are clipped to `action_clip` as oth
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -93,7 +94,7 @@ class LatentHeadConfig(VocabularyHeadConfig):
     def embodiment_parts(self) -> list[str]:
         return list(self.decoders)
 
-    def with_embodiment_parts(self, names) -> LatentHeadConfig:
+    def with_embodiment_parts(self, names: Iterable[str]) -> LatentHeadConfig:
         return replace(self, decoders=sorted({*self.decoders, *names}))
 
     def check_labels(self, labels: LatentLabels, dataset: str) -> None:
@@ -163,7 +164,7 @@ class LatentHead(VocabularyHead):
         codes = self.check_codes(latent_codes, actions.shape[0]).to(actions.device)
         _, vocabulary = self.prefix(cond)
         hidden = self.hidden_states(cond, codes)  # (B, 1 + K, C): the first predicts z_0, then one per code
-        logits = self.slot_logits(vocabulary, hidden[:, :-1])  # (B, K, C)
+        logits = self.slot_logits(vocabulary, hidden[:, :-1])  # (B, K, codebook_size)
         latent_loss = F.cross_entropy(logits.flatten(0, 1), codes.flatten())
         accuracy = (logits.argmax(-1) == codes).float().mean()
         rows = valid.flatten(1).any(1)  # (B,) samples with actions
@@ -215,7 +216,7 @@ class LatentHead(VocabularyHead):
                              f"has {len(cond.embodiment)} names for {batch} samples (VLAPolicy.encode sets them)")
         return cond.embodiment
 
-    def check_decoders(self, names, training: bool) -> None:
+    def check_decoders(self, names: Iterable[str], training: bool) -> None:
         """A ValueError naming the embodiments among `names` without an action decoder, and those with one."""
         unknown = sorted(set(names) - set(self.decoders))
         if not unknown:
