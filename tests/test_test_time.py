@@ -90,7 +90,8 @@ def test_gripper_dims_come_from_the_embodiment_registry(policy, demos):
 
 
 def test_greedy_token_head_and_bad_counts_are_refused(policy, demos):
-    greedy = SimpleNamespace(head=SimpleNamespace(config=SimpleNamespace(type="ar", temperature=0.0)))
+    greedy = SimpleNamespace(head=SimpleNamespace(deterministic_when_greedy=True,
+                                                  config=SimpleNamespace(type="ar", temperature=0.0)))
     with pytest.raises(ValueError, match="temperature > 0"):
         check_deterministic_head(greedy, 4, {})
     check_deterministic_head(greedy, 4, {"temperature": 1.0})

@@ -13,7 +13,8 @@ from vla.action_heads.dit import DiTHead, DiTHeadConfig
 from vla.action_heads.dita import DitaHead, DitaHeadConfig
 from vla.action_heads.flow import FlowHead, FlowHeadConfig
 from vla.action_heads.hybrid import HybridHead, HybridHeadConfig
+from vla.action_heads.latent import LatentHead, LatentHeadConfig
 
 __all__ = ["ActionHead", "HeadConfig", "TransformerHeadConfig", "build_head", "head_config_class", "register_head",
            "ARHead", "ARHeadConfig", "DiTHead", "DiTHeadConfig", "DitaHead", "DitaHeadConfig", "FlowHead",
-           "FlowHeadConfig", "HybridHead", "HybridHeadConfig"]
+           "FlowHeadConfig", "HybridHead", "HybridHeadConfig", "LatentHead", "LatentHeadConfig"]

@@ -13,7 +13,7 @@ backbone, training fits the tokenizer and `set_action_tokenizer` attaches it, an
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -58,6 +58,17 @@ class HeadConfig(draccus.ChoiceRegistry):
         """The head trains on latent-action labels (vla.latent.labels): training reads every dataset's labels and
         its samples carry latent_codes [K]."""
         return False
+
+    @property
+    def embodiment_parts(self) -> list[str]:
+        """Embodiments the head has a part of its own for (the latent head's action decoders); empty for heads that
+        every embodiment shares whole."""
+        return []
+
+    def with_embodiment_parts(self, names: Iterable[str]) -> HeadConfig:
+        """This config with a part for each embodiment in `names` too (training adds the datasets' embodiments
+        that have actions, init_from keeps the checkpoint's); itself for heads without such parts."""
+        return self
 
     @property
     def tokenizer_config(self) -> TokenizerConfig | None:

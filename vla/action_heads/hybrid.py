@@ -118,6 +118,7 @@ class HybridHead(TokenHead):
     """Action chunks [B, H, D] from the backbone's LLM by diffusion inside it and by AR tokens (module docstring)."""
 
     marker_tokens = 2  # BOD, EOD
+    deterministic_when_greedy = False  # the diffusion branch draws its own noise
 
     def __init__(self, config: HybridHeadConfig, cond_dim: int, action_dim: int, state_dim: int, backbone):
         super().__init__(config, cond_dim, action_dim, state_dim, backbone)

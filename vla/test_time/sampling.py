@@ -40,14 +40,15 @@ class GripperRule:
 
 
 def check_deterministic_head(policy, n: int, options: dict) -> None:
-    """A ValueError when n > 1 samples would all be equal: a token head decoding greedily (temperature 0)."""
+    """A ValueError when n > 1 samples would all be equal: a token head (ar, latent) decoding greedily (temperature
+    0)."""
     head = policy.head
     temperature = options.get("temperature")
     if temperature is None:
         temperature = getattr(head.config, "temperature", None)
-    if n > 1 and head.config.type == "ar" and temperature == 0:
-        raise ValueError(f"the ar head decodes greedily (temperature 0), so its {n} samples would all be the same "
-                         f"chunk: sample with temperature > 0 (test_time.temperature, e.g. 1.0)")
+    if n > 1 and getattr(head, "deterministic_when_greedy", False) and temperature == 0:
+        raise ValueError(f"the {head.config.type} head decodes greedily (temperature 0), so its {n} samples would all "
+                         f"be the same chunk: sample with temperature > 0 (test_time.temperature, e.g. 1.0)")
 
 
 @torch.no_grad()

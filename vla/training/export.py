@@ -54,11 +54,15 @@ def export_policy(accelerator: Accelerator, model: nn.Module, folder: Path, ema:
             save_policy(module, folder, training=training, weights=state)
 
 
-def probe_observation(sources: list | ChunkedDemos) -> Observation:
-    """Two training frames of each dataset (the first and the middle one, with their history: frame sources return
-    the history they were built with) to compare predictions on; states are zero-padded to the widest dataset's (as a
-    batch mixing embodiments is)."""
+def probe_observation(sources: list | ChunkedDemos) -> Observation | None:
+    """Two training frames of each dataset that has actions (the first and the middle one, with their history: frame
+    sources return the history they were built with) to compare predictions on; states are zero-padded to the widest
+    dataset's (as a batch mixing embodiments is). None when no dataset has actions (action-free video: the policy
+    acts for no embodiment of them)."""
     sources = sources if isinstance(sources, list) else [sources]
+    sources = [source for source in sources if getattr(source, "has_actions", True)]
+    if not sources:
+        return None
     samples = [source[i] for source in sources for i in (0, len(source) // 2)]
     width = max(len(s["state"]) for s in samples)
     state = torch.stack([torch.nn.functional.pad(torch.as_tensor(s["state"]).float(), (0, width - len(s["state"])))
@@ -78,6 +82,12 @@ def verify_export(accelerator: Accelerator, model: nn.Module, checkpoint: Path,
     (`with_dtypes`). The report is written to <checkpoint>/export_check.json; a difference beyond float tolerance is
     raised on every rank."""
     obs = probe_observation(sources)
+    if obs is None:  # nothing to act on: the check is skipped, and says so
+        report = {"checkpoint": checkpoint.name, "passed": None,
+                  "skipped": "no training dataset has actions, so the policy predicts actions for none of them"}
+        if accelerator.is_main_process:
+            (checkpoint / EXPORT_CHECK_FILE).write_text(json.dumps(report, indent=2))
+        return report
     with ema.swapped_in() if ema is not None else nullcontext(), full_weights(accelerator, model) as module:
         training, dtype = module.training, next(module.parameters()).dtype
         dtypes = {name: t.dtype for name, t in [*module.named_parameters(), *module.named_buffers()]}

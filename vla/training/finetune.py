@@ -18,6 +18,10 @@ that depend on the padded action / state width) and new (no such name: another h
 - Token heads (ar, hybrid) predict ids of the checkpoint's action tokenizer, which was fit on one embodiment's
   normalised actions: it is reused when the dataset is of that embodiment, and refused otherwise (a new
   embodiment's actions have no tokens; fine-tune a continuous head, or pretrain with its data).
+- The latent head's action decoders (one per embodiment) are the checkpoint's, copied in, plus a new one for the
+  dataset's embodiment when it has actions and the checkpoint has none for it (reported as new: it starts untrained);
+  its latent tokens are embodiment-agnostic, so any embodiment may fine-tune it. `train.freeze '[backbone]'` (or LoRA
+  with `train.lora.train_also '[head.decoders]'`) trains the decoders (+ adapters) alone.
 - BAC schedules are not carried over: they were calibrated on the pretrained head's denoiser.
 
 `freeze` keeps parameters under module-name prefixes fixed; "backbone.vision" and "backbone.language" stand for the
@@ -96,6 +100,7 @@ def init_from_checkpoint(model: ModelConfig, demos: ChunkedDemos, path: str | Pa
     check_same_family(saved, model, path)
     check_named(demos.embodiment, dataset)
     check_token_heads(saved, model, path, demos.embodiment)
+    model = with_pretrained_parts(model, saved, demos)
     pretrained = load_policy(path)
     normalizer, statistics = extend_normalizer(pretrained.normalizer, demos, model, path)
     backbone = dataclasses.replace(model.backbone, pretrained=str(path / "backbone"))
@@ -114,6 +119,15 @@ def init_from_checkpoint(model: ModelConfig, demos: ChunkedDemos, path: str | Pa
                           f"reused" if tokenizer is not None else ""),
         sha256=checkpoint_fingerprint(path))
     return policy.train(), report
+
+
+def with_pretrained_parts(model: ModelConfig, saved: ModelConfig, demos: ChunkedDemos) -> ModelConfig:
+    """`model` whose head keeps a part for each embodiment the checkpoint's head has one for (the latent head's
+    action decoders, copied in) and gets one for the dataset's embodiment when it has actions (new when the
+    checkpoint has none for it); other heads are unchanged."""
+    kept = saved.head.embodiment_parts if saved.head.type == model.head.type else []
+    added = [demos.embodiment] if getattr(demos, "has_actions", True) else []
+    return dataclasses.replace(model, head=model.head.with_embodiment_parts([*kept, *added]))
 
 
 def _backbone_structure(config: ModelConfig):
@@ -140,15 +154,16 @@ def check_named(embodiment: str, dataset: str) -> None:
 
 
 def check_token_heads(saved: ModelConfig, model: ModelConfig, path: Path, embodiment: str) -> None:
-    """Token heads extend the LLM's vocabulary with the checkpoint's action tokens: both heads must be token heads
-    of one kind (else the token table changes shape), and the tokenizer must be fit on the dataset's embodiment."""
+    """Token heads (ar, hybrid, latent) extend the LLM's vocabulary with the checkpoint's tokens: both heads must be of
+    one kind (else the token table changes shape), and an action tokenizer must be fit on the dataset's embodiment
+    (the latent head's codes have none: they are the same for every embodiment)."""
     if saved.head.uses_vocabulary or model.head.uses_vocabulary:
         if saved.head.type != model.head.type:
             raise ValueError(f"train.init_from={str(path)!r} has a {saved.head.type} head, this run a "
                              f"{model.head.type} head: a token head's action tokens are part of the backbone's "
                              f"vocabulary, so it cannot be swapped for another head on init_from; keep "
                              f"--model.head.type {saved.head.type}")
-    if saved.head.uses_vocabulary:
+    if saved.head.tokenizer_config is not None:
         meta = json.loads((path / "meta.json").read_text()).get("action_tokenizer", {})
         fit_on = meta.get("embodiment")
         if fit_on != embodiment:
@@ -221,7 +236,8 @@ def check_backbone_loaded(reinitialised: dict, new: list[str], path: Path) -> No
     if missed:
         raise ValueError(f"the backbone of {path} does not fit this config: {missed[:5]} would be re-initialised "
                          f"({len(missed)} tensors); init_from keeps the checkpoint's backbone whole (same family, "
-                         f"size and action-token vocabulary: model.head.tokenizer as in its config.yaml)")
+                         f"size and action-token vocabulary: model.head.tokenizer, or the latent head's "
+                         f"codebook_size, as in its config.yaml)")
 
 
 def config_changes(saved: ModelConfig, model: ModelConfig) -> list[str]:

@@ -115,12 +115,31 @@ def load_sources(model: ModelConfig, data: DataConfig) -> list[FrameSource]:
     if model.head.reads_latent_codes and len(sources) > 1:
         check_same_model({f"{spec.repo_id} at {spec.root}": source.latent_labels
                           for spec, source in zip(data.datasets(), sources, strict=True)})
+    check_latent_labels(model, data.datasets(), sources)
     if len(sources) > 1 and model.head.tokenizer_config is not None:
         names = sorted({s.embodiment for s in sources})
         if len(names) > 1:
             raise ValueError(f"a {model.head.type} head's action tokenizer is fit on one embodiment; this mixture "
                              f"has {names}: train a continuous head (dit, dita, flow) on a cross-embodiment mixture")
     return sources
+
+
+def check_latent_labels(model: ModelConfig, specs: list[MixtureEntry], sources: list[FrameSource]) -> None:
+    """A head that trains on latent-action labels must predict as many tokens of as large a codebook as the
+    datasets' labels have (a ValueError naming the dataset and both otherwise)."""
+    if not model.head.reads_latent_codes:
+        return
+    for spec, source in zip(specs, sources, strict=True):
+        labels = getattr(source, "latent_labels", None)
+        if labels is not None:
+            model.head.check_labels(labels, f"dataset {spec.repo_id} at {spec.root}")
+
+
+def with_embodiment_parts(model: ModelConfig, sources: list[FrameSource]) -> ModelConfig:
+    """`model` whose head has a part for every dataset embodiment that has actions (the latent head's action decoders;
+    other heads are unchanged). A source without actions (`has_actions` False: action-free video) gets none."""
+    names = [s.embodiment for s in sources if getattr(s, "has_actions", True)]
+    return dataclasses.replace(model, head=model.head.with_embodiment_parts(names))
 
 
 def load_dataset(model: ModelConfig, data: DataConfig, spec: MixtureEntry) -> FrameSource:
@@ -177,8 +196,10 @@ def check_observation_spec(model: ModelConfig, demos: FrameSource) -> None:
 def build_policy(cfg: TrainRunConfig, sources: list[FrameSource] | FrameSource,
                  resume_from: Path | None) -> VLAPolicy:
     """A fresh policy (stats computed from the datasets), one started from train.init_from (vla.training.finetune), or
-    the one in `resume_from` when resuming; then train.freeze and train.lora decide what trains.
-    A LoRA run resumes by building its base as at step 0 and loading the checkpoint's adapters (vla.training.lora)."""
+    the one in `resume_from` when resuming; then train.freeze and train.lora decide what trains. A fresh policy's head
+    gets a part for every dataset embodiment that has actions (`with_embodiment_parts`: the latent head's decoders;
+    init_from adds the dataset's to the checkpoint's). A LoRA run resumes by building its base as at step 0 and
+    loading the checkpoint's adapters (vla.training.lora)."""
     sources = sources if isinstance(sources, list) else [sources]
     demos, init = sources[0], None
     if resume_from is not None and not cfg.train.lora.targets:
@@ -199,7 +220,7 @@ def build_policy(cfg: TrainRunConfig, sources: list[FrameSource] | FrameSource,
     else:
         normalizer = Normalizer.from_sources(sources, cfg.model.normalization, cfg.model.max_action_dim,
                                              cfg.model.max_state_dim)
-        policy = VLAPolicy(cfg.model, normalizer)
+        policy = VLAPolicy(with_embodiment_parts(cfg.model, sources), normalizer)
     fresh = init.fresh if init is not None else []
     if cfg.train.lora.targets:
         add_lora(policy, cfg.train.lora, fresh)
@@ -631,15 +652,15 @@ def train(cfg: TrainRunConfig) -> Path:
         if out_of_time:
             break
     progress.close()
-    labelled = [s for s in sources if has_actions(s)]  # predicting needs action statistics
-    if cfg.train.verify_export and final is not None and final != resume_from and not labelled:
-        accelerator.print("export check skipped: no dataset with actions to predict on")
-    elif cfg.train.verify_export and final is not None and final != resume_from:
-        report = verify_export(accelerator, policy, final, labelled, ema)
-        ranks = (f"; its {report['ranks']} ranks agree within {report['ranks_max_abs_diff']:.2g}"
-                 if report["ranks"] > 1 else "")
-        accelerator.print(f"export check: {final.name} predicts the live model's actions within "
-                          f"{report['max_abs_diff']:.2g}{ranks}")
+    if cfg.train.verify_export and final is not None and final != resume_from:
+        report = verify_export(accelerator, policy, final, sources, ema)
+        if report.get("skipped"):
+            accelerator.print(f"export check of {final.name} skipped: {report['skipped']}")
+        else:
+            ranks = (f"; its {report['ranks']} ranks agree within {report['ranks_max_abs_diff']:.2g}"
+                     if report["ranks"] > 1 else "")
+            accelerator.print(f"export check: {final.name} predicts the live model's actions within "
+                              f"{report['max_abs_diff']:.2g}{ranks}")
     logger.close()
     if accelerator.is_main_process and (out / "metrics.csv").exists():  # none when stopped before its first row
         plot_loss_curve(out / "metrics.csv", out / "loss_curve.png")
