@@ -273,9 +273,13 @@ def test_missing_labels_name_the_command(imported):
 
 
 @pytest.fixture
-def latent_head(monkeypatch, tiny_run_config):
-    """The tiny run's head made to read latent-action labels (the latent head itself lives elsewhere)."""
-    monkeypatch.setattr(type(tiny_run_config.model.head), "reads_latent_codes", property(lambda self: True))
+def latent_model(tiny_run_config):
+    """The tiny run's model with a latent head sized for `labelled_copy`'s labels (K = 3 tokens of 16 codes)."""
+    from vla.action_heads.latent import LatentHeadConfig
+
+    head = LatentHeadConfig(horizon=tiny_run_config.model.head.horizon, codebook_size=16, latent_tokens=3,
+                            decoder_width=32, decoder_depth=1, decoder_heads=2)
+    return dataclasses.replace(tiny_run_config.model, head=head)
 
 
 def mixture_config(tiny_run_config, *entries, reader: str = "memory"):
@@ -285,13 +289,13 @@ def mixture_config(tiny_run_config, *entries, reader: str = "memory"):
     return dataclasses.replace(tiny_run_config.data, mixture=mixture, reader=reader)
 
 
-def test_latent_training_reads_labels_of_one_model(latent_head, tiny_run_config, imported, tmp_path):
+def test_latent_training_reads_labels_of_one_model(latent_model, tiny_run_config, imported, tmp_path):
     from vla.training.train import load_sources, training_summary
 
     first, codes = labelled_copy(imported, tmp_path / "first")
     second, _ = labelled_copy(imported, tmp_path / "second", seed=1)
     data = mixture_config(tiny_run_config, (REPO, first), (REPO, second), reader="stream")
-    sources = load_sources(tiny_run_config.model, data)
+    sources = load_sources(latent_model, data)
     np.testing.assert_array_equal(sources[0].latent_labels.codes, codes)
     assert sources[1][0]["latent_codes"].shape == (3,)
     cfg = dataclasses.replace(tiny_run_config, data=data)
@@ -301,7 +305,7 @@ def test_latent_training_reads_labels_of_one_model(latent_head, tiny_run_config,
 
     other, _ = labelled_copy(imported, tmp_path / "other", fingerprint="b" * 64)
     with pytest.raises(ValueError, match="different latent action models"):
-        load_sources(tiny_run_config.model, mixture_config(tiny_run_config, (REPO, first), (REPO, other)))
+        load_sources(latent_model, mixture_config(tiny_run_config, (REPO, first), (REPO, other)))
 
 
 def test_a_head_that_needs_actions_refuses_action_free_data_before_training(tiny_run_config, tiny_demos_path,

@@ -8,7 +8,6 @@ latent codes (as a latent action model's labels).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import shutil
 from types import SimpleNamespace
@@ -23,7 +22,7 @@ from vla.action_heads import LatentHeadConfig
 from vla.backbones import BackboneConfig
 from vla.checkpoint import TOKENIZER_DIR, load_policy
 from vla.config import LoraConfig, ModelConfig
-from vla.data.dataset import ChunkedDemos, load_chunked_demos
+from vla.data.dataset import ChunkedDemos
 from vla.data.normalize import Normalizer
 from vla.kv_cache import buffer_reuse
 from vla.latent.labels import LatentLabels, write_labels
@@ -311,9 +310,9 @@ def test_save_load_gives_identical_actions(trained, tmp_path):
 
 @pytest.fixture(scope="module")
 def new_robot_demos(tiny_run_config) -> ChunkedDemos:
-    """The tiny Meta-World demos (4-D actions, 7-D state) named as a robot the latent checkpoint does not know."""
-    model = model_config(tiny_run_config.model.backbone.pretrained)
-    return load_demos(model, dataclasses.replace(tiny_run_config.data, embodiment="newbot"))
+    """The tiny Meta-World demos (4-D actions, 7-D state) named as a robot the latent checkpoint does not know (read
+    through the run's own dit model config: the demos carry no latent-action labels, which a latent model reads)."""
+    return load_demos(tiny_run_config.model, dataclasses.replace(tiny_run_config.data, embodiment="newbot"))
 
 
 def test_init_from_adds_a_fresh_decoder_and_keeps_the_pretrained_ones(trained, tiny_run_config, new_robot_demos,
@@ -366,9 +365,6 @@ def test_lora_with_the_new_decoder_trains_adapters_and_decoder_alone(trained, ti
 # ---- vla-train -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not any("latent_labels" in inspect.signature(f).parameters for f in (ChunkedDemos,
-                                                                                          load_chunked_demos)),
-                    reason="frame sources read latent-action labels once the action-free data plumbing lands")
 def test_vla_train_on_labelled_demos_fills_the_decoders_and_round_trips(tiny_run_config, tiny_demos_path, tmp_path):
     """vla-train with model.head.type=latent on the tiny demos labelled with random codes: the decoder list is filled
     from the dataset, and the checkpoint predicts the same chunks after loading."""
