@@ -5,6 +5,7 @@
     vla-eval suite --checkpoint CKPT [--suite metaworld8|mt50]   # task suite with report (vla.eval.suite)
     vla-eval heads ...            # head benchmark (vla.eval.heads_benchmark)
     vla-eval fewshot ...          # few-shot benchmark on ML10 (vla.eval.fewshot_benchmark)
+    vla-eval latent ...           # latent-action pretraining from video, then 10 demos (vla.eval.latent_benchmark)
     vla-eval vs-lerobot ...       # our heads vs LeRobot's ACT / Diffusion Policy / SmolVLA (vla.eval.vs_lerobot)
     vla-eval cost ...             # latency, step time and FLOPs at equal parameters (vla.eval.cost)
     vla-eval mixture ...          # one policy on a robot mixture, each closed loop (vla.eval.mixture_benchmark)
@@ -28,7 +29,8 @@ SUBCOMMANDS = {"suite": "vla.eval.suite", "heads": "vla.eval.heads_benchmark",
                "fewshot": "vla.eval.fewshot_benchmark", "calibrate-bac": "vla.eval.bac_calibration",
                "vs-lerobot": "vla.eval.vs_lerobot", "cost": "vla.eval.cost",
                "mixture": "vla.eval.mixture_benchmark", "data": "vla.eval.data_benchmark",
-               "train-verifier": "vla.test_time.verifier_training", "robomonkey": "vla.eval.robomonkey"}
+               "train-verifier": "vla.test_time.verifier_training", "robomonkey": "vla.eval.robomonkey",
+               "latent": "vla.eval.latent_benchmark"}
 
 
 def main(args: list[str] | None = None) -> None:

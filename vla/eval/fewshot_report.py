@@ -87,17 +87,9 @@ def setup(cfg, pipeline, recipe) -> str:
             f"{ev.schedule.execute_steps} actions per chunk.")
 
 
-def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
-    pre = results["pretrain"]
+def arm_table(cfg, rows: list[dict]) -> list[str]:
+    """Markdown lines: success per arm and held-out task (`arm_rows`), with costs, then what each arm is."""
     lines = [
-        "# Few-shot fine-tuning on Meta-World ML10: " + " vs ".join(cfg.arms),
-        "",
-        setup(cfg, pipeline, recipe),
-        "",
-        origin(results),
-        "",
-        "## Held-out tasks",
-        "",
         "Success per task is mean ± sample std over seeds; \"mean\" is the mean over tasks (± std over seeds); "
         "\"pooled\" counts every episode of every task and seed, with its 95% Wilson interval.",
         "",
@@ -112,8 +104,21 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
         speed = f"{r['s_per_step']:.3f}" if r["s_per_step"] is not None else "-"
         lines.append(f"| `{r['arm']}` | **{pct(r['success'])}** | {per_task} | {ci(r['pooled'])} | {seeds} | "
                      f"{trained} | {speed} |")
-    lines += ["", "Arms:"] + [f"- `{r['arm']}`: {r['init']}" for r in rows]
-    lines += [
+    return lines + ["", "Arms:"] + [f"- `{r['arm']}`: {r['init']}" for r in rows]
+
+
+def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
+    pre = results["pretrain"]
+    lines = [
+        "# Few-shot fine-tuning on Meta-World ML10: " + " vs ".join(cfg.arms),
+        "",
+        setup(cfg, pipeline, recipe),
+        "",
+        origin(results),
+        "",
+        "## Held-out tasks",
+        "",
+        *arm_table(cfg, rows),
         "",
         "## The pretrained policy on its training tasks",
         "",
@@ -136,20 +141,25 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(cfg, rows: list[dict], pretrained: dict, path: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [2, 1]})
+def arm_bars(ax, cfg, rows: list[dict]) -> None:
+    """Grouped bars: success per held-out task (and the mean) for each arm, mean ± std over seeds."""
     names = [*cfg.tasks, "mean"]
     width = 0.8 / len(rows)
     for i, (row, colour) in enumerate(zip(rows, ARM_COLOURS * len(rows), strict=False)):
         values = [row["tasks"][t] for t in cfg.tasks] + [row["success"]]
         x = np.arange(len(names)) + (i - (len(rows) - 1) / 2) * width
-        left.bar(x, [100 * m for m, _ in values], width, yerr=[100 * s for _, s in values], capsize=3, color=colour,
-                 label=row["arm"])
-    left.set_xticks(np.arange(len(names)), names, rotation=20)
-    left.set_ylim(0, 105)
-    left.set_ylabel("closed-loop success (%)")
-    left.set_title(f"held-out tasks, {cfg.demos_per_task} demos each: mean ± std over seeds {cfg.seeds}", fontsize=10)
-    left.legend(fontsize=8)
+        ax.bar(x, [100 * m for m, _ in values], width, yerr=[100 * s for _, s in values], capsize=3, color=colour,
+               label=row["arm"])
+    ax.set_xticks(np.arange(len(names)), names, rotation=20)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("closed-loop success (%)")
+    ax.set_title(f"held-out tasks, {cfg.demos_per_task} demos each: mean ± std over seeds {cfg.seeds}", fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def plot(cfg, rows: list[dict], pretrained: dict, path: Path) -> None:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [2, 1]})
+    arm_bars(left, cfg, rows)
     groups = {g.replace("_", " "): r for g, r in pretrained["groups"].items()} | {"all": pretrained["overall"]}
     success_bars(right, groups, [GROUP_COLOURS.get(g.replace(" ", "_"), "#777777") for g in groups])
     right.set_title("pretrained policy on its training tasks (pooled, 95% CI)", fontsize=10)

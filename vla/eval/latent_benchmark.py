@@ -1,0 +1,214 @@
+"""Latent-action benchmark (issue 13 item 4): pretrain on action-free video of Meta-World ML10's training tasks
+through UniVLA's latent actions, then train on 10 labelled demos of each held-out task, and compare closed-loop
+success against the same policy trained on those 10 demos alone.
+
+    python benchmarks/latent.py                                            # the report; hours on a 2-core CPU
+    python benchmarks/latent.py --config_path configs/bench/latent_smoke.yaml --output_dir /tmp/latent
+
+Stages, each cached (a stage whose summary.json exists is reused; a stopped training resumes from its last
+checkpoint; a stage made at another commit or with other settings is refused unless reuse_stale):
+1. Video: the pretraining recipe's scripted demos written action-free (`demos.action_free`: renders and
+   instructions only; configs/pretrain/latent_ml10.yaml).
+2. The latent action model (vla.latent) fit on that video alone, then every dataset labelled with its codes.
+3. Pretraining: the `latent` head's policy on the labelled video (latent-token cross-entropy only: no sample has
+   actions, so no action decoder exists yet).
+4. For every held-out task, `demos_per_task` labelled expert demos (the same for every arm and seed), labelled by the
+   same latent action model; for every (arm, task, seed), training with the fine-tuning recipe (equal steps and batch)
+   and evaluation on that task. Arms: `latent` (train.init_from the video-pretrained policy: a decoder for the robot is
+   added and everything trains) and `scratch` (the same architecture from the backbone's initial weights, trained on
+   the 10 demos and their latent labels alone).
+The latent action model's diagnostics on a held-out task's labelled demos (code perplexity, how much of the true
+motion the codes explain) are part of the report. results.json under output_dir and <report_dir>/latent_results.json
+hold every stage's summary with its provenance; <report_dir>/latent.md and latent.png are the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import draccus
+
+from vla.config import EvalConfig, parse_with_recipe
+from vla.eval.fewshot_benchmark import ArmConfig, finetune_recipe, finetune_run, run_dir, train_and_eval
+from vla.eval.heads_benchmark import check_run_origin, median_s_per_step
+from vla.latent.lam import LAMConfig
+from vla.pipeline import PipelineConfig
+from vla.provenance import provenance
+from vla.sim.demos import DemoConfig, generate_demos
+from vla.sim.tasks import get_task
+from vla.training import train as training
+
+DEFAULT_CONFIG = "configs/bench/latent.yaml"
+
+
+@dataclass
+class LatentBenchConfig:
+    # a vla-quickstart (PipelineConfig) recipe whose demos are written action-free and whose head is `latent`, and
+    # dotted overrides on it (its eval section is unused: the pretrained policy has no decoder to act with)
+    pretrain_recipe: str = "configs/pretrain/latent_ml10.yaml"
+    pretrain_args: list[str] = field(default_factory=list)
+    # the latent action model, fit on the pretraining video (its image_size is the demos')
+    lam: LAMConfig = field(default_factory=lambda: LAMConfig(stage1_steps=3000, stage2_steps=3000))
+    # a vla-train recipe whose train and data sections every arm uses, + overrides
+    finetune_recipe: str = "configs/finetune/10shot.yaml"
+    finetune_args: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=lambda: ["drawer-open", "door-close", "shelf-place", "sweep-into",
+                                                      "lever-pull"])  # held out: ML10's test tasks
+    demos_per_task: int = 10
+    arms: dict[str, ArmConfig] = field(default_factory=lambda: {
+        "latent": ArmConfig(), "scratch": ArmConfig(init="scratch", lr=5e-4)})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(episodes_per_task=20, videos_per_task=1))
+    output_dir: str = "outputs/bench/latent"
+    report_dir: str = "docs/results"
+    # the labelled-data pretraining of the few-shot benchmark, shown beside when that file exists
+    fewshot_results: str = "docs/results/fewshot_results.json"
+    reuse_stale: bool = False
+
+    def __post_init__(self) -> None:
+        for task in self.tasks:
+            get_task(task)
+        if not self.seeds or not self.arms or self.demos_per_task < 1:
+            raise ValueError(f"the benchmark needs seeds, arms and demos_per_task >= 1; got seeds={self.seeds}, "
+                             f"arms={list(self.arms)}, demos_per_task={self.demos_per_task}")
+
+
+# ---- configs ------------------------------------------------------------------------------------------------
+
+
+def pretrain_config(cfg: LatentBenchConfig) -> PipelineConfig:
+    """The pretraining recipe with its overrides, everything under output_dir, the held-out tasks' instructions in
+    the tiny VLM's vocabulary; a ValueError unless it pretrains a latent head on action-free demos without the
+    held-out tasks."""
+    recipe = draccus.parse(PipelineConfig, args=[f"--config_path={cfg.pretrain_recipe}", *cfg.pretrain_args])
+    if not recipe.demos.action_free or recipe.model.head.type != "latent":
+        raise ValueError(f"{cfg.pretrain_recipe} must write action-free demos (demos.action_free: true) and train a "
+                         f"latent head (model.head.type: latent); got action_free={recipe.demos.action_free}, head "
+                         f"{recipe.model.head.type}")
+    held_out = [t for t in recipe.demos.tasks if t in cfg.tasks]
+    if held_out:
+        raise ValueError(f"the pretraining video includes held-out tasks {held_out}: remove them from "
+                         f"{cfg.pretrain_recipe} (demos.tasks) or from the benchmark's tasks")
+    out = Path(cfg.output_dir)
+    extra = list(dict.fromkeys(recipe.tiny_backbone.extra_tasks + cfg.tasks))
+    return dataclasses.replace(
+        recipe, demos=dataclasses.replace(recipe.demos, root=str(out / "datasets")),
+        tiny_backbone=dataclasses.replace(recipe.tiny_backbone, root=str(out / "tiny_vlm"), extra_tasks=extra),
+        train=dataclasses.replace(recipe.train, output_dir=str(out / "pretrain" / "train")),
+        results_dir=str(out / "pretrain"))
+
+
+def held_out_demos(cfg: LatentBenchConfig, pretrain: PipelineConfig, task: str) -> DemoConfig:
+    """The task's labelled demos, recorded as the pretraining video was (camera, size, expert settings)."""
+    return dataclasses.replace(pretrain.demos, tasks=[task], episodes_per_task=cfg.demos_per_task, action_free=False,
+                               repo_id=f"local/latent_{task}")
+
+
+# ---- stages -------------------------------------------------------------------------------------------------
+
+
+def fit_latent_model(cfg: LatentBenchConfig, video: Path, demos: DemoConfig) -> Path:
+    """The latent action model fit on the pretraining video (reused when its folder has one)."""
+    from vla.latent.cli import FitConfig, fit
+
+    out = Path(cfg.output_dir) / "lam"
+    fit_cfg = FitConfig(root=str(video), repo_id=demos.repo_id, output_dir=str(out),
+                        lam=dataclasses.replace(cfg.lam, image_size=demos.image_size))
+    check_run_origin(out, fit_cfg, cfg.reuse_stale)
+    return out if (out / "lam.safetensors").exists() else fit(fit_cfg)
+
+
+def label(lam: Path, root: Path, repo_id: str) -> None:
+    """Write the dataset's latent-action labels unless that model already labelled it."""
+    from vla.latent.cli import LabelConfig
+    from vla.latent.cli import label as write_labels
+    from vla.latent.labels import has_labels, read_labels
+    from vla.latent.lam import file_fingerprint
+
+    if has_labels(root) and read_labels(root).lam_fingerprint == file_fingerprint(lam):
+        return
+    write_labels(LabelConfig(root=str(root), repo_id=repo_id, lam=str(lam)))
+
+
+def pretrain(cfg: LatentBenchConfig, pipeline: PipelineConfig) -> tuple[dict, Path, Path]:
+    """Video, latent action model, labels and the latent policy's pretraining: (summary, checkpoint, lam folder)."""
+    from vla.pipeline import build_backbone, wire
+
+    out = Path(pipeline.results_dir)
+    check_run_origin(out, pipeline, cfg.reuse_stale)
+    timings, start = {}, time.time()
+    video = generate_demos(pipeline.demos)
+    timings["demos_s"], start = time.time() - start, time.time()
+    lam = fit_latent_model(cfg, video, pipeline.demos)
+    label(lam, video, pipeline.demos.repo_id)
+    timings["lam_s"] = time.time() - start
+    if (out / "summary.json").exists():
+        summary = json.loads((out / "summary.json").read_text())
+        return summary, Path(summary["checkpoint"]), lam
+    wired = wire(pipeline, video, build_backbone(pipeline))
+    start = time.time()
+    checkpoint = training.train(training.TrainRunConfig(model=wired.model, data=wired.data, train=wired.train))
+    timings["train_s"] = time.time() - start
+    summary = {"checkpoint": str(checkpoint), "timings_s": timings, "video": str(video),
+               "frames": json.loads((checkpoint / "meta.json").read_text())["training"]["datasets"][0]["frames"],
+               "train_s_per_step": median_s_per_step(Path(wired.train.output_dir) / "metrics.csv"),
+               "provenance": provenance(pipeline)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary, checkpoint, lam
+
+
+def lam_diagnostics(cfg: LatentBenchConfig, lam: Path, dataset: Path, repo_id: str) -> dict:
+    """The latent action model's report on one held-out task's labelled demos (reused when written)."""
+    from vla.latent.cli import ReportConfig, report
+
+    out = Path(cfg.output_dir) / "lam_report"
+    if not (out / "latent_report.json").exists():
+        report(ReportConfig(root=str(dataset), repo_id=repo_id, lam=str(lam), output_dir=str(out)))
+    return json.loads((out / "latent_report.json").read_text()) | {"plot": str(out / "latent_report.png")}
+
+
+# ---- entry point --------------------------------------------------------------------------------------------
+
+
+def run_benchmark(cfg: LatentBenchConfig) -> Path:
+    """Every stage (cached), then results.json and the report; returns the report's path."""
+    from vla.eval.latent_report import write_report
+    from vla.pipeline import build_backbone
+
+    pipeline = pretrain_config(cfg)
+    recipe = finetune_recipe(cfg)
+    pretrained, checkpoint, lam = pretrain(cfg, pipeline)
+    vlm = build_backbone(pipeline)  # the pretraining's starting point (cached)
+    results = {"pretrain": pretrained, "runs": {}, "lam": None}
+    for task in cfg.tasks:
+        demos = held_out_demos(cfg, pipeline, task)
+        dataset = generate_demos(demos)
+        label(lam, dataset, demos.repo_id)
+        if results["lam"] is None:
+            results["lam"] = lam_diagnostics(cfg, lam, dataset, demos.repo_id)
+        for seed in cfg.seeds:  # seed-major within a task, so that a stopped benchmark has every arm's first seeds
+            for arm in cfg.arms:
+                run = finetune_run(cfg, recipe, checkpoint, vlm, dataset, demos, arm, task, seed)
+                results["runs"][f"{arm}/{task}/s{seed}"] = train_and_eval(run, run_dir(cfg, arm, task, seed),
+                                                                          cfg.reuse_stale)
+    fewshot = Path(cfg.fewshot_results)
+    results["fewshot"] = json.loads(fewshot.read_text()) if fewshot.exists() else None
+    text = json.dumps({"provenance": provenance(cfg), "pretrain_config": provenance(pipeline)["config"],
+                       "finetune_recipe": provenance(recipe)["config"], **results}, indent=1)
+    (Path(cfg.output_dir) / "results.json").write_text(text)
+    Path(cfg.report_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.report_dir) / "latent_results.json").write_text(text)
+    return write_report(cfg, pipeline, recipe, results)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Parse flags on top of configs/bench/latent.yaml (or another --config_path) and run."""
+    print(f"report: {run_benchmark(parse_with_recipe(LatentBenchConfig, DEFAULT_CONFIG, args))}")
+
+
+if __name__ == "__main__":
+    main()
