@@ -56,12 +56,25 @@ def test_smoke_run_makes_every_stage_reuses_them_and_reports(tmp_path, monkeypat
     assert set(results["runs"]) == {"latent/button-press-topdown/s0", "scratch/button-press-topdown/s0"}
     for run in results["runs"].values():
         assert run["tasks"]["button-press-topdown"]["episodes"] == 2
-    # the video has no actions; the held-out demos were labelled by the model fit on the video
+    # the video has no actions and was labelled by the model fit on it
     video = read_labels(results["pretrain"]["video"])
     assert video.lam_fingerprint == results["lam"]["fingerprint"] and video.frame_gap == 4
     pretrained = json.loads((out / "pretrain" / "train" / "checkpoints" / "last" / "meta.json").read_text())
     assert pretrained["training"]["datasets"][0]["action_free"] is True
     assert results["lam"]["stage2"]["codes_used"] >= 1 and "motion" in results["lam"]["stage2"]
+    held_out = json.loads((out / "finetune" / "scratch" / "button-press-topdown" / "s0" / "summary.json").read_text())
+    assert held_out["checkpoint"]
+    for arm in ("latent", "scratch"):  # both arms' demos labelled by the model fit on the video
+        run = json.loads((out / "finetune" / arm / "button-press-topdown" / "s0" / "train" / "checkpoints" / "last"
+                          / "meta.json").read_text())
+        assert run["training"]["datasets"][0]["latent_labels"]["lam_fingerprint"] == video.lam_fingerprint
+    # the latent arm starts from the video-pretrained policy (its LLM loaded, a decoder for the robot added); the
+    # scratch arm from nothing of it
+    init = json.loads((out / "finetune" / "latent" / "button-press-topdown" / "s0" / "train" / "init_report.json")
+                      .read_text())
+    assert any(name.startswith("backbone.language.") for name in init["loaded"])
+    assert init["new"] and all(name.startswith("head.decoders.") for name in init["new"])
+    assert not (out / "finetune" / "scratch" / "button-press-topdown" / "s0" / "train" / "init_report.json").exists()
     text = (report / "latent.md").read_text()
     assert "`latent` - `scratch`" in text and "## The latent action model" in text
     assert (report / "latent.png").stat().st_size > 0 and (report / "latent_lam.png").stat().st_size > 0

@@ -27,7 +27,7 @@ from vla.data.normalize import Normalizer
 from vla.kv_cache import buffer_reuse
 from vla.latent.labels import LatentLabels, write_labels
 from vla.policy import VLAPolicy
-from vla.training.finetune import freeze, init_from_checkpoint
+from vla.training.finetune import check_latent_model, freeze, init_from_checkpoint
 from vla.training.lora import add_lora
 from vla.training.train import check_latent_labels, load_demos, train, with_embodiment_parts
 from vla.types import Observation
@@ -347,6 +347,26 @@ def test_init_from_adds_a_fresh_decoder_and_keeps_the_pretrained_ones(trained, t
     changed = {n for n, p in tuned.named_parameters() if not torch.equal(p, before[n])}
     assert changed and changed <= trainable and any(n.startswith("head.decoders.newbot.") for n in changed)
     assert not any(n.startswith("head.decoders.sim.") for n in changed)  # only newbot's rows had actions
+
+
+def test_init_from_refuses_action_free_data_and_labels_of_another_latent_model(trained, tiny_run_config, tmp_path):
+    policy, _ = trained
+    policy.save_pretrained(tmp_path / "pretrained")
+    model = model_config(tiny_run_config.model.backbone.pretrained)
+    video = SimpleNamespace(embodiment="video", has_actions=False)
+    with pytest.raises(ValueError, match="has no actions: train.init_from fine-tunes on labelled demos"):
+        init_from_checkpoint(model, video, tmp_path / "pretrained", dataset="dataset lab/video")
+    # a checkpoint trained on model a's codes: demos labelled by model b mean something else
+    meta = {"training": {"datasets": [{"latent_labels": {"lam_fingerprint": "a" * 64}}]}}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    codes = np.zeros((4, K), dtype=np.int64)
+
+    def labelled_by(fingerprint: str) -> SimpleNamespace:
+        return SimpleNamespace(latent_labels=LatentLabels(codes, "outputs/lam_b", fingerprint, C, frame_gap=4))
+
+    check_latent_model(tmp_path, labelled_by("a" * 64), "dataset lab/demos")
+    with pytest.raises(ValueError, match="labelled by outputs/lam_b .bbbbbbbbbbbb., whose codes mean something else"):
+        check_latent_model(tmp_path, labelled_by("b" * 64), "dataset lab/demos")
 
 
 def test_lora_with_the_new_decoder_trains_adapters_and_decoder_alone(trained, tiny_run_config, new_robot_demos,

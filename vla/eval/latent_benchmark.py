@@ -51,7 +51,7 @@ class LatentBenchConfig:
     # dotted overrides on it (its eval section is unused: the pretrained policy has no decoder to act with)
     pretrain_recipe: str = "configs/pretrain/latent_ml10.yaml"
     pretrain_args: list[str] = field(default_factory=list)
-    # the latent action model, fit on the pretraining video (its image_size is the demos')
+    # the latent action model, fit on the pretraining video (image_size: the demos'; frame_gap 0: the head's horizon)
     lam: LAMConfig = field(default_factory=lambda: LAMConfig(stage1_steps=3000, stage2_steps=3000))
     # a vla-train recipe whose train and data sections every arm uses, + overrides
     finetune_recipe: str = "configs/finetune/10shot.yaml"
@@ -111,13 +111,16 @@ def held_out_demos(cfg: LatentBenchConfig, pretrain: PipelineConfig, task: str) 
 # ---- stages -------------------------------------------------------------------------------------------------
 
 
-def fit_latent_model(cfg: LatentBenchConfig, video: Path, demos: DemoConfig) -> Path:
-    """The latent action model fit on the pretraining video (reused when its folder has one)."""
+def fit_latent_model(cfg: LatentBenchConfig, video: Path, pipeline: PipelineConfig) -> Path:
+    """The latent action model fit on the pretraining video (reused when its folder has one), at the demos' image
+    size; frame_gap 0 means the head's horizon (a latent action then describes the chunk the decoder emits; the
+    model's own default, one second, spans most of a Meta-World episode at 80 frames/s)."""
     from vla.latent.cli import FitConfig, fit
 
-    out = Path(cfg.output_dir) / "lam"
-    fit_cfg = FitConfig(root=str(video), repo_id=demos.repo_id, output_dir=str(out),
-                        lam=dataclasses.replace(cfg.lam, image_size=demos.image_size))
+    out, demos = Path(cfg.output_dir) / "lam", pipeline.demos
+    lam = dataclasses.replace(cfg.lam, image_size=demos.image_size,
+                              frame_gap=cfg.lam.frame_gap or pipeline.model.head.horizon)
+    fit_cfg = FitConfig(root=str(video), repo_id=demos.repo_id, output_dir=str(out), lam=lam)
     check_run_origin(out, fit_cfg, cfg.reuse_stale)
     return out if (out / "lam.safetensors").exists() else fit(fit_cfg)
 
@@ -143,7 +146,7 @@ def pretrain(cfg: LatentBenchConfig, pipeline: PipelineConfig) -> tuple[dict, Pa
     timings, start = {}, time.time()
     video = generate_demos(pipeline.demos)
     timings["demos_s"], start = time.time() - start, time.time()
-    lam = fit_latent_model(cfg, video, pipeline.demos)
+    lam = fit_latent_model(cfg, video, pipeline)
     label(lam, video, pipeline.demos.repo_id)
     timings["lam_s"] = time.time() - start
     if (out / "summary.json").exists():
@@ -164,11 +167,13 @@ def pretrain(cfg: LatentBenchConfig, pipeline: PipelineConfig) -> tuple[dict, Pa
 def lam_diagnostics(cfg: LatentBenchConfig, lam: Path, dataset: Path, repo_id: str) -> dict:
     """The latent action model's report on one held-out task's labelled demos (reused when written)."""
     from vla.latent.cli import ReportConfig, report
+    from vla.latent.lam import file_fingerprint
 
     out = Path(cfg.output_dir) / "lam_report"
-    if not (out / "latent_report.json").exists():
+    path = out / "latent_report.json"
+    if not path.exists() or json.loads(path.read_text())["fingerprint"] != file_fingerprint(lam):
         report(ReportConfig(root=str(dataset), repo_id=repo_id, lam=str(lam), output_dir=str(out)))
-    return json.loads((out / "latent_report.json").read_text()) | {"plot": str(out / "latent_report.png")}
+    return json.loads(path.read_text()) | {"plot": str(out / "latent_report.png")}
 
 
 # ---- entry point --------------------------------------------------------------------------------------------

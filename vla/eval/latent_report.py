@@ -36,7 +36,8 @@ def labelled_pretraining(cfg, fewshot: dict | None) -> list[str]:
         return ["The labelled-data pretraining of the few-shot benchmark (`benchmarks/fewshot.py`) has no results "
                 "file yet (`docs/results/fewshot_results.json`), so it is not compared here."]
     lines = ["The few-shot benchmark's arms (pretrained on labelled demos of the same ML10 training tasks; "
-             "`fewshot_results.json`), on the held-out tasks both ran:", "", "| arm | mean over tasks | runs |",
+             "`fewshot_results.json`), on the held-out tasks both ran:", "",
+             "| arm | mean ± std over its (task, seed) runs | runs |",
              "|---|---|---|"]
     arms: dict[str, list[float]] = {}
     for key, run in fewshot["runs"].items():

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vla.data.normalize import has_actions
 from vla.latent.labels import future_rows
 from vla.latent.lam import LatentActionModel
 from vla.latent.training import code_usage
@@ -127,7 +128,7 @@ def build_report(model: LatentActionModel, source: Any, batch_size: int = 64, nu
 
 def source_actions(source: Any) -> np.ndarray | None:
     """The dataset's own actions [N, D] (for the motion diagnostic), or None when it has none."""
-    if not getattr(source, "has_actions", True):
+    if not has_actions(source):
         return None
     actions = np.asarray(source.numeric()["action"])
     return actions if actions.ndim == 2 and actions.shape[1] > 0 else None

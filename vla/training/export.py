@@ -17,6 +17,7 @@ from torch import nn
 
 from vla.checkpoint import load_policy, save_policy
 from vla.data.dataset import ChunkedDemos
+from vla.data.normalize import has_actions
 from vla.training.distributed import (
     decided_on_main,
     full_weights,
@@ -60,7 +61,7 @@ def probe_observation(sources: list | ChunkedDemos) -> Observation | None:
     dataset's (as a batch mixing embodiments is). None when no dataset has actions (action-free video: the policy
     acts for no embodiment of them)."""
     sources = sources if isinstance(sources, list) else [sources]
-    sources = [source for source in sources if getattr(source, "has_actions", True)]
+    sources = [source for source in sources if has_actions(source)]
     if not sources:
         return None
     samples = [source[i] for source in sources for i in (0, len(source) // 2)]

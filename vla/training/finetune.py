@@ -43,7 +43,7 @@ from torch import nn
 from vla.checkpoint import load_policy
 from vla.config import ModelConfig, from_yaml
 from vla.data.dataset import ChunkedDemos
-from vla.data.normalize import Normalizer
+from vla.data.normalize import Normalizer, has_actions
 from vla.policy import VLAPolicy
 from vla.provenance import differing_keys, flat_config
 
@@ -100,6 +100,11 @@ def init_from_checkpoint(model: ModelConfig, demos: ChunkedDemos, path: str | Pa
     check_same_family(saved, model, path)
     check_named(demos.embodiment, dataset)
     check_token_heads(saved, model, path, demos.embodiment)
+    if not has_actions(demos):
+        raise ValueError(f"{dataset} has no actions: train.init_from fine-tunes on labelled demos (it adds their "
+                         f"robot's statistics and, for a latent head, its action decoder); to go on pretraining on "
+                         f"action-free data, resume that run (train.resume) or train a new one on a mixture")
+    check_latent_model(path, demos, dataset)
     model = with_pretrained_parts(model, saved, demos)
     pretrained = load_policy(path)
     normalizer, statistics = extend_normalizer(pretrained.normalizer, demos, model, path)
@@ -126,7 +131,7 @@ def with_pretrained_parts(model: ModelConfig, saved: ModelConfig, demos: Chunked
     action decoders, copied in) and gets one for the dataset's embodiment when it has actions (new when the
     checkpoint has none for it); other heads are unchanged."""
     kept = saved.head.embodiment_parts if saved.head.type == model.head.type else []
-    added = [demos.embodiment] if getattr(demos, "has_actions", True) else []
+    added = [demos.embodiment] if has_actions(demos) else []
     return dataclasses.replace(model, head=model.head.with_embodiment_parts([*kept, *added]))
 
 
@@ -171,6 +176,21 @@ def check_token_heads(saved: ModelConfig, model: ModelConfig, path: Path, embodi
                              f"{fit_on!r}; the fine-tuning dataset is {embodiment!r}, whose actions those tokens do "
                              f"not encode. Fine-tune a continuous head (dit, dita, flow) for a new embodiment, or "
                              f"give data of {fit_on!r}")
+
+
+def check_latent_model(path: Path, demos: ChunkedDemos, dataset: str) -> None:
+    """A latent head's codes mean what the latent action model that labelled its training data says: the fine-tuning
+    data must be labelled by one of the models the checkpoint was trained on (meta.json records them)."""
+    labels = getattr(demos, "latent_labels", None)
+    if labels is None:
+        return
+    trained = json.loads((path / "meta.json").read_text()).get("training") or {}
+    models = {d["latent_labels"]["lam_fingerprint"] for d in trained.get("datasets", []) if "latent_labels" in d}
+    if models and labels.lam_fingerprint not in models:
+        raise ValueError(f"{path} was trained on the latent codes of latent action model(s) "
+                         f"{sorted(m[:12] for m in models)}; {dataset} is labelled by {labels.lam} "
+                         f"({labels.lam_fingerprint[:12]}), whose codes mean something else: label it with the "
+                         f"checkpoint's model (`vla-latent label --lam <that model's folder>`)")
 
 
 def extend_normalizer(pretrained: Normalizer, demos: ChunkedDemos, model: ModelConfig,

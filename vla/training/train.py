@@ -138,7 +138,7 @@ def check_latent_labels(model: ModelConfig, specs: list[MixtureEntry], sources: 
 def with_embodiment_parts(model: ModelConfig, sources: list[FrameSource]) -> ModelConfig:
     """`model` whose head has a part for every dataset embodiment that has actions (the latent head's action decoders;
     other heads are unchanged). A source without actions (`has_actions` False: action-free video) gets none."""
-    names = [s.embodiment for s in sources if getattr(s, "has_actions", True)]
+    names = [s.embodiment for s in sources if has_actions(s)]
     return dataclasses.replace(model, head=model.head.with_embodiment_parts(names))
 
 
