@@ -19,11 +19,9 @@ action kind when the entry's arm dimensions have one.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import draccus
 import numpy as np
 import PIL.Image
 import yaml
@@ -128,10 +126,3 @@ def _add_episode(dataset, episode: Episode, sizes: dict[str, tuple[int, int, int
         dataset.add_frame(frame)
     dataset.save_episode()
 
-
-def main(args: list[str]) -> None:
-    cfg = draccus.parse(ConvertRLDSConfig, args=args)
-    try:
-        convert(cfg)
-    except ValueError as error:
-        sys.exit(f"vla-data convert-rlds: {error}")

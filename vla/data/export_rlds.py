@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import draccus
 import numpy as np
 import PIL.Image
 from tfrecord.writer import TFRecordWriter
@@ -300,12 +298,4 @@ def _jpeg(frame: np.ndarray, quality: int) -> bytes:
     buffer = io.BytesIO()
     PIL.Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
-
-
-def main(args: list[str]) -> None:
-    cfg = draccus.parse(ExportRLDSConfig, args=args)
-    try:
-        export(cfg)
-    except ValueError as error:
-        sys.exit(f"vla-data export-rlds: {error}")
 

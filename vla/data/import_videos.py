@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import draccus
 import numpy as np
 from tqdm import tqdm
 
@@ -213,12 +211,3 @@ def decode_frames(path: Path, size: int = 0):
     if index == 0:
         raise ValueError(f"{path}: no frame could be decoded")
 
-
-def main(args: list[str]) -> None:
-    cfg = draccus.parse(ImportVideosConfig, args=args)
-    try:
-        root = import_videos(cfg)
-    except ValueError as error:
-        sys.exit(f"vla-data import-videos: {error}")
-    print(f"wrote {root} (repo_id {cfg.repo_id}): action-free, camera observation.images.{cfg.camera}; which video "
-          f"each episode is: {root / SOURCES_FILE}")

@@ -280,20 +280,30 @@ def write_report(cfg: DatasetReportConfig, command: list[str] | None = None) -> 
     return out / "dataset_report.md"
 
 
+# sub-commands besides `report`: (module, config class, function taking the config and returning what it wrote)
+SUBCOMMANDS = {"convert-rlds": ("vla.data.convert_rlds", "ConvertRLDSConfig", "convert"),
+               "export-rlds": ("vla.data.export_rlds", "ExportRLDSConfig", "export"),
+               "import-videos": ("vla.data.import_videos", "ImportVideosConfig", "import_videos")}
+
+
+def run_subcommand(name: str, args: list[str]) -> None:
+    """Parse a sub-command's config, run it, print what it wrote; a ValueError (bad input) exits with its message."""
+    import importlib
+
+    module_name, config_name, function_name = SUBCOMMANDS[name]
+    module = importlib.import_module(module_name)
+    cfg = draccus.parse(getattr(module, config_name), args=args)
+    try:
+        written = getattr(module, function_name)(cfg)
+    except ValueError as error:
+        sys.exit(f"vla-data {name}: {error}")
+    print(f"vla-data {name}: wrote {written}")
+
+
 def main(args: list[str] | None = None) -> None:
     args = sys.argv[1:] if args is None else args
-    if args[:1] == ["convert-rlds"]:
-        from vla.data.convert_rlds import main as convert_rlds
-
-        return convert_rlds(args[1:])
-    if args[:1] == ["export-rlds"]:
-        from vla.data.export_rlds import main as export_rlds
-
-        return export_rlds(args[1:])
-    if args[:1] == ["import-videos"]:
-        from vla.data.import_videos import main as import_videos
-
-        return import_videos(args[1:])
+    if args[:1] and args[0] in SUBCOMMANDS:
+        return run_subcommand(args[0], args[1:])
     if args[:1] != ["report"]:
         raise SystemExit("usage: vla-data report --root DIR --repo_id ID [--embodiment_config NAME] "
                          "[--output_dir DIR]\n"
