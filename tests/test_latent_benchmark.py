@@ -72,7 +72,7 @@ def test_smoke_run_makes_every_stage_reuses_them_and_reports(tmp_path, monkeypat
     # scratch arm from nothing of it
     init = json.loads((out / "finetune" / "latent" / "button-press-topdown" / "s0" / "train" / "init_report.json")
                       .read_text())
-    assert any(name.startswith("backbone.language.") for name in init["loaded"])
+    assert any(name.startswith("backbone.vlm.language_model.layers.") for name in init["loaded"])
     assert init["new"] and all(name.startswith("head.decoders.") for name in init["new"])
     assert not (out / "finetune" / "scratch" / "button-press-topdown" / "s0" / "train" / "init_report.json").exists()
     text = (report / "latent.md").read_text()

@@ -241,17 +241,31 @@ def run_benchmark(cfg: FewshotConfig) -> Path:
     for task in cfg.tasks:
         demos = held_out_demos(cfg, pipeline, task)
         dataset = generate_demos(demos)
-        for seed in cfg.seeds:  # seed-major within a task, so that a stopped benchmark has every arm's first seeds
-            for arm in cfg.arms:
-                run = finetune_run(cfg, recipe, checkpoint, vlm, dataset, demos, arm, task, seed)
-                results["runs"][f"{arm}/{task}/s{seed}"] = train_and_eval(run, run_dir(cfg, arm, task, seed),
-                                                                          cfg.reuse_stale)
+        results["runs"] |= run_arms(cfg, recipe, checkpoint, vlm, dataset, demos, task)
+    save_results(cfg, pipeline, recipe, results, "fewshot_results.json")
+    return write_report(cfg, pipeline, recipe, results)
+
+
+def run_arms(cfg, recipe: training.TrainRunConfig, pretrained: Path, vlm: Path, dataset: Path, demos: DemoConfig,
+             task: str) -> dict[str, dict]:
+    """Every (arm, seed) on one held-out task's demos (each cached): {"arm/task/sS": summary}. `cfg`: any benchmark
+    config with arms, seeds, eval, output_dir and reuse_stale (FewshotConfig, the latent benchmark's)."""
+    runs = {}
+    for seed in cfg.seeds:  # seed-major within a task, so that a stopped benchmark has every arm's first seeds
+        for arm in cfg.arms:
+            run = finetune_run(cfg, recipe, pretrained, vlm, dataset, demos, arm, task, seed)
+            runs[f"{arm}/{task}/s{seed}"] = train_and_eval(run, run_dir(cfg, arm, task, seed), cfg.reuse_stale)
+    return runs
+
+
+def save_results(cfg, pipeline: PipelineConfig, recipe: training.TrainRunConfig, results: dict, name: str) -> None:
+    """results.json under output_dir and <report_dir>/<name>: every stage's summary with the provenance of the
+    benchmark, its pretraining and its fine-tuning recipe."""
     text = json.dumps({"provenance": provenance(cfg), "pretrain_config": provenance(pipeline)["config"],
                        "finetune_recipe": provenance(recipe)["config"], **results}, indent=1)
     (Path(cfg.output_dir) / "results.json").write_text(text)
     Path(cfg.report_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.report_dir) / "fewshot_results.json").write_text(text)
-    return write_report(cfg, pipeline, recipe, results)
+    (Path(cfg.report_dir) / name).write_text(text)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -163,6 +163,10 @@ def plot(cfg, rows: list[dict], pretrained: dict, path: Path) -> None:
     groups = {g.replace("_", " "): r for g, r in pretrained["groups"].items()} | {"all": pretrained["overall"]}
     success_bars(right, groups, [GROUP_COLOURS.get(g.replace(" ", "_"), "#777777") for g in groups])
     right.set_title("pretrained policy on its training tasks (pooled, 95% CI)", fontsize=10)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

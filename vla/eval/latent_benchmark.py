@@ -33,7 +33,7 @@ from pathlib import Path
 import draccus
 
 from vla.config import EvalConfig, parse_with_recipe
-from vla.eval.fewshot_benchmark import ArmConfig, finetune_recipe, finetune_run, run_dir, train_and_eval
+from vla.eval.fewshot_benchmark import ArmConfig, finetune_recipe, run_arms, save_results
 from vla.eval.heads_benchmark import check_run_origin, median_s_per_step
 from vla.latent.lam import LAMConfig
 from vla.pipeline import PipelineConfig
@@ -195,18 +195,10 @@ def run_benchmark(cfg: LatentBenchConfig) -> Path:
         label(lam, dataset, demos.repo_id)
         if results["lam"] is None:
             results["lam"] = lam_diagnostics(cfg, lam, dataset, demos.repo_id)
-        for seed in cfg.seeds:  # seed-major within a task, so that a stopped benchmark has every arm's first seeds
-            for arm in cfg.arms:
-                run = finetune_run(cfg, recipe, checkpoint, vlm, dataset, demos, arm, task, seed)
-                results["runs"][f"{arm}/{task}/s{seed}"] = train_and_eval(run, run_dir(cfg, arm, task, seed),
-                                                                          cfg.reuse_stale)
+        results["runs"] |= run_arms(cfg, recipe, checkpoint, vlm, dataset, demos, task)
     fewshot = Path(cfg.fewshot_results)
     results["fewshot"] = json.loads(fewshot.read_text()) if fewshot.exists() else None
-    text = json.dumps({"provenance": provenance(cfg), "pretrain_config": provenance(pipeline)["config"],
-                       "finetune_recipe": provenance(recipe)["config"], **results}, indent=1)
-    (Path(cfg.output_dir) / "results.json").write_text(text)
-    Path(cfg.report_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.report_dir) / "latent_results.json").write_text(text)
+    save_results(cfg, pipeline, recipe, results, "latent_results.json")
     return write_report(cfg, pipeline, recipe, results)
 
 

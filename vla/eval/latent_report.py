@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vla.eval.fewshot_report import arm_bars, arm_rows, arm_table, with_args  # noqa: E402
+from vla.eval.fewshot_report import arm_bars, arm_rows, arm_table, save_figure, with_args  # noqa: E402
 from vla.eval.heads_report import mean_std, pct  # noqa: E402
 from vla.latent.report import markdown as lam_markdown  # noqa: E402
 
@@ -93,9 +93,7 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
 def plot(cfg, rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     arm_bars(ax, cfg, rows)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(cfg, pipeline, recipe, results: dict) -> Path:
