@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from vla.versioned import read_versioned_json
+
 LABELS_DIR = "latent_actions"
 CODES_FILE = "codes.safetensors"
 META_FILE = "labels.json"
@@ -101,10 +103,7 @@ def read_labels(root: str | Path, num_frames: int | None = None) -> LatentLabels
     if not (folder / META_FILE).is_file() or not (folder / CODES_FILE).is_file():
         raise FileNotFoundError(f"the dataset at {root} has no latent-action labels ({folder / META_FILE}): write them "
                                 f"with `vla-latent label --lam <latent action model> --root {root}`")
-    meta = json.loads((folder / META_FILE).read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{folder / META_FILE} has format_version {meta.get('format_version')}; this code reads "
-                         f"version {FORMAT_VERSION}")
+    meta = read_versioned_json(folder / META_FILE, FORMAT_VERSION)
     codes = load_file(str(folder / CODES_FILE))["codes"].numpy()
     labels = LatentLabels(codes, meta["lam"], meta["lam_fingerprint"], int(meta["codebook_size"]),
                           int(meta["frame_gap"]))

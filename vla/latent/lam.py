@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from vla.latent.features import FeatureConfig, PatchFeaturesConfig, feature_config_from_dict
 from vla.latent.text import HASHED, build_text_encoder, check_instructions
+from vla.versioned import read_versioned_json
 
 CONFIG_FILE = "lam.json"
 WEIGHTS_FILE = "lam.safetensors"
@@ -320,10 +321,7 @@ class LatentActionModel(nn.Module):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} is not a latent action model folder: no {name} (`vla-latent fit` "
                                         f"writes one)")
-        meta = json.loads((folder / CONFIG_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder / CONFIG_FILE} has format_version {meta.get('format_version')}; this code "
-                             f"reads version {FORMAT_VERSION}")
+        meta = read_versioned_json(folder / CONFIG_FILE, FORMAT_VERSION)
         config = LAMConfig.from_dict(meta["config"])
         model = cls(config, config.frame_gap)
         check_same_space(folder, "feature space", meta["feature_space"], model.features.fingerprint(),

@@ -24,6 +24,7 @@ import draccus
 import numpy as np
 
 from vla.registry import choice_class
+from vla.versioned import read_versioned_json
 
 META_FILE = "action_tokenizer.json"
 FORMAT_VERSION = 1
@@ -174,10 +175,7 @@ class ActionTokenizer(ABC):
     def load(folder: str | Path, embodiment: str | None = None) -> ActionTokenizer:
         """Load a saved tokenizer of any registered type; with `embodiment`, refuse one fit on another."""
         folder = Path(folder)
-        meta = json.loads(_required_file(folder, META_FILE).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder / META_FILE} has format_version {meta.get('format_version')}; "
-                             f"this code reads version {FORMAT_VERSION}")
+        meta = read_versioned_json(_required_file(folder, META_FILE), FORMAT_VERSION)
         config_class = tokenizer_config_class(meta["type"])
         try:
             config = config_class(**meta["config"])
