@@ -84,11 +84,17 @@ class FewshotConfig:
     reuse_stale: bool = False
 
     def __post_init__(self) -> None:
-        for task in self.tasks:
-            get_task(task)
-        if not self.seeds or not self.arms or self.demos_per_task < 1:
-            raise ValueError(f"the benchmark needs seeds, arms and demos_per_task >= 1; got seeds={self.seeds}, "
-                             f"arms={list(self.arms)}, demos_per_task={self.demos_per_task}")
+        check_held_out_settings(self)
+
+
+def check_held_out_settings(cfg) -> None:
+    """A ValueError unless every held-out task exists and seeds, arms and demos_per_task >= 1 are given (`cfg`: this
+    benchmark's config or the latent benchmark's)."""
+    for task in cfg.tasks:
+        get_task(task)
+    if not cfg.seeds or not cfg.arms or cfg.demos_per_task < 1:
+        raise ValueError(f"the benchmark needs seeds, arms and demos_per_task >= 1; got seeds={cfg.seeds}, "
+                         f"arms={list(cfg.arms)}, demos_per_task={cfg.demos_per_task}")
 
 
 @dataclass
@@ -106,10 +112,17 @@ def pretrain_config(cfg: FewshotConfig) -> PipelineConfig:
     """The pretraining recipe with its overrides, everything it makes under output_dir, and the held-out tasks'
     instructions in the tiny VLM's vocabulary."""
     recipe = draccus.parse(PipelineConfig, args=[f"--config_path={cfg.pretrain_recipe}", *cfg.pretrain_args])
+    return held_out_pretraining(cfg, recipe, "the pretraining demos include")
+
+
+def held_out_pretraining(cfg, recipe: PipelineConfig, subject: str) -> PipelineConfig:
+    """`recipe` with everything it makes under cfg.output_dir and the held-out tasks' instructions in the tiny VLM's
+    vocabulary; a ValueError ("<subject> held-out tasks ...") when its demos include a held-out task (`cfg`: this
+    benchmark's config or the latent benchmark's)."""
     held_out = [t for t in recipe.demos.tasks if t in cfg.tasks]
     if held_out:
-        raise ValueError(f"the pretraining demos include held-out tasks {held_out}: remove them from "
-                         f"{cfg.pretrain_recipe} (demos.tasks) or from the benchmark's tasks")
+        raise ValueError(f"{subject} held-out tasks {held_out}: remove them from {cfg.pretrain_recipe} (demos.tasks) "
+                         f"or from the benchmark's tasks")
     out = Path(cfg.output_dir)
     extra = list(dict.fromkeys(recipe.tiny_backbone.extra_tasks + cfg.tasks))
     return dataclasses.replace(

@@ -33,13 +33,19 @@ from pathlib import Path
 import draccus
 
 from vla.config import EvalConfig, parse_with_recipe
-from vla.eval.fewshot_benchmark import ArmConfig, finetune_recipe, run_arms, save_results
+from vla.eval.fewshot_benchmark import (
+    ArmConfig,
+    check_held_out_settings,
+    finetune_recipe,
+    held_out_pretraining,
+    run_arms,
+    save_results,
+)
 from vla.eval.heads_benchmark import check_run_origin, median_s_per_step
 from vla.latent.lam import LAMConfig
 from vla.pipeline import PipelineConfig
 from vla.provenance import provenance
 from vla.sim.demos import DemoConfig, generate_demos
-from vla.sim.tasks import get_task
 from vla.training import train as training
 
 DEFAULT_CONFIG = "configs/bench/latent.yaml"
@@ -70,11 +76,7 @@ class LatentBenchConfig:
     reuse_stale: bool = False
 
     def __post_init__(self) -> None:
-        for task in self.tasks:
-            get_task(task)
-        if not self.seeds or not self.arms or self.demos_per_task < 1:
-            raise ValueError(f"the benchmark needs seeds, arms and demos_per_task >= 1; got seeds={self.seeds}, "
-                             f"arms={list(self.arms)}, demos_per_task={self.demos_per_task}")
+        check_held_out_settings(self)
 
 
 # ---- configs ------------------------------------------------------------------------------------------------
@@ -89,17 +91,7 @@ def pretrain_config(cfg: LatentBenchConfig) -> PipelineConfig:
         raise ValueError(f"{cfg.pretrain_recipe} must write action-free demos (demos.action_free: true) and train a "
                          f"latent head (model.head.type: latent); got action_free={recipe.demos.action_free}, head "
                          f"{recipe.model.head.type}")
-    held_out = [t for t in recipe.demos.tasks if t in cfg.tasks]
-    if held_out:
-        raise ValueError(f"the pretraining video includes held-out tasks {held_out}: remove them from "
-                         f"{cfg.pretrain_recipe} (demos.tasks) or from the benchmark's tasks")
-    out = Path(cfg.output_dir)
-    extra = list(dict.fromkeys(recipe.tiny_backbone.extra_tasks + cfg.tasks))
-    return dataclasses.replace(
-        recipe, demos=dataclasses.replace(recipe.demos, root=str(out / "datasets")),
-        tiny_backbone=dataclasses.replace(recipe.tiny_backbone, root=str(out / "tiny_vlm"), extra_tasks=extra),
-        train=dataclasses.replace(recipe.train, output_dir=str(out / "pretrain" / "train")),
-        results_dir=str(out / "pretrain"))
+    return held_out_pretraining(cfg, recipe, "the pretraining video includes")
 
 
 def held_out_demos(cfg: LatentBenchConfig, pretrain: PipelineConfig, task: str) -> DemoConfig:
