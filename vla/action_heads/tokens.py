@@ -28,7 +28,7 @@ action tokenizer); `TokenHead` adds an action tokenizer (`vla/tokenizers`) whose
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -45,7 +45,7 @@ VOCABULARY_MODES = ("new", "reuse")
 
 
 @dataclass
-class VocabularyHeadConfig(HeadConfig):
+class VocabularyHeadConfig(HeadConfig, ABC):
     """Settings every head that writes tokens of the backbone LLM's vocabulary shares; not registered itself."""
 
     # new: tokens appended to the LLM's vocabulary; reuse: the last text token ids (OpenVLA)
@@ -70,9 +70,9 @@ class VocabularyHeadConfig(HeadConfig):
         return True
 
     @property
+    @abstractmethod
     def num_slots(self) -> int:
         """Tokens the head reserves in the LLM vocabulary (its local ids 0..num_slots-1)."""
-        raise NotImplementedError(f"{type(self).__name__} must define num_slots")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor, nn
@@ -42,13 +43,14 @@ def check_instructions(instructions: list[str] | None, batch: int, where: str = 
     return list(instructions)
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(nn.Module, ABC):
     """Frozen instructions -> [B, dim]; `fingerprint()` identifies the embedding."""
 
     dim: int
 
+    @abstractmethod
     def fingerprint(self) -> str:
-        raise NotImplementedError
+        """A digest of what the embedding is (settings and weights), saved with a model fit on it."""
 
     def train(self, mode: bool = True) -> TextEncoder:
         return super().train(False)
