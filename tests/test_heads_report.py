@@ -91,7 +91,7 @@ def test_run_folder_refuses_other_settings_or_commit(tmp_path, monkeypatch):
 
     cfg = HeadsBenchmarkConfig(heads=["dita"], seeds=[0])
     pipeline = pipeline_config(cfg, "dita", 0)
-    at_commit = {"commit": "a" * 40, "dirty": False}
+    at_commit = {"commit": "a" * 40, "dirty": False, "code": "c" * 40, "code_dirty": False}
     monkeypatch.setattr(provenance, "git_commit", lambda: dict(at_commit))
     check_run_origin(tmp_path, pipeline, reuse_stale=False)
     recorded = json.loads((tmp_path / "provenance.json").read_text())
@@ -102,8 +102,13 @@ def test_run_folder_refuses_other_settings_or_commit(tmp_path, monkeypatch):
                             "dita", 0)
     with pytest.raises(ValueError, match=r"other settings \(model.head.depth\).*--reuse_stale"):
         check_run_origin(tmp_path, other, reuse_stale=False)
-    at_commit["commit"] = "b" * 40
-    with pytest.raises(ValueError, match="made at commit aaaaaaaaaa, this checkout is at bbbbbbbbbb"):
+    at_commit.update(commit="b" * 40, dirty=True)  # a later commit that changed only docs or tests: reused
+    check_run_origin(tmp_path, pipeline, reuse_stale=False)
+    at_commit["code_dirty"] = True  # but not with uncommitted changes to the package
+    with pytest.raises(ValueError, match="uncommitted changes"):
+        check_run_origin(tmp_path, pipeline, reuse_stale=False)
+    at_commit.update(code="d" * 40, code_dirty=False)
+    with pytest.raises(ValueError, match="at commit aaaaaaaaaa with other code under vla/, this checkout is at bb"):
         check_run_origin(tmp_path, pipeline, reuse_stale=False)
     check_run_origin(tmp_path, pipeline, reuse_stale=True)  # only when asked
 

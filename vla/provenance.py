@@ -23,8 +23,13 @@ PACKAGES = ("torch", "transformers", "diffusers", "accelerate", "lerobot", "nump
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+CODE_DIR = "vla"  # the package: results depend on its code, the config and the library versions, not on docs or tests
+
+
 def git_commit(root: Path = REPO_ROOT) -> dict:
-    """{"commit": sha or None, "dirty": uncommitted changes to tracked files?} of the checkout holding vla."""
+    """{"commit": sha or None, "dirty": uncommitted changes to tracked files?, "code": git tree hash of vla/ at
+    that commit, "code_dirty": uncommitted changes under vla/?} of the checkout holding vla. Two commits with
+    the same "code" run the same package, so a result made at one may be reused at the other."""
     def git(*args: str) -> str | None:
         try:
             return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
@@ -33,8 +38,12 @@ def git_commit(root: Path = REPO_ROOT) -> dict:
             return None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "code": None, "code_dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if commit else None}
+    code_status = git("status", "--porcelain", "--untracked-files=no", "--", CODE_DIR)
+    return {"commit": commit, "dirty": bool(status), "code": git("rev-parse", f"HEAD:{CODE_DIR}"),
+            "code_dirty": bool(code_status)}
 
 
 def versions() -> dict[str, str | None]:
@@ -80,20 +89,34 @@ def provenance(config=None, command: list[str] | None = None) -> dict:
 
 def same_origin(recorded: dict | None, config) -> list[str]:
     """What differs between a stored result's provenance and a run now with `config` at this checkout:
-    [] when the result may be reused, else readable reasons (other commit, changed tree, other settings)."""
+    [] when the result may be reused, else readable reasons (other code, changed tree, other settings or
+    library versions). A result made at another commit with the same vla/ tree (only docs, tests or results
+    changed since) may be reused: that is what lets a benchmark longer than a session be spread over several."""
     if not recorded:
         return ["it has no provenance record"]
-    reasons = []
     now = git_commit()
-    if recorded.get("commit") != now["commit"]:
-        made, here = str(recorded.get("commit"))[:10], str(now["commit"])[:10]
-        reasons.append(f"made at commit {made}, this checkout is at {here}")
-    elif recorded.get("dirty") or now["dirty"]:
-        reasons.append("made or reused with uncommitted changes to tracked files")
+    reasons = code_differences(recorded, now)
+    if recorded.get("versions") is not None and recorded["versions"] != versions():
+        changed = [k for k in sorted(set(recorded["versions"]) | set(versions()))
+                   if recorded["versions"].get(k) != versions().get(k)]
+        reasons.append(f"made with other library versions ({', '.join(changed)})")
     if recorded.get("config") != as_plain(config):
         old, new = recorded.get("config") or {}, as_plain(config) or {}
         reasons.append(f"made with other settings ({', '.join(differing_keys(old, new)[:6])})")
     return reasons
+
+
+def code_differences(recorded: dict, now: dict) -> list[str]:
+    """[] when the recorded result ran the same vla/ code as this checkout, else the reason. Records without a
+    code hash (older ones) must match the commit and be clean."""
+    same_code = recorded.get("code") is not None and recorded.get("code") == now.get("code")
+    if recorded.get("commit") != now["commit"] and not same_code:
+        made, here = str(recorded.get("commit"))[:10], str(now["commit"])[:10]
+        return [f"made at commit {made} with other code under {CODE_DIR}/, this checkout is at {here}"]
+    dirty = "code_dirty" if same_code else "dirty"
+    if recorded.get(dirty) or now.get(dirty):
+        return ["made or reused with uncommitted changes to tracked files"]
+    return []
 
 
 def flat_config(config) -> dict[str, Any]:

@@ -7,11 +7,14 @@ and seeds; then BAC.
 Each (head, seed) is one pipeline run (`vla.pipeline.run_pipeline`: demos and the tiny VLM are
 cached, training resumes from its last checkpoint) in <output_dir>/<head>_s<seed>; a run whose
 summary.json exists is reused, so a crash costs at most the run in progress. A run (finished or not)
-made at another commit or with other settings is never reused or resumed unless `reuse_stale` is
-set; the report's header names every commit its runs were made at. A name in `heads`
+made with other code under vla/ or with other settings is never reused or resumed unless `reuse_stale` is
+set; the report's header names every commit its runs were made at. With `archive_dir` (the committed
+recipe's docs/results/heads_runs) every finished run's records are copied there and restored from there,
+so the ~3 h benchmark can be spread over sessions on fresh checkouts (`vla.eval.run_archive`). A name in `heads`
 is a registered head or a `variants` entry (a registered head with options of its own, such as
-dita with `denoiser: shared` or a two-frame history). Then, on the first seed's checkpoint of each
-head in `bac.heads`, BAC schedules are calibrated in memory on demo frames, with the fixed
+dita with `denoiser: shared` or a two-frame history). Once the first seed's runs exist, on the first seed's
+checkpoint of each head in `bac.heads` (before the other seeds, so no later session needs a checkpoint), BAC
+schedules are calibrated in memory on demo frames, with the fixed
 threshold and with the error tolerance, and every (steps, caching) pair is evaluated closed loop on
 the same episode seeds. The report is report_dir/heads.md + heads.png."""
 
@@ -32,12 +35,14 @@ import torch
 from vla.action_heads import head_config_class
 from vla.action_heads.bac import SCHEDULE_FILE, BlockCache, calibrate_head, load_schedules, save_schedules
 from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, parse_with_recipe
+from vla.eval.run_archive import archive_run, restore_run
 from vla.pipeline import PipelineConfig, TinyBackboneConfig
-from vla.provenance import provenance, same_origin
+from vla.provenance import as_plain, provenance, same_origin
 from vla.sim.demos import DemoConfig
 from vla.training.tokenizer_fit import FIT_REPORT
 
 TASKS = ["reach", "button-press-topdown"]
+BAC_ROWS = "rows.json"
 DEFAULT_RECIPE = "configs/bench/heads.yaml"  # nested defaults live here: draccus rebuilds an overridden section
 
 
@@ -54,7 +59,7 @@ class HeadSizeConfig:
 
 @dataclass
 class BACBenchConfig:
-    heads: list[str] = field(default_factory=lambda: ["dit", "flow"])
+    heads: list[str] = field(default_factory=list)  # each must be one of the benchmarked heads
     steps: list[int] = field(default_factory=lambda: [100, 10, 5])
     threshold: float = 0.3  # recompute a block once its accumulated relative change exceeds this
     # also compare: per step count, the largest threshold whose samples stay within this mean absolute
@@ -111,10 +116,16 @@ class HeadsBenchmarkConfig:
     # reuse (or resume) runs and evaluations made at another commit or with other settings; the report's header
     # names the commits its runs were made at
     reuse_stale: bool = False
+    # keep every finished run's records (not its checkpoints) here and restore them on a fresh checkout; None: off
+    archive_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name in self.heads + self.bac.heads:
             self.variant(name).build_head_config(self.head)  # unknown names and fields fail here, with the reason
+        missing = [name for name in self.bac.heads if name not in self.heads]
+        if missing:
+            raise ValueError(f"bac.heads {missing} are not in heads: BAC runs on their first-seed checkpoints "
+                             f"(add them to heads, or pass --bac.heads='[]')")
         for name in self.bac.heads:  # fail now, not after hours of training
             if self.variant(name).build_head_config(self.head).reads_language_cache:
                 raise ValueError(f"bac.heads: {name} denoises inside the backbone's LLM and has no blocks to cache")
@@ -150,8 +161,13 @@ def train_and_eval(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> dict:
     """One pipeline run (reused when its summary exists), plus its median training time per step."""
     pipeline = pipeline_config(cfg, head, seed)
     out = run_dir(cfg, head, seed)
+    if cfg.archive_dir and restore_run(out, Path(cfg.archive_dir), pipeline):
+        print(f"{out.name}: restored from {cfg.archive_dir}")
     check_run_origin(out, pipeline, cfg.reuse_stale)
-    return run_summary(pipeline, out)
+    summary = run_summary(pipeline, out)
+    if cfg.archive_dir:
+        archive_run(out, Path(cfg.archive_dir))
+    return summary
 
 
 def run_summary(pipeline: PipelineConfig, out: Path) -> dict:
@@ -214,7 +230,36 @@ def reusable(out: Path, schedule, eval_cfg: EvalConfig, reuse_stale: bool) -> bo
     return bool(saved) and saved[0].recompute == schedule.recompute
 
 
+def bac_settings(cfg: HeadsBenchmarkConfig, head: str) -> dict:
+    """What a head's BAC rows depend on: its first-seed run, the BAC settings and the evaluation."""
+    return {"run": as_plain(pipeline_config(cfg, head, cfg.seeds[0])), "bac": as_plain(cfg.bac),
+            "eval": as_plain(cfg.eval)}
+
+
 def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
+    """A head's BAC rows, cached with their provenance in its first-seed run folder (bac/rows.json, archived
+    with the run), or measured on the first-seed checkpoint (`measure_bac`)."""
+    out = run_dir(cfg, head, cfg.seeds[0])
+    cached = out / "bac" / BAC_ROWS
+    if cached.exists():
+        recorded = json.loads(cached.read_text())
+        reasons = same_origin(recorded["provenance"], bac_settings(cfg, head))
+        if not reasons or cfg.reuse_stale:
+            return recorded["rows"]
+    checkpoint = Path(summary["checkpoint"])
+    if not checkpoint.exists():
+        raise ValueError(f"BAC for {head} needs its seed-{cfg.seeds[0]} checkpoint {checkpoint}, which is not on "
+                         f"this machine (its run was restored from {cfg.archive_dir}, without BAC rows made with "
+                         f"these settings and code): delete {out} and the archived run to train it again")
+    rows = measure_bac(cfg, head, checkpoint)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(json.dumps({"provenance": provenance(bac_settings(cfg, head)), "rows": rows}, indent=1))
+    if cfg.archive_dir:
+        archive_run(out, Path(cfg.archive_dir))
+    return rows
+
+
+def measure_bac(cfg: HeadsBenchmarkConfig, head: str, checkpoint: Path) -> list[dict]:
     """Closed-loop success and latency for each (steps, caching mode) on one checkpoint, on the same episode
     seeds and sampling noise; finished evaluations are reused."""
     from vla.checkpoint import load_policy
@@ -222,7 +267,7 @@ def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
     from vla.eval.rollout import evaluate
     from vla.sim.demos import generate_demos
 
-    policy = load_policy(Path(summary["checkpoint"]))
+    policy = load_policy(checkpoint)
     obs = calibration_observations(generate_demos(cfg.demos), cfg.demos.repo_id, cfg.bac.calibration_frames,
                                    policy.config)
     with torch.no_grad():
@@ -286,9 +331,13 @@ def sampling_ms(head, cond, steps: int, schedules: list, reps: int = 15) -> list
 def run_benchmark(cfg: HeadsBenchmarkConfig) -> Path:
     from vla.eval.heads_report import write_report
 
-    # seed-major, so that an interrupted benchmark has every head at its first seeds
-    runs = {(head, seed): train_and_eval(cfg, head, seed) for seed in cfg.seeds for head in cfg.heads}
-    bac_rows = [row for head in cfg.bac.heads for row in bac_runs(cfg, head, runs[(head, cfg.seeds[0])])]
+    # seed-major, so that an interrupted benchmark has every head at its first seeds; BAC right after the first
+    # seed, while its checkpoints are on this machine (an archive keeps records, not checkpoints)
+    runs, bac_rows = {}, []
+    for seed in cfg.seeds:
+        runs |= {(head, seed): train_and_eval(cfg, head, seed) for head in cfg.heads}
+        if seed == cfg.seeds[0]:
+            bac_rows = [row for head in cfg.bac.heads for row in bac_runs(cfg, head, runs[(head, seed)])]
     results = json.dumps({"provenance": provenance(cfg), "runs": {f"{h}_s{s}": r for (h, s), r in runs.items()},
                           "bac": bac_rows}, indent=1)
     (Path(cfg.output_dir) / "results.json").write_text(results)

@@ -1,0 +1,66 @@
+"""Keep a benchmark's finished runs in the repository, so that a benchmark longer than a session can be spread
+over several.
+
+A run folder (<output_dir>/<run>) holds checkpoints and videos, too large to commit, beside the small records the
+report is made from (summary.json, provenance.json, the training metrics, the tokenizer fit report, cached
+evaluation summaries). `archive_run` copies those records into a folder that is committed (docs/results/...);
+`restore_run` copies them back into a run folder that has no summary yet, when the archived run was made with
+the same code under vla/, the same settings and library versions (`vla.provenance.same_origin`, the check a run
+made in this session passes too); otherwise the run is made anew and replaces the archived one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from vla.provenance import same_origin
+
+RECORD_SUFFIXES = (".json", ".csv")
+MAX_RECORD_BYTES = 2_000_000  # records are small; anything larger is a model or data file
+SKIP_DIRS = ("checkpoints",)  # model folders: their config/meta JSON belong to the weights, not to the report
+
+
+def records(run: Path) -> list[Path]:
+    """The record files of a run folder, relative to it, sorted."""
+    found = []
+    for path in run.rglob("*"):
+        relative = path.relative_to(run)
+        if (path.is_file() and path.suffix in RECORD_SUFFIXES and path.stat().st_size <= MAX_RECORD_BYTES
+                and not any(part in SKIP_DIRS for part in relative.parts)):
+            found.append(relative)
+    return sorted(found)
+
+
+def archive_run(run: Path, archive: Path) -> list[Path]:
+    """Copy the records of a finished run (it has summary.json) into archive/<run name>, replacing what was
+    there. Returns the files copied (relative)."""
+    if not (run / "summary.json").exists():
+        raise ValueError(f"{run} has no summary.json: only finished runs are archived")
+    target = archive / run.name
+    if target.exists():
+        shutil.rmtree(target)
+    copied = records(run)
+    for relative in copied:
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run / relative, target / relative)
+    return copied
+
+
+def restore_run(run: Path, archive: Path, config) -> bool:
+    """Copy an archived run's records into `run` when it has no summary.json yet and the archived run's
+    provenance.json matches `config` at this checkout (files already in `run` are kept). True when restored."""
+    source = archive / run.name
+    if (run / "summary.json").exists() or not (source / "summary.json").exists():
+        return False
+    recorded = source / "provenance.json"
+    reasons = same_origin(json.loads(recorded.read_text()) if recorded.exists() else None, config)
+    if reasons:
+        print(f"not restoring the archived run {source}: {'; '.join(reasons)}; it is made anew")
+        return False
+    for relative in records(source):
+        if not (run / relative).exists():
+            (run / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / relative, run / relative)
+    return True
