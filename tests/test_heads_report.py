@@ -28,6 +28,8 @@ def test_report_has_mean_std_table_bac_rows_and_plot(tmp_path):
     report = write_report(cfg, runs, bac).read_text()
     assert "| `flow` | **75 ± 7%** |" in report  # seeds at 70% and 80%
     assert "Made by `vla-eval heads` at commit c0ffeec0ff;" in report
+    assert "- overall: `flow` 75 ± 7%; no other within the spread" in report  # dit: 55 ± 7%
+    assert "- reach: `dit` 100 ± 0%; within the spread: `flow`" in report  # a tie is said to be one
     assert "| `dit` | 10 | off | - | 80% | 30.0 | 20.0 / 25.0 | 100% | 0.0000 |" in report
     assert "| `dit` | 10 | tolerance 0.01 | 0.08 | 80% | 20.0 (1.5x) | 20.0 / 25.0 | 70% | 0.0080 |" in report
     assert "| `dit` | 10 | threshold 0.25 | 0.25 | 80% | 10.0 (3.0x) |" in report

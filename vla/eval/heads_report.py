@@ -71,10 +71,26 @@ def pct(ms: tuple[float, float]) -> str:
 
 
 def origin(runs: dict) -> str:
-    """Which commits made the runs (from their provenance), for the report's header."""
-    commits = sorted({str((run.get("provenance") or {}).get("commit"))[:10] for run in runs.values()})
-    return f"Made by `vla-eval heads` at commit {', '.join(commits)}; the raw figures, with the full config, " \
-           "command, library versions and machine, are in `heads_results.json`."
+    """Which commits (and vla/ code trees) made the runs (from their provenance), for the report's header."""
+    records = [run.get("provenance") or {} for run in runs.values()]
+    commits = sorted({str(r.get("commit"))[:10] for r in records})
+    trees = sorted({str(r.get("code"))[:10] for r in records if r.get("code")})
+    same_code = f" (one code tree under vla/, {trees[0]})" if len(commits) > 1 and len(trees) == 1 else ""
+    return f"Made by `vla-eval heads` at commit {', '.join(commits)}{same_code}; the raw figures, with the full " \
+           "config, command, library versions and machine, are in `heads_results.json`."
+
+
+def leaders(rows: list[dict], tasks: list[str]) -> list[str]:
+    """Per task and overall: the head with the best mean success, and the heads whose mean lies within the
+    spread (the larger of the two sample stds) of it, which the seeds cannot tell apart from the leader."""
+    lines = []
+    for name, score in [("overall", lambda r: r["success"]), *[(t, lambda r, t=t: r["tasks"][t]) for t in tasks]]:
+        best = max(rows, key=lambda r: score(r)[0])
+        close = [r["head"] for r in rows if r is not best
+                 and score(best)[0] - score(r)[0] <= max(score(best)[1], score(r)[1])]
+        tie = f"; within the spread: {', '.join(f'`{h}`' for h in close)}" if close else "; no other within the spread"
+        lines.append(f"- {name}: `{best['head']}` {pct(score(best))}{tie}")
+    return lines
 
 
 def markdown(cfg, rows: list[dict], bac_rows: list[dict], runs: dict | None = None) -> str:
@@ -90,7 +106,8 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict], runs: dict | None = No
         f"per task, {cfg.eval.num_inference_steps} denoising steps, {cfg.eval.schedule.execute_steps} actions executed "
         "per chunk. Success is mean ± sample std over seeds; latency is one `policy.predict` per chunk (backbone + "
         "sampling, batch 1, CPU) in closed loop, averaged over seeds; train s/step is the median over 50-step "
-        "windows, averaged over seeds. Measured on a 2-core CPU shared with another job, so timings are noisy.",
+        "windows, averaged over seeds. Timings come from the CPU machine named in the provenance and vary between "
+        "runs by some 10%; the successes do not depend on them (fixed step counts).",
         "",
         *([origin(runs), ""] if runs else []),
         "| head | success | " + " | ".join(tasks) + " | per seed | train s/step | latency p50 / p99 (ms) | "
@@ -104,6 +121,9 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict], runs: dict | None = No
                      f"{r['s_per_step'][0]:.3f} | {r['p50'][0]:.1f} / {r['p99'][0]:.1f} | "
                      f"{r['params']['head'] / 1e6:.2f} M | {r['params']['total'] / 1e6:.2f} M | "
                      f"{tokens_cell(r['tokens'])} |")
+    if len(cfg.seeds) > 1:
+        lines += ["", "Best head per task (mean over seeds), and the heads the seeds cannot separate from it:",
+                  *leaders(rows, tasks)]
     variants = [name for name in cfg.heads if name in cfg.variants]
     if variants:
         lines += ["", "Variants (same sizes, on top of a registered head):"]
