@@ -1,7 +1,7 @@
 """Head benchmark: dit vs dita vs flow, the token heads (and named variants) on the same Meta-World demos, step budget
 and seeds; then BAC.
 
-    vla-eval heads                          # the committed report, ~3 h alone on 2 CPU cores
+    vla-eval heads                          # the committed report, 3-6 h alone on 2 CPU cores
     python benchmarks/heads.py --seeds='[0]' --train.steps=200
 
 Each (head, seed) is one pipeline run (`vla.pipeline.run_pipeline`: demos and the tiny VLM are
@@ -10,13 +10,12 @@ summary.json exists is reused, so a crash costs at most the run in progress. A r
 made with other code under vla/ or with other settings is never reused or resumed unless `reuse_stale` is
 set; the report's header names every commit its runs were made at. With `archive_dir` (the committed
 recipe's docs/results/heads_runs) every finished run's records are copied there and restored from there,
-so the ~3 h benchmark can be spread over sessions on fresh checkouts (`vla.eval.run_archive`). A name in `heads`
-is a registered head or a `variants` entry (a registered head with options of its own, such as
-dita with `denoiser: shared` or a two-frame history). Once the first seed's runs exist, on the first seed's
-checkpoint of each head in `bac.heads` (before the other seeds, so no later session needs a checkpoint), BAC
-schedules are calibrated in memory on demo frames, with the fixed
-threshold and with the error tolerance, and every (steps, caching) pair is evaluated closed loop on
-the same episode seeds. The report is report_dir/heads.md + heads.png."""
+so the 3-6 h benchmark can be spread over sessions on fresh checkouts (`vla.eval.run_archive`). A name in
+`heads` is a registered head or a `variants` entry (a registered head with options of its own, such as
+dita with `denoiser: shared` or a two-frame history). Right after a head's first-seed run, if the head is in
+`bac.heads`, on that checkpoint (so that no later session needs it), BAC schedules are calibrated in memory
+on demo frames, with the fixed threshold and with the error tolerance, and every (steps, caching) pair is
+evaluated closed loop on the same episode seeds. The report is report_dir/heads.md + heads.png."""
 
 from __future__ import annotations
 
@@ -331,13 +330,15 @@ def sampling_ms(head, cond, steps: int, schedules: list, reps: int = 15) -> list
 def run_benchmark(cfg: HeadsBenchmarkConfig) -> Path:
     from vla.eval.heads_report import write_report
 
-    # seed-major, so that an interrupted benchmark has every head at its first seeds; BAC right after the first
-    # seed, while its checkpoints are on this machine (an archive keeps records, not checkpoints)
+    # seed-major, so that an interrupted benchmark has every head at its first seeds; a head's BAC right after its
+    # first-seed run, while that checkpoint is on this machine (an archive keeps records, not checkpoints)
     runs, bac_rows = {}, []
     for seed in cfg.seeds:
-        runs |= {(head, seed): train_and_eval(cfg, head, seed) for head in cfg.heads}
-        if seed == cfg.seeds[0]:
-            bac_rows = [row for head in cfg.bac.heads for row in bac_runs(cfg, head, runs[(head, seed)])]
+        for head in cfg.heads:
+            runs[(head, seed)] = train_and_eval(cfg, head, seed)
+            if seed == cfg.seeds[0] and head in cfg.bac.heads:
+                bac_rows += bac_runs(cfg, head, runs[(head, seed)])
+    bac_rows.sort(key=lambda row: cfg.bac.heads.index(row["head"]))
     results = json.dumps({"provenance": provenance(cfg), "runs": {f"{h}_s{s}": r for (h, s), r in runs.items()},
                           "bac": bac_rows}, indent=1)
     (Path(cfg.output_dir) / "results.json").write_text(results)
