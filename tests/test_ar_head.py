@@ -340,6 +340,7 @@ def test_training_fits_the_tokenizer_and_the_checkpoint_round_trips(tiny_run_con
     report = json.loads((out / FIT_REPORT).read_text())
     demos = load_demos(model, tiny_run_config.data)
     assert report["type"] == "fast" and report["embodiment"] == demos.embodiment
+    assert report["provenance"]["commit"] and report["provenance"]["config"]["tokenizer"]["type"] == "fast"
     assert report["held_out_episodes"] == 1 and report["fit_chunks"] + report["held_out_chunks"] == len(demos)
     assert 0 <= report["round_trip"]["mean_abs_error"] < 0.1  # FAST at scale 10 on smooth scripted actions
     assert (checkpoint / TOKENIZER_DIR / "fast_bpe.json").is_file()

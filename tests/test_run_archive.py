@@ -29,6 +29,10 @@ def finished_run(cfg, head="dit", seed=0):
     (out / "train" / "checkpoints" / "000010" / "model.safetensors").write_bytes(b"weights")
     (out / "train" / "metrics.csv").write_text("step,loss,s_per_step\n5,1.0,0.2\n10,0.5,0.3\n")
     (out / "rollouts.mp4").write_bytes(b"video")
+    (out / "train" / "action_tokenizer").mkdir()
+    (out / "train" / "action_tokenizer" / "action_tokenizer.json").write_text("{}")  # the tokenizer, a model file
+    (out / "bac" / "steps010_thr0.25").mkdir(parents=True)
+    (out / "bac" / "steps010_thr0.25" / "bac_schedule.json").write_text("{}")  # needs the checkpoint it fits
     (out / "provenance.json").write_text(json.dumps(provenance.provenance(pipeline_config(cfg, head, seed))))
     summary = {"mean_success_rate": 0.7, "checkpoint": str(out / "train" / "checkpoints" / "000010")}
     (out / "summary.json").write_text(json.dumps(summary))
@@ -70,6 +74,8 @@ def test_archived_run_is_not_restored_with_other_code_or_settings(tmp_path, at_c
     at_commit.update(commit="b" * 40, code="d" * 40)
     assert not restore_run(fresh, archive, pipeline_config(cfg, "dit", 0))
     assert "with other code under vla/" in capsys.readouterr().out and not fresh.exists()
+    assert restore_run(fresh, archive, pipeline_config(cfg, "dit", 0), reuse_stale=True)  # only when asked
+    assert "although it was made at commit aaaaaaaaaa with other code" in capsys.readouterr().out
 
 
 def test_benchmark_reuses_restored_run_and_cached_bac_rows(tmp_path, at_commit):
@@ -77,7 +83,6 @@ def test_benchmark_reuses_restored_run_and_cached_bac_rows(tmp_path, at_commit):
                                archive_dir=str(tmp_path / "archive"), bac=BACBenchConfig(heads=["dit"]))
     out = finished_run(cfg)
     rows = [{"head": "dit", "steps": 10, "mode": "off", "success": 0.7}]
-    (out / "bac").mkdir()
     (out / "bac" / "rows.json").write_text(json.dumps({"provenance": provenance.provenance(bac_settings(cfg, "dit")),
                                                        "rows": rows}))
     archive_run(out, tmp_path / "archive")

@@ -94,12 +94,11 @@ def same_origin(recorded: dict | None, config) -> list[str]:
     changed since) may be reused: that is what lets a benchmark longer than a session be spread over several."""
     if not recorded:
         return ["it has no provenance record"]
-    now = git_commit()
-    reasons = code_differences(recorded, now)
-    if recorded.get("versions") is not None and recorded["versions"] != versions():
-        changed = [k for k in sorted(set(recorded["versions"]) | set(versions()))
-                   if recorded["versions"].get(k) != versions().get(k)]
-        reasons.append(f"made with other library versions ({', '.join(changed)})")
+    reasons = code_differences(recorded, git_commit())
+    if recorded.get("versions") is not None:
+        changed = differing_keys(recorded["versions"], versions())
+        if changed:
+            reasons.append(f"made with other library versions ({', '.join(changed)})")
     if recorded.get("config") != as_plain(config):
         old, new = recorded.get("config") or {}, as_plain(config) or {}
         reasons.append(f"made with other settings ({', '.join(differing_keys(old, new)[:6])})")

@@ -160,7 +160,7 @@ def train_and_eval(cfg: HeadsBenchmarkConfig, head: str, seed: int) -> dict:
     """One pipeline run (reused when its summary exists), plus its median training time per step."""
     pipeline = pipeline_config(cfg, head, seed)
     out = run_dir(cfg, head, seed)
-    if cfg.archive_dir and restore_run(out, Path(cfg.archive_dir), pipeline):
+    if cfg.archive_dir and restore_run(out, Path(cfg.archive_dir), pipeline, cfg.reuse_stale):
         print(f"{out.name}: restored from {cfg.archive_dir}")
     check_run_origin(out, pipeline, cfg.reuse_stale)
     summary = run_summary(pipeline, out)

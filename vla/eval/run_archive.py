@@ -15,11 +15,16 @@ import json
 import shutil
 from pathlib import Path
 
+from vla.action_heads.bac import SCHEDULE_FILE
+from vla.checkpoint import TOKENIZER_DIR
 from vla.provenance import same_origin
 
 RECORD_SUFFIXES = (".json", ".csv")
 MAX_RECORD_BYTES = 2_000_000  # records are small; anything larger is a model or data file
-SKIP_DIRS = ("checkpoints",)  # model folders: their config/meta JSON belong to the weights, not to the report
+# model artifacts, not records: checkpoints and the action tokenizer (their JSON belongs to the weights), and
+# calibrated BAC schedules (only usable with the checkpoint they were calibrated on, which is not archived)
+SKIP_DIRS = ("checkpoints", TOKENIZER_DIR)
+SKIP_FILES = (SCHEDULE_FILE,)
 
 
 def records(run: Path) -> list[Path]:
@@ -28,7 +33,7 @@ def records(run: Path) -> list[Path]:
     for path in run.rglob("*"):
         relative = path.relative_to(run)
         if (path.is_file() and path.suffix in RECORD_SUFFIXES and path.stat().st_size <= MAX_RECORD_BYTES
-                and not any(part in SKIP_DIRS for part in relative.parts)):
+                and path.name not in SKIP_FILES and not any(part in SKIP_DIRS for part in relative.parts)):
             found.append(relative)
     return sorted(found)
 
@@ -48,17 +53,22 @@ def archive_run(run: Path, archive: Path) -> list[Path]:
     return copied
 
 
-def restore_run(run: Path, archive: Path, config) -> bool:
+def restore_run(run: Path, archive: Path, config, reuse_stale: bool = False) -> bool:
     """Copy an archived run's records into `run` when it has no summary.json yet and the archived run's
-    provenance.json matches `config` at this checkout (files already in `run` are kept). True when restored."""
+    provenance.json matches `config` at this checkout, or reuse_stale (as for a run folder made in this session,
+    `heads_benchmark.check_run_origin`; the report names every commit). Files already in `run` are kept. True
+    when restored."""
     source = archive / run.name
     if (run / "summary.json").exists() or not (source / "summary.json").exists():
         return False
     recorded = source / "provenance.json"
     reasons = same_origin(json.loads(recorded.read_text()) if recorded.exists() else None, config)
-    if reasons:
-        print(f"not restoring the archived run {source}: {'; '.join(reasons)}; it is made anew")
+    if reasons and not reuse_stale:
+        print(f"not restoring the archived run {source}: {'; '.join(reasons)}; it is made anew (or pass "
+              f"--reuse_stale=true)")
         return False
+    if reasons:
+        print(f"restoring the archived run {source} although it was {'; '.join(reasons)} (--reuse_stale)")
     for relative in records(source):
         if not (run / relative).exists():
             (run / relative).parent.mkdir(parents=True, exist_ok=True)

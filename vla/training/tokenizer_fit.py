@@ -22,6 +22,7 @@ import numpy as np
 from vla.checkpoint import TOKENIZER_DIR
 from vla.data.dataset import ChunkedDemos
 from vla.data.normalize import Normalizer
+from vla.provenance import provenance
 from vla.tokenizers import ActionTokenizer, TokenizerConfig, build_tokenizer
 from vla.tokenizers.base import META_FILE
 from vla.tokenizers.cli import NORMALIZATION_FILE, evaluate, split_episodes
@@ -95,7 +96,9 @@ def fit_action_tokenizer(policy, demos: ChunkedDemos, output_dir: str | Path, is
             tokenizer, result = fit_tokenizer(head_config.tokenizer_config, chunks, episodes,
                                               head_config.tokenizer_holdout, demos.embodiment, seed)
         tokenizer.save(folder)
-        (Path(output_dir) / FIT_REPORT).write_text(json.dumps(result, indent=1))
+        # the round-trip error is a published figure (head report): it says which code made it
+        (Path(output_dir) / FIT_REPORT).write_text(json.dumps({**result, "provenance": provenance(head_config)},
+                                                              indent=1))
     wait()  # every process reads the one tokenizer
     policy.head.set_action_tokenizer(ActionTokenizer.load(folder, embodiment=demos.embodiment))
     return result
