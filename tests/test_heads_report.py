@@ -36,6 +36,32 @@ def test_report_has_mean_std_table_bac_rows_and_plot(tmp_path):
     assert (tmp_path / "heads.png").stat().st_size > 10_000
 
 
+def test_timings_come_from_the_first_seed_and_name_its_machines(tmp_path):
+    cfg = HeadsBenchmarkConfig(heads=["dit", "flow"], seeds=[0, 1], report_dir=str(tmp_path))
+    cfg.eval.tasks = ["reach", "button-press-topdown"]
+    machine = {"cpu_model": "AMD EPYC", "cpu_cores": 2, "boot_id": "boot-a"}
+    runs = {(h, s): fake_summary(0.5) for h in cfg.heads for s in cfg.seeds}
+    for (_, seed), run in runs.items():
+        run["provenance"] = {**run["provenance"], "machine": {**machine, "boot_id": f"boot-{'ab'[seed]}"}}
+        run["train_s_per_step"] = 0.1 if seed == 0 else 0.9  # seed 1 ran on a slower machine
+        run["chunk_latency_ms"] = {"p50": 10.0, "p99": 12.0} if seed == 0 else {"p50": 90.0, "p99": 99.0}
+    report = write_report(cfg, runs, []).read_text()
+    assert "| 50, 50 | 0.100 | 10.0 / 12.0 |" in report  # not the mean over seeds (0.5, 50 / 55.5)
+    assert "Timings: seed-0 runs, all on one machine (AMD EPYC, 2 cores)." in report
+    runs[("flow", 0)]["provenance"]["machine"]["boot_id"] = "boot-b"
+    assert "made on 2 machines (boots): the timing columns compare machines" in write_report(cfg, runs, []).read_text()
+    del runs[("flow", 0)]["provenance"]["machine"]["boot_id"]  # a record from before boot ids
+    assert "some of them do not record which machine" in write_report(cfg, runs, []).read_text()
+
+
+def test_machine_record_names_the_cpu_and_boot():
+    from vla.provenance import machine
+
+    record = machine()
+    assert record["cpu_cores"] > 0 and "boot_id" in record and "cpu_model" in record
+    assert record["boot_id"] == machine()["boot_id"]  # one boot, one id
+
+
 def test_mean_std_uses_sample_std():
     assert mean_std([1.0]) == (1.0, 0.0)
     assert mean_std([0.0, 1.0]) == pytest.approx((0.5, 0.7071), abs=1e-4)

@@ -57,8 +57,11 @@ def versions() -> dict[str, str | None]:
 
 
 def machine() -> dict:
+    """The machine a result was made on. "boot_id" names one boot of one machine (Linux), so that a report whose
+    runs span sessions can tell whether their timings come from one machine: two 2-core VMs can report the same
+    platform and differ 4x in speed."""
     info = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-            "cpu_cores": os.cpu_count(), "device": "cpu"}
+            "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "device": "cpu", "boot_id": boot_id()}
     try:
         import torch
 
@@ -68,6 +71,23 @@ def machine() -> dict:
     except ImportError:
         pass
     return info
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), else None."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
+def boot_id() -> str | None:
+    """This boot's random id (Linux), else None."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
 
 
 def as_plain(config) -> dict | None:

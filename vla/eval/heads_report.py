@@ -18,19 +18,36 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def head_rows(cfg, runs: dict) -> list[dict]:
-    """Per head: success mean/std over seeds (overall and per task), s/step, latency, parameters."""
+    """Per head: success mean/std over seeds (overall and per task), parameters, and the timings (train s/step,
+    latency p50/p99) of its first-seed run: a benchmark spread over sessions runs its seeds on different machines,
+    and the seed-major order runs every head's first seed in one stretch, on one machine when it fits a session."""
     rows = []
     for head in cfg.heads:
         mine = [runs[(head, s)] for s in cfg.seeds]
+        timed = mine[0]
         row = {"head": head, "success": mean_std([r["mean_success_rate"] for r in mine]),
                "tasks": {t: mean_std([r["tasks"][t]["success_rate"] for r in mine]) for t in cfg.eval.tasks},
-               "s_per_step": mean_std([r["train_s_per_step"] for r in mine]),
-               "p50": mean_std([r["chunk_latency_ms"]["p50"] for r in mine]),
-               "p99": mean_std([r["chunk_latency_ms"]["p99"] for r in mine]),
+               "s_per_step": timed["train_s_per_step"], "p50": timed["chunk_latency_ms"]["p50"],
+               "p99": timed["chunk_latency_ms"]["p99"],
                "params": mine[0]["parameters"], "per_seed": [r["mean_success_rate"] for r in mine],
                "tokens": token_stats(mine)}
         rows.append(row)
     return rows
+
+
+def timing_machines(cfg, runs: dict) -> str:
+    """Which machine the timings (the first-seed runs) come from, and a warning when they come from several
+    boots: then the timing columns compare machines as well as heads."""
+    records = [(runs[(h, cfg.seeds[0])].get("provenance") or {}).get("machine") or {} for h in cfg.heads]
+    boots = {r.get("boot_id") for r in records}
+    model = records[0].get("cpu_model") or records[0].get("cpu") or "unknown CPU"
+    if None in boots:
+        return f"Timings: seed-{cfg.seeds[0]} runs; some of them do not record which machine made them, so the " \
+               "timing columns may compare machines as well as heads."
+    if len(boots) > 1:
+        return f"Timings: seed-{cfg.seeds[0]} runs, made on {len(boots)} machines (boots): the timing columns " \
+               "compare machines as well as heads."
+    return f"Timings: seed-{cfg.seeds[0]} runs, all on one machine ({model}, {records[0].get('cpu_cores')} cores)."
 
 
 def token_stats(runs: list[dict]) -> dict | None:
@@ -105,11 +122,11 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict], runs: dict | None = No
         f"{cfg.seeds}. Closed loop on Meta-World seeds never used for demos: {cfg.eval.episodes_per_task} episodes "
         f"per task, {cfg.eval.num_inference_steps} denoising steps, {cfg.eval.schedule.execute_steps} actions executed "
         "per chunk. Success is mean ± sample std over seeds; latency is one `policy.predict` per chunk (backbone + "
-        "sampling, batch 1, CPU) in closed loop, averaged over seeds; train s/step is the median over 50-step "
-        "windows, averaged over seeds. Timings come from the CPU machine named in the provenance and vary between "
-        "runs by some 10%; the successes do not depend on them (fixed step counts).",
+        "sampling, batch 1, CPU) in closed loop; train s/step is the median over 50-step windows. Timings come "
+        f"from each head's seed-{cfg.seeds[0]} run (seeds may run in different sessions, on different machines) "
+        "and vary between runs by some 10%; the successes do not depend on them (fixed step counts).",
         "",
-        *([origin(runs), ""] if runs else []),
+        *([origin(runs), timing_machines(cfg, runs), ""] if runs else []),
         "| head | success | " + " | ".join(tasks) + " | per seed | train s/step | latency p50 / p99 (ms) | "
         "head params | total params | tokens / chunk, round-trip error |",
         "|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|",
@@ -118,7 +135,7 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict], runs: dict | None = No
         per_task = " | ".join(pct(r["tasks"][t]) for t in tasks)
         seeds = ", ".join(f"{100 * s:.0f}" for s in r["per_seed"])
         lines.append(f"| `{r['head']}` | **{pct(r['success'])}** | {per_task} | {seeds} | "
-                     f"{r['s_per_step'][0]:.3f} | {r['p50'][0]:.1f} / {r['p99'][0]:.1f} | "
+                     f"{r['s_per_step']:.3f} | {r['p50']:.1f} / {r['p99']:.1f} | "
                      f"{r['params']['head'] / 1e6:.2f} M | {r['params']['total'] / 1e6:.2f} M | "
                      f"{tokens_cell(r['tokens'])} |")
     if len(cfg.seeds) > 1:
@@ -184,10 +201,10 @@ def plot(rows: list[dict], bac_rows: list[dict], path: Path) -> None:
     ax.set_ylabel("closed-loop success (%)")
     ax.set_title("success, mean ± std over seeds (dots: seeds)", fontsize=10)
     ax = axes[1]
-    ax.bar(names, [r["p50"][0] for r in rows], color="#6a9f58", label="p50")
-    ax.scatter(names, [r["p99"][0] for r in rows], color="k", marker="_", s=300, zorder=3, label="p99")
+    ax.bar(names, [r["p50"] for r in rows], color="#6a9f58", label="p50")
+    ax.scatter(names, [r["p99"] for r in rows], color="k", marker="_", s=300, zorder=3, label="p99")
     ax.set_ylabel("latency per chunk (ms)")
-    ax.set_title("inference per chunk, batch 1, CPU", fontsize=10)
+    ax.set_title("inference per chunk, batch 1, CPU (first seed)", fontsize=10)
     ax.tick_params(axis="x", labelrotation=25)
     ax.legend()
     if bac_rows:
