@@ -26,7 +26,8 @@ def test_report_has_mean_std_table_bac_rows_and_plot(tmp_path):
                                                                      ("threshold", 0.25, 0.25, 0.5, 0.03, 10.0),
                                                                      ("tolerance", 0.01, 0.08, 0.7, 0.008, 20.0)]]
     report = write_report(cfg, runs, bac).read_text()
-    assert "| `flow` | **75 ± 7%** |" in report  # seeds at 70% and 80%
+    assert "| `flow` | **75 ± 7%** | **100 ± 0%** | **50 ± 14%** |" in report  # seeds at 70% and 80%
+    assert "| `dit` | 55 ± 7% | **100 ± 0%** | 10 ± 14% |" in report  # only each column's best (and ties) in bold
     assert "Made by `vla-eval heads` at commit c0ffeec0ff;" in report
     assert "- overall: `flow` 75 ± 7%; no other within the spread" in report  # dit: 55 ± 7%
     assert "- reach: `dit` 100 ± 0%; within the spread: `flow`" in report  # a tie is said to be one
@@ -113,7 +114,7 @@ def test_token_heads_report_their_tokenizer_over_seeds(tmp_path):
     assert "their action tokenizer is fit on the training chunks before training" in report
 
 
-def test_run_folder_refuses_other_settings_or_commit(tmp_path, monkeypatch):
+def test_run_folder_refuses_other_settings_or_commit(tmp_path, monkeypatch, capsys):
     from vla import provenance
     from vla.eval.heads_benchmark import check_run_origin
 
@@ -139,6 +140,7 @@ def test_run_folder_refuses_other_settings_or_commit(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="at commit aaaaaaaaaa with other code under vla/, this checkout is at bb"):
         check_run_origin(tmp_path, pipeline, reuse_stale=False)
     check_run_origin(tmp_path, pipeline, reuse_stale=True)  # only when asked
+    assert "although it was made at commit aaaaaaaaaa with other code" in capsys.readouterr().out
 
 
 def test_sampling_times_cover_every_schedule():

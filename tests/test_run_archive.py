@@ -78,7 +78,7 @@ def test_archived_run_is_not_restored_with_other_code_or_settings(tmp_path, at_c
     assert "although it was made at commit aaaaaaaaaa with other code" in capsys.readouterr().out
 
 
-def test_benchmark_reuses_restored_run_and_cached_bac_rows(tmp_path, at_commit):
+def test_benchmark_reuses_restored_run_and_cached_bac_rows(tmp_path, at_commit, capsys):
     cfg = HeadsBenchmarkConfig(heads=["dit"], seeds=[0], output_dir=str(tmp_path / "out"),
                                archive_dir=str(tmp_path / "archive"), bac=BACBenchConfig(heads=["dit"]))
     out = finished_run(cfg)
@@ -96,6 +96,10 @@ def test_benchmark_reuses_restored_run_and_cached_bac_rows(tmp_path, at_commit):
                                        bac=BACBenchConfig(heads=["dit"], steps=[5]))
     with pytest.raises(ValueError, match="needs its seed-0 checkpoint .* not on this machine"):
         bac_runs(other_steps, "dit", summary)
+    capsys.readouterr()
+    stale = dataclasses.replace(other_steps, reuse_stale=True)  # stale rows reused only when asked, and it says so
+    assert bac_runs(stale, "dit", summary) == rows
+    assert "reusing dit's BAC rows in" in capsys.readouterr().out
 
 
 def test_bac_heads_must_be_benchmarked():

@@ -125,6 +125,18 @@ def same_origin(recorded: dict | None, config) -> list[str]:
     return reasons
 
 
+def blocking_reasons(recorded: dict | None, config, reuse_stale: bool, what: str) -> list[str]:
+    """Why a stored result (`what`: "the run folder X", ...) may not be reused with `config` at this checkout: []
+    when it may. Under reuse_stale every stored result may be reused, and this says so with its reasons (the
+    report names the commits). The one place where benchmarks decide what a stale result means; callers choose
+    what a refusal does (raise, remake, retrain)."""
+    reasons = same_origin(recorded, config)
+    if reasons and reuse_stale:
+        print(f"reusing {what} although it was {'; '.join(reasons)} (--reuse_stale)")
+        return []
+    return reasons
+
+
 def code_differences(recorded: dict, now: dict) -> list[str]:
     """[] when the recorded result ran the same vla/ code as this checkout, else the reason. Records without a
     code hash (older ones) must match the commit and be clean."""

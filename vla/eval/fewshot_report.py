@@ -11,7 +11,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vla.eval.heads_report import mean_std, pct  # noqa: E402
+from vla.eval.heads_report import mean_std, table_cells  # noqa: E402
 from vla.eval.report import GROUP_COLOURS, success_bars  # noqa: E402
 from vla.eval.suite import pooled  # noqa: E402
 from vla.sim.tasks import get_task  # noqa: E402
@@ -97,12 +97,11 @@ def arm_table(cfg, rows: list[dict]) -> list[str]:
         + " | pooled (95% CI) | per seed | trained params | train s/step |",
         "|---|---|" + "---|" * len(cfg.tasks) + "---|---|---|---|",
     ]
-    for r in rows:
-        per_task = " | ".join(pct(r["tasks"][t]) for t in cfg.tasks)
+    for r, (success, per_task) in zip(rows, table_cells(rows, cfg.tasks), strict=True):
         seeds = ", ".join(f"{100 * s:.0f}" for s in r["per_seed"]) or "-"
         trained = f"{r['trained'] / 1e6:.2f} M of {r['total'] / 1e6:.2f} M" if r["arm"] != ZERO_SHOT else "-"
         speed = f"{r['s_per_step']:.3f}" if r["s_per_step"] is not None else "-"
-        lines.append(f"| `{r['arm']}` | **{pct(r['success'])}** | {per_task} | {ci(r['pooled'])} | {seeds} | "
+        lines.append(f"| `{r['arm']}` | {success} | {per_task} | {ci(r['pooled'])} | {seeds} | "
                      f"{trained} | {speed} |")
     return lines + ["", "Arms:"] + [f"- `{r['arm']}`: {r['init']}" for r in rows]
 

@@ -36,7 +36,7 @@ from vla.action_heads.bac import SCHEDULE_FILE, BlockCache, calibrate_head, load
 from vla.config import DataConfig, EvalConfig, ModelConfig, OptimConfig, TrainConfig, parse_with_recipe
 from vla.eval.run_archive import archive_run, restore_run
 from vla.pipeline import PipelineConfig, TinyBackboneConfig
-from vla.provenance import as_plain, provenance, same_origin
+from vla.provenance import as_plain, blocking_reasons, provenance
 from vla.sim.demos import DemoConfig
 from vla.training.tokenizer_fit import FIT_REPORT
 
@@ -188,12 +188,10 @@ def check_run_origin(out: Path, pipeline: PipelineConfig, reuse_stale: bool) -> 
     another commit or with other settings (unless reuse_stale: then say so)."""
     path = out / "provenance.json"
     if path.exists():
-        reasons = same_origin(json.loads(path.read_text()), pipeline)
-        if reasons and not reuse_stale:
+        reasons = blocking_reasons(json.loads(path.read_text()), pipeline, reuse_stale, str(out))
+        if reasons:
             raise ValueError(f"{out} cannot be reused: {'; '.join(reasons)}. Delete the folder, pick another "
                              f"output_dir, or pass --reuse_stale=true to reuse it anyway")
-        if reasons:
-            print(f"reusing {out} although it was {'; '.join(reasons)} (--reuse_stale)")
         return
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(provenance(pipeline), indent=1))
@@ -221,7 +219,8 @@ def reusable(out: Path, schedule, eval_cfg: EvalConfig, reuse_stale: bool) -> bo
     this commit with these settings (or reuse_stale)."""
     if not (out / "summary.json").exists():
         return False
-    if same_origin(json.loads((out / "summary.json").read_text()).get("provenance"), eval_cfg) and not reuse_stale:
+    recorded = json.loads((out / "summary.json").read_text()).get("provenance")
+    if blocking_reasons(recorded, eval_cfg, reuse_stale, f"the evaluation in {out}"):
         return False
     saved = load_schedules(out / SCHEDULE_FILE) if (out / SCHEDULE_FILE).exists() else []
     if schedule is None:
@@ -242,8 +241,8 @@ def bac_runs(cfg: HeadsBenchmarkConfig, head: str, summary: dict) -> list[dict]:
     cached = out / "bac" / BAC_ROWS
     if cached.exists():
         recorded = json.loads(cached.read_text())
-        reasons = same_origin(recorded["provenance"], bac_settings(cfg, head))
-        if not reasons or cfg.reuse_stale:
+        if not blocking_reasons(recorded["provenance"], bac_settings(cfg, head), cfg.reuse_stale,
+                                f"{head}'s BAC rows in {cached}"):
             return recorded["rows"]
     checkpoint = Path(summary["checkpoint"])
     if not checkpoint.exists():

@@ -87,6 +87,19 @@ def pct(ms: tuple[float, float]) -> str:
     return f"{100 * ms[0]:.0f} ± {100 * ms[1]:.0f}%"
 
 
+def best_in_bold(column: list[tuple[float, float]]) -> list[str]:
+    """`pct` of every (mean, std) in a table column, the highest mean (and any tied with it) in bold."""
+    best = max(mean for mean, _ in column)
+    return [f"**{pct(ms)}**" if ms[0] == best else pct(ms) for ms in column]
+
+
+def table_cells(rows: list[dict], tasks: list[str]) -> list[tuple[str, str]]:
+    """Per row: (its mean success cell, its per-task cells joined), each column's best in bold."""
+    means = best_in_bold([r["success"] for r in rows])
+    per_task = zip(*(best_in_bold([r["tasks"][t] for r in rows]) for t in tasks), strict=True)
+    return [(mean, " | ".join(cells)) for mean, cells in zip(means, per_task, strict=True)]
+
+
 def origin(runs: dict) -> str:
     """Which commits (and vla/ code trees) made the runs (from their provenance), for the report's header."""
     records = [run.get("provenance") or {} for run in runs.values()]
@@ -131,10 +144,9 @@ def markdown(cfg, rows: list[dict], bac_rows: list[dict], runs: dict | None = No
         "head params | total params | tokens / chunk, round-trip error |",
         "|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|",
     ]
-    for r in rows:
-        per_task = " | ".join(pct(r["tasks"][t]) for t in tasks)
+    for r, (success, per_task) in zip(rows, table_cells(rows, tasks), strict=True):
         seeds = ", ".join(f"{100 * s:.0f}" for s in r["per_seed"])
-        lines.append(f"| `{r['head']}` | **{pct(r['success'])}** | {per_task} | {seeds} | "
+        lines.append(f"| `{r['head']}` | {success} | {per_task} | {seeds} | "
                      f"{r['s_per_step']:.3f} | {r['p50']:.1f} / {r['p99']:.1f} | "
                      f"{r['params']['head'] / 1e6:.2f} M | {r['params']['total'] / 1e6:.2f} M | "
                      f"{tokens_cell(r['tokens'])} |")

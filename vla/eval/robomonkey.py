@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from vla.config import EvalConfig, SampleVerifyConfig, parse_with_recipe
-from vla.provenance import provenance, same_origin
+from vla.provenance import blocking_reasons, provenance
 from vla.test_time.sampling import sample_candidates
 from vla.test_time.verifier import CONFIG, Verifier, observation_features
 from vla.test_time.verifier_training import VerifierTrainConfig, rmse, train_verifier, training_data
@@ -66,7 +66,7 @@ def verifier_folder(cfg: RoboMonkeyConfig, policy, demos) -> Path:
                                     output_dir=str(Path(cfg.output_dir) / "verifier"))
     path = Path(train_cfg.output_dir)
     if (path / CONFIG).is_file():
-        reasons = same_origin(Verifier.training_summary(path).get("provenance"), train_cfg)
+        reasons = blocking_reasons(Verifier.training_summary(path).get("provenance"), train_cfg, False, str(path))
         if not reasons:
             return path
         print(f"retraining the verifier in {path}: {'; '.join(reasons)}")

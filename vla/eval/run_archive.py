@@ -5,7 +5,7 @@ A run folder (<output_dir>/<run>) holds checkpoints and videos, too large to com
 report is made from (summary.json, provenance.json, the training metrics, the tokenizer fit report, cached
 evaluation summaries). `archive_run` copies those records into a folder that is committed (docs/results/...);
 `restore_run` copies them back into a run folder that has no summary yet, when the archived run was made with
-the same code under vla/, the same settings and library versions (`vla.provenance.same_origin`, the check a run
+the same code under vla/, the same settings and library versions (`vla.provenance.blocking_reasons`, the check a run
 made in this session passes too); otherwise the run is made anew and replaces the archived one.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vla.action_heads.bac import SCHEDULE_FILE
 from vla.checkpoint import TOKENIZER_DIR
-from vla.provenance import same_origin
+from vla.provenance import blocking_reasons
 
 RECORD_SUFFIXES = (".json", ".csv")
 MAX_RECORD_BYTES = 2_000_000  # records are small; anything larger is a model or data file
@@ -62,13 +62,12 @@ def restore_run(run: Path, archive: Path, config, reuse_stale: bool = False) -> 
     if (run / "summary.json").exists() or not (source / "summary.json").exists():
         return False
     recorded = source / "provenance.json"
-    reasons = same_origin(json.loads(recorded.read_text()) if recorded.exists() else None, config)
-    if reasons and not reuse_stale:
+    reasons = blocking_reasons(json.loads(recorded.read_text()) if recorded.exists() else None, config, reuse_stale,
+                               f"the archived run {source}")
+    if reasons:
         print(f"not restoring the archived run {source}: {'; '.join(reasons)}; it is made anew (or pass "
               f"--reuse_stale=true)")
         return False
-    if reasons:
-        print(f"restoring the archived run {source} although it was {'; '.join(reasons)} (--reuse_stale)")
     for relative in records(source):
         if not (run / relative).exists():
             (run / relative).parent.mkdir(parents=True, exist_ok=True)

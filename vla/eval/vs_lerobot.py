@@ -206,7 +206,7 @@ def lerobot_eval_config(cfg: VsLeRobotConfig, out: Path) -> EvalConfig:
 def lerobot_run(cfg: VsLeRobotConfig, name: str, seed: int, dataset_dir: Path) -> dict:
     """One (LeRobot policy, seed): LeRobot's training in a subprocess, then our rollout (both cached)."""
     from vla.eval.lerobot_policy import LeRobotPolicy, evaluate
-    from vla.provenance import same_origin
+    from vla.provenance import blocking_reasons
 
     out = Path(cfg.output_dir) / f"{name}_s{seed}"
     run = LeRobotRun(spec=resolved_spec(cfg, cfg.lerobot[name]), dataset_root=str(dataset_dir.resolve()),
@@ -220,7 +220,7 @@ def lerobot_run(cfg: VsLeRobotConfig, name: str, seed: int, dataset_dir: Path) -
     path = out / "eval" / "summary.json"
     policy = LeRobotPolicy.load(trained["checkpoint"], device=cfg.lerobot_train.device)
     summary = json.loads(path.read_text()) if path.exists() else None
-    if summary is None or (same_origin(summary.get("provenance"), eval_cfg) and not cfg.reuse_stale):
+    if summary is None or blocking_reasons(summary.get("provenance"), eval_cfg, cfg.reuse_stale, str(path)):
         summary = evaluate(policy, eval_cfg)
     settings = summary["settings"]
     return {"name": name, "kind": "lerobot", "type": run.spec.type, "seed": seed, **outcome(summary),

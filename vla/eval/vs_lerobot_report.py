@@ -114,13 +114,15 @@ def markdown(cfg, table: list[dict]) -> str:
         "latency p50 / p99 (ms) | peak train memory | executes (of chunk) | pretrained weights | commit |",
         "|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|---|---|---|---|",
     ]
+    best = max((r["overall"]["success_rate"] for r in table), default=None)
     for r in table:
         per_task = " | ".join(rate(r["tasks"][t]) for t in tasks)
+        overall = f"**{rate(r['overall'])}**" if r["overall"]["success_rate"] == best else rate(r["overall"])
         seeds = ", ".join(f"{100 * s:.0f}" for s in r["per_seed"])
         memory = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f} MB"
         params = r["parameters"]
         lines.append(
-            f"| `{r['name']}` | {source(r)} | **{rate(r['overall'])}** | {per_task} | {seeds} | "
+            f"| `{r['name']}` | {source(r)} | {overall} | {per_task} | {seeds} | "
             f"{params['total'] / 1e6:.2f} M ({params['vision'] / 1e6:.2f} M) | {throughput(r)} | "
             f"{r['p50'][0]:.1f} / {r['p99'][0]:.1f} | {memory} | {execution(r)} | {r['pretrained']} | "
             f"{', '.join(r['commits'])} |")
