@@ -43,6 +43,8 @@ def test_settings_that_would_waste_the_run_are_refused(tmp_path):
         ArmConfig(init="scratch", lora=fewshot_benchmark.LoraConfig(targets=["head.*"]))
     with pytest.raises(ValueError, match="unknown Meta-World task 'no-such-task'"):
         FewshotConfig(tasks=["no-such-task"])
+    with pytest.raises(ValueError, match="new_robots \\['reach'\\] are in the pretraining demos"):
+        pretrain_config(FewshotConfig(new_robots=["reach"], output_dir=str(tmp_path)))
 
 
 @pytest.mark.slow
@@ -74,14 +76,22 @@ def test_smoke_run_resumes_reuses_and_reports(tmp_path, monkeypatch, capsys):
     results = json.loads((report / "fewshot_results.json").read_text())
     assert results["provenance"]["commit"] == "c" * 40
     assert results["provenance"]["config"]["tasks"] == ["button-press-topdown"]
-    assert sorted(results["runs"]) == [f"{arm}/button-press-topdown/s0" for arm in ("full", "lora", "scratch")]
-    for run in results["runs"].values():
-        assert run["tasks"]["button-press-topdown"]["episodes"] == 2 and run["provenance"]["commit"]
+    tasks = ("button-press-topdown", "robosuite/Lift/UR5e")
+    assert sorted(results["runs"]) == [f"{arm}/{task}/s0" for arm in ("full", "lora", "scratch") for task in tasks]
+    for key, run in results["runs"].items():
+        assert run["tasks"][key.split("/s")[0].split("/", 1)[1]]["episodes"] == 2 and run["provenance"]["commit"]
+    # the new robot: the pretrained Sawyer policy widened to the UR5e's 7-D joint targets + gripper, its action
+    # layers re-initialised and the rest loaded
+    robot_run = out / "finetune" / "full" / "robosuite" / "Lift" / "UR5e" / "s0" / "train"
+    init = json.loads((robot_run / "init_report.json").read_text())
+    assert "model.max_action_dim: 4 -> 7" in init["config_changes"] and init["loaded"] and init["reinitialised"]
+    assert init["embodiments"]["statistics"] == "added"
     lora, full_run = results["runs"]["lora/button-press-topdown/s0"], results["runs"]["full/button-press-topdown/s0"]
     assert 0 < lora["parameters"]["trained"] < full_run["parameters"]["trained"] == full_run["parameters"]["total"]
     assert results["pretrain"]["groups"]["easy"]["tasks"] == ["reach"] and results["zero_shot"]["tasks"]
     text = (report / "fewshot.md").read_text()
-    for line in ("| `zero-shot` |", "| `scratch` |", "| `full` |", "| `lora` |", "| easy | reach |"):
+    for line in ("| `zero-shot` |", "| `scratch` |", "| `full` |", "| `lora` |", "| easy | reach |", "## A new robot",
+                 "| arm | mean | robosuite/Lift/UR5e |"):
         assert line in text
     assert (report / "fewshot.png").stat().st_size > 0
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]

@@ -15,6 +15,10 @@ checkpoint; a stage made at another commit or with other settings is refused unl
    every arm) and evaluation on that task. Arms: `scratch` (the same architecture from the backbone's initial
    weights, i.e. the pretraining's starting point, without robot pretraining), `full` (train.init_from the
    pretrained checkpoint), `lora` (init_from + adapters); each may set its own learning rate.
+4. The same for every task of `new_robots`, robots the pretraining never saw (robosuite/Lift/UR5e: 7-D joint
+   targets + gripper where the pretraining had Meta-World's 4-D Sawyer steps): the model is widened to the robot's
+   action and state (init_from re-initialises the layers the widths shape, `vla.training.finetune`) and reads the
+   robot's registry entry, its main camera in the `primary` image slot.
 Everything lives under output_dir; results.json there and <report_dir>/fewshot_results.json (every stage's summary
 with its provenance), <report_dir>/fewshot.md and fewshot.png are the report.
 """
@@ -30,17 +34,19 @@ from pathlib import Path
 import draccus
 from safetensors import safe_open
 
-from vla.config import EvalConfig, LoraConfig, ModelConfig, from_yaml, parse_with_recipe
+from vla.config import DataConfig, EvalConfig, LoraConfig, ModelConfig, from_yaml, parse_with_recipe
 from vla.eval.heads_benchmark import check_run_origin, median_s_per_step
 from vla.eval.suite import group_results
 from vla.pipeline import PipelineConfig
 from vla.provenance import provenance
 from vla.sim.demos import DemoConfig, generate_demos
+from vla.sim.envs import sim_spec
 from vla.sim.tasks import get_task
 from vla.training import train as training  # through the module, so that tests can stop a training midway
 
 DEFAULT_CONFIG = "configs/bench/fewshot.yaml"
 INITS = ("pretrained", "scratch")
+NEW_ROBOT_CAMERAS = ("primary",)  # a new robot's image slot (its registry entry's main camera), as many as pretrained
 
 
 @dataclass
@@ -80,11 +86,16 @@ class FewshotConfig:
                                                                 videos_per_task=1))
     output_dir: str = "outputs/bench/fewshot"
     report_dir: str = "docs/results"
+    # tasks of robots the pretraining never saw (simulator names, e.g. robosuite/Lift/UR5e): every arm also trains on
+    # demos_per_task demos of each, with the same recipe and seeds
+    new_robots: list[str] = field(default_factory=list)
     # reuse (or resume) stages made at another commit or with other settings; the report names the commits
     reuse_stale: bool = False
 
     def __post_init__(self) -> None:
         check_held_out_settings(self)
+        for task in self.new_robots:
+            sim_spec(task)  # a ValueError naming the known tasks
 
 
 def check_held_out_settings(cfg) -> None:
@@ -112,6 +123,12 @@ def pretrain_config(cfg: FewshotConfig) -> PipelineConfig:
     """The pretraining recipe with its overrides, everything it makes under output_dir, and the held-out tasks'
     instructions in the tiny VLM's vocabulary."""
     recipe = draccus.parse(PipelineConfig, args=[f"--config_path={cfg.pretrain_recipe}", *cfg.pretrain_args])
+    seen = [t for t in cfg.new_robots if t in recipe.demos.tasks]
+    if seen:
+        raise ValueError(f"new_robots {seen} are in the pretraining demos ({cfg.pretrain_recipe}): a new robot is one "
+                         f"the pretraining never saw")
+    # a new robot's instruction is not added to the tiny VLM's vocabulary: its byte-level BPE encodes any text, and
+    # one task per robot leaves the words nothing to choose between
     return held_out_pretraining(cfg, recipe, "the pretraining demos include")
 
 
@@ -149,18 +166,32 @@ def run_dir(cfg: FewshotConfig, arm: str, task: str, seed: int) -> Path:
 
 def finetune_run(cfg: FewshotConfig, recipe: training.TrainRunConfig, pretrained: Path, vlm: Path, dataset: Path,
                  demos: DemoConfig, arm: str, task: str, seed: int) -> FinetuneRun:
-    """One arm's training on one task's demos: the pretrained model config; init_from the pretrained checkpoint,
-    or (scratch) the backbone's initial weights, i.e. the tiny VLM folder the pretraining started from."""
+    """One arm's training on one task's demos: the pretrained model config (widened to a new robot's action and
+    state, `for_new_robot`); init_from the pretrained checkpoint, or (scratch) the backbone's initial weights, i.e.
+    the tiny VLM folder the pretraining started from."""
     spec, out = cfg.arms[arm], run_dir(cfg, arm, task, seed)
     model = from_yaml(ModelConfig, str(pretrained / "config.yaml"))
     model = dataclasses.replace(model, backbone=dataclasses.replace(model.backbone, pretrained=str(vlm)))
+    data = dataclasses.replace(recipe.data, root=str(dataset), repo_id=demos.repo_id)
+    if task in getattr(cfg, "new_robots", ()):
+        model, data = for_new_robot(model, data, task)
     optim = dataclasses.replace(recipe.train.optim, lr=spec.lr or recipe.train.optim.lr)
     train = dataclasses.replace(recipe.train, seed=seed, output_dir=str(out / "train"), resume=True, optim=optim,
                                 init_from=str(pretrained) if spec.init == "pretrained" else "", lora=spec.lora,
                                 freeze=spec.freeze)
-    data = dataclasses.replace(recipe.data, root=str(dataset), repo_id=demos.repo_id)
     evaluation = dataclasses.replace(cfg.eval, tasks=[task], output_dir=str(out / "eval"))
     return FinetuneRun(train=training.TrainRunConfig(model=model, data=data, train=train), eval=evaluation)
+
+
+def for_new_robot(model: ModelConfig, data: DataConfig, task: str) -> tuple[ModelConfig, DataConfig]:
+    """The model and data settings for a robot the pretraining never saw: action / state widths grown to the robot's
+    (never shrunk: the pretrained robot keeps its layers), its registry entry (`SimSpec.embodiment`) mapping its
+    main camera to the model's single image slot `primary`."""
+    spec = sim_spec(task)
+    model = dataclasses.replace(model, max_action_dim=max(model.max_action_dim, len(spec.action_names)),
+                                max_state_dim=max(model.max_state_dim, len(spec.state_names)),
+                                cameras=list(NEW_ROBOT_CAMERAS))
+    return model, dataclasses.replace(data, embodiment_config=spec.embodiment)
 
 
 # ---- stages -------------------------------------------------------------------------------------------------
@@ -191,7 +222,7 @@ def evaluate_checkpoint(checkpoint: Path, eval_cfg: EvalConfig) -> dict:
     from vla.eval.rollout import evaluate
 
     policy = load_policy(checkpoint)
-    return evaluate(policy, eval_cfg, policy.config.image_size, policy.config.cameras[0])
+    return evaluate(policy, eval_cfg, policy.config.image_size, policy.config.cameras)
 
 
 def zero_shot(cfg: FewshotConfig, checkpoint: Path) -> dict:
@@ -251,7 +282,7 @@ def run_benchmark(cfg: FewshotConfig) -> Path:
     vlm = build_backbone(pipeline)  # the pretraining's starting point (cached)
     results = {"pretrain": pretrained, "zero_shot": zero_shot(cfg, checkpoint) if cfg.zero_shot else None,
                "runs": {}}
-    for task in cfg.tasks:
+    for task in [*cfg.tasks, *cfg.new_robots]:
         demos = held_out_demos(cfg, pipeline, task)
         dataset = generate_demos(demos)
         results["runs"] |= run_arms(cfg, recipe, checkpoint, vlm, dataset, demos, task)

@@ -4,6 +4,7 @@ on its training tasks per difficulty group)."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
@@ -14,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from vla.eval.heads_report import mean_std, table_cells  # noqa: E402
 from vla.eval.report import GROUP_COLOURS, success_bars  # noqa: E402
 from vla.eval.suite import pooled  # noqa: E402
+from vla.sim.envs import is_robosuite  # noqa: E402
 from vla.sim.tasks import get_task  # noqa: E402
 
 ZERO_SHOT = "zero-shot"
@@ -87,13 +89,24 @@ def setup(cfg, pipeline, recipe) -> str:
             f"{ev.schedule.execute_steps} actions per chunk.")
 
 
-def arm_table(cfg, rows: list[dict]) -> list[str]:
+def task_label(task: str) -> str:
+    """A table column's name: a Meta-World task with its difficulty group, another simulator's task as it is."""
+    return task if is_robosuite(task) else f"{task} ({get_task(task).difficulty})"
+
+
+def robot_view(cfg) -> SimpleNamespace:
+    """The benchmark's arms, seeds and demos over its new robots' tasks, for `arm_rows`, `arm_table`, `arm_bars`."""
+    return SimpleNamespace(tasks=list(cfg.new_robots), arms=cfg.arms, seeds=cfg.seeds,
+                           demos_per_task=cfg.demos_per_task)
+
+
+def arm_table(cfg, rows: list[dict], describe_arms: bool = True) -> list[str]:
     """Markdown lines: success per arm and held-out task (`arm_rows`), with costs, then what each arm is."""
     lines = [
         "Success per task is mean ± sample std over seeds; \"mean\" is the mean over tasks (± std over seeds); "
         "\"pooled\" counts every episode of every task and seed, with its 95% Wilson interval.",
         "",
-        "| arm | mean | " + " | ".join(f"{t} ({get_task(t).difficulty})" for t in cfg.tasks)
+        "| arm | mean | " + " | ".join(task_label(t) for t in cfg.tasks)
         + " | pooled (95% CI) | per seed | trained params | train s/step |",
         "|---|---|" + "---|" * len(cfg.tasks) + "---|---|---|---|",
     ]
@@ -103,7 +116,7 @@ def arm_table(cfg, rows: list[dict]) -> list[str]:
         speed = f"{r['s_per_step']:.3f}" if r["s_per_step"] is not None else "-"
         lines.append(f"| `{r['arm']}` | {success} | {per_task} | {ci(r['pooled'])} | {seeds} | "
                      f"{trained} | {speed} |")
-    return lines + ["", "Arms:"] + [f"- `{r['arm']}`: {r['init']}" for r in rows]
+    return lines + (["", "Arms:"] + [f"- `{r['arm']}`: {r['init']}" for r in rows] if describe_arms else [])
 
 
 def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
@@ -119,6 +132,7 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
         "",
         *arm_table(cfg, rows),
         "",
+        *new_robot_section(cfg, results),
         "## The pretrained policy on its training tasks",
         "",
         f"{pipeline.eval.episodes_per_task} episodes per task; groups are Meta-World's difficulty split (Seo et al. "
@@ -140,6 +154,19 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def new_robot_section(cfg, results: dict) -> list[str]:
+    """Markdown lines: the arms on the robots the pretraining never saw (none without `new_robots`)."""
+    if not cfg.new_robots:
+        return []
+    return ["## A new robot", "",
+            f"Robots the pretraining never saw, {cfg.demos_per_task} demos each, the same arms, recipe and seeds: "
+            f"the model is widened to the robot's action and state (`init_from` re-initialises the layers the widths "
+            f"shape; the scratch arm builds them new) and reads the robot's registry entry, its main camera in the "
+            f"image slot `primary`. No zero-shot row: the pretrained policy has no output for the new action space.",
+            "", *arm_table(robot_view(cfg), arm_rows(robot_view(cfg), {"runs": results["runs"]}), describe_arms=False),
+            ""]
+
+
 def arm_bars(ax, cfg, rows: list[dict]) -> None:
     """Grouped bars: success per held-out task (and the mean) for each arm, mean ± std over seeds."""
     names = [*cfg.tasks, "mean"]
@@ -156,9 +183,17 @@ def arm_bars(ax, cfg, rows: list[dict]) -> None:
     ax.legend(fontsize=8)
 
 
-def plot(cfg, rows: list[dict], pretrained: dict, path: Path) -> None:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [2, 1]})
+def plot(cfg, rows: list[dict], results: dict, path: Path) -> None:
+    pretrained = results["pretrain"]
+    robots = getattr(cfg, "new_robots", [])
+    widths = [2, 1] + ([1] if robots else [])
+    fig, axes = plt.subplots(1, len(widths), figsize=(7 * sum(widths) / 1.5, 4.8), gridspec_kw={"width_ratios": widths})
+    left, right = axes[0], axes[1]
     arm_bars(left, cfg, rows)
+    if robots:
+        view = robot_view(cfg)
+        arm_bars(axes[2], view, arm_rows(view, {"runs": results["runs"]}))
+        axes[2].set_title(f"a new robot, {cfg.demos_per_task} demos: mean ± std over seeds", fontsize=10)
     groups = {g.replace("_", " "): r for g, r in pretrained["groups"].items()} | {"all": pretrained["overall"]}
     success_bars(right, groups, [GROUP_COLOURS.get(g.replace(" ", "_"), "#777777") for g in groups])
     right.set_title("pretrained policy on its training tasks (pooled, 95% CI)", fontsize=10)
@@ -176,5 +211,5 @@ def write_report(cfg, pipeline, recipe, results: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = arm_rows(cfg, results)
     (out / "fewshot.md").write_text(markdown(cfg, pipeline, recipe, results, rows))
-    plot(cfg, rows, results["pretrain"], out / "fewshot.png")
+    plot(cfg, rows, results, out / "fewshot.png")
     return out / "fewshot.md"
