@@ -76,22 +76,23 @@ def test_smoke_run_resumes_reuses_and_reports(tmp_path, monkeypatch, capsys):
     results = json.loads((report / "fewshot_results.json").read_text())
     assert results["provenance"]["commit"] == "c" * 40
     assert results["provenance"]["config"]["tasks"] == ["button-press-topdown"]
-    tasks = ("button-press-topdown", "robosuite/Lift/UR5e")
+    tasks = ("button-press-topdown", "robosuite/Lift/Panda")
     assert sorted(results["runs"]) == [f"{arm}/{task}/s0" for arm in ("full", "lora", "scratch") for task in tasks]
     for key, run in results["runs"].items():
         assert run["tasks"][key.split("/s")[0].split("/", 1)[1]]["episodes"] == 2 and run["provenance"]["commit"]
-    # the new robot: the pretrained Sawyer policy widened to the UR5e's 7-D joint targets + gripper, its action
-    # layers re-initialised and the rest loaded
-    robot_run = out / "finetune" / "full" / "robosuite" / "Lift" / "UR5e" / "s0" / "train"
+    # the new robot: the pretrained Sawyer policy widened to the Panda's 7-D end-effector steps and 8-D joint state,
+    # the layers these shape re-initialised and the rest loaded
+    robot_run = out / "finetune" / "full" / "robosuite" / "Lift" / "Panda" / "s0" / "train"
     init = json.loads((robot_run / "init_report.json").read_text())
-    assert "model.max_action_dim: 4 -> 7" in init["config_changes"] and init["loaded"] and init["reinitialised"]
+    assert {"model.max_action_dim: 4 -> 7", "model.max_state_dim: 7 -> 8"} <= set(init["config_changes"])
+    assert init["loaded"] and init["reinitialised"]
     assert init["embodiments"]["statistics"] == "added"
     lora, full_run = results["runs"]["lora/button-press-topdown/s0"], results["runs"]["full/button-press-topdown/s0"]
     assert 0 < lora["parameters"]["trained"] < full_run["parameters"]["trained"] == full_run["parameters"]["total"]
     assert results["pretrain"]["groups"]["easy"]["tasks"] == ["reach"] and results["zero_shot"]["tasks"]
     text = (report / "fewshot.md").read_text()
     for line in ("| `zero-shot` |", "| `scratch` |", "| `full` |", "| `lora` |", "| easy | reach |", "## A new robot",
-                 "| arm | mean | robosuite/Lift/UR5e |"):
+                 "| arm | mean | robosuite/Lift/Panda |"):
         assert line in text
     assert (report / "fewshot.png").stat().st_size > 0
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]

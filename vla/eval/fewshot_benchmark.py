@@ -15,10 +15,10 @@ checkpoint; a stage made at another commit or with other settings is refused unl
    every arm) and evaluation on that task. Arms: `scratch` (the same architecture from the backbone's initial
    weights, i.e. the pretraining's starting point, without robot pretraining), `full` (train.init_from the
    pretrained checkpoint), `lora` (init_from + adapters); each may set its own learning rate.
-4. The same for every task of `new_robots`, robots the pretraining never saw (robosuite/Lift/UR5e: 7-D joint
-   targets + gripper where the pretraining had Meta-World's 4-D Sawyer steps): the model is widened to the robot's
-   action and state (init_from re-initialises the layers the widths shape, `vla.training.finetune`) and reads the
-   robot's registry entry, its main camera in the `primary` image slot.
+4. The same for every task of `new_robots`, robots the pretraining never saw (robosuite/Lift/Panda: 7-D
+   end-effector steps with rotation + gripper where the pretraining had Meta-World's 4-D Sawyer steps): the model
+   is widened to the robot's action and state (init_from re-initialises the layers the widths shape,
+   `vla.training.finetune`) and reads the robot's registry entry, its main camera in the `primary` image slot.
 Everything lives under output_dir; results.json there and <report_dir>/fewshot_results.json (every stage's summary
 with its provenance), <report_dir>/fewshot.md and fewshot.png are the report.
 """
@@ -86,7 +86,7 @@ class FewshotConfig:
                                                                 videos_per_task=1))
     output_dir: str = "outputs/bench/fewshot"
     report_dir: str = "docs/results"
-    # tasks of robots the pretraining never saw (simulator names, e.g. robosuite/Lift/UR5e): every arm also trains on
+    # tasks of robots the pretraining never saw (simulator names, e.g. robosuite/Lift/Panda): every arm also trains on
     # demos_per_task demos of each, with the same recipe and seeds
     new_robots: list[str] = field(default_factory=list)
     # reuse (or resume) stages made at another commit or with other settings; the report names the commits
