@@ -13,6 +13,7 @@ from test_resume import Killed, die_on_call
 
 from vla.eval import fewshot_benchmark
 from vla.eval.fewshot_benchmark import ArmConfig, FewshotConfig, main, pretrain_config
+from vla.eval.fewshot_report import run_key_parts
 from vla.pipeline import PipelineConfig
 from vla.training import train as train_module
 from vla.training.logging import read_metrics
@@ -43,8 +44,11 @@ def test_settings_that_would_waste_the_run_are_refused(tmp_path):
         ArmConfig(init="scratch", lora=fewshot_benchmark.LoraConfig(targets=["head.*"]))
     with pytest.raises(ValueError, match="unknown Meta-World task 'no-such-task'"):
         FewshotConfig(tasks=["no-such-task"])
-    with pytest.raises(ValueError, match="new_robots \\['reach'\\] are in the pretraining demos"):
-        pretrain_config(FewshotConfig(new_robots=["reach"], output_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"new_robots \['drawer-open'\] are robots the pretraining demos .* already"):
+        pretrain_config(FewshotConfig(tasks=["lever-pull"], new_robots=["drawer-open"], output_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"\['lever-pull'\] are both in tasks and in new_robots"):
+        FewshotConfig(new_robots=["lever-pull"])
+    assert run_key_parts("lora/robosuite/Lift/Panda/s2") == ("lora", "robosuite/Lift/Panda")
 
 
 @pytest.mark.slow
@@ -79,7 +83,7 @@ def test_smoke_run_resumes_reuses_and_reports(tmp_path, monkeypatch, capsys):
     tasks = ("button-press-topdown", "robosuite/Lift/Panda")
     assert sorted(results["runs"]) == [f"{arm}/{task}/s0" for arm in ("full", "lora", "scratch") for task in tasks]
     for key, run in results["runs"].items():
-        assert run["tasks"][key.split("/s")[0].split("/", 1)[1]]["episodes"] == 2 and run["provenance"]["commit"]
+        assert run["tasks"][run_key_parts(key)[1]]["episodes"] == 2 and run["provenance"]["commit"]
     # the new robot: the pretrained Sawyer policy widened to the Panda's 7-D end-effector steps and 8-D joint state,
     # the layers these shape re-initialised and the rest loaded
     robot_run = out / "finetune" / "full" / "robosuite" / "Lift" / "Panda" / "s0" / "train"

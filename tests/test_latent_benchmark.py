@@ -87,3 +87,18 @@ def test_smoke_run_makes_every_stage_reuses_them_and_reports(tmp_path, monkeypat
     monkeypatch.setattr("vla.training.train.train", lambda *_: pytest.fail("a stage was trained again"))
     main(args)
     assert json.loads((report / "latent_results.json").read_text())["runs"] == results["runs"]
+
+
+def test_labelled_pretraining_rows_skip_other_tasks_and_new_robots():
+    from types import SimpleNamespace
+
+    from vla.eval.latent_report import labelled_pretraining
+
+    def run(task: str, rate: float) -> dict:
+        return {"tasks": {task: {"success_rate": rate}}}
+
+    fewshot = {"runs": {"full/drawer-open/s0": run("drawer-open", 0.4), "full/drawer-open/s1": run("drawer-open", 0.6),
+                        "full/robosuite/Lift/Panda/s0": run("robosuite/Lift/Panda", 0.9),
+                        "scratch/lever-pull/s0": run("lever-pull", 1.0)}}
+    lines = labelled_pretraining(SimpleNamespace(tasks=["drawer-open"]), fewshot)
+    assert "| `full` (few-shot) | 50 ± 14% | 2 |" in lines and not any("scratch" in line for line in lines)

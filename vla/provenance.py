@@ -113,7 +113,7 @@ def same_origin(recorded: dict | None, config) -> list[str]:
     library versions). A result made at another commit with the same vla/ tree (only docs, tests or results
     changed since) may be reused: that is what lets a benchmark longer than a session be spread over several."""
     if not recorded:
-        return ["it has no provenance record"]
+        return ["made without a provenance record"]
     reasons = code_differences(recorded, git_commit())
     if recorded.get("versions") is not None:
         changed = differing_keys(recorded["versions"], versions())

@@ -46,7 +46,7 @@ from vla.training import train as training  # through the module, so that tests 
 
 DEFAULT_CONFIG = "configs/bench/fewshot.yaml"
 INITS = ("pretrained", "scratch")
-NEW_ROBOT_CAMERAS = ("primary",)  # a new robot's image slot (its registry entry's main camera), as many as pretrained
+NEW_ROBOT_CAMERA = "primary"  # a new robot's image slot: its registry entry's main camera
 
 
 @dataclass
@@ -96,6 +96,8 @@ class FewshotConfig:
         check_held_out_settings(self)
         for task in self.new_robots:
             sim_spec(task)  # a ValueError naming the known tasks
+        if set(self.new_robots) & set(self.tasks):
+            raise ValueError(f"{sorted(set(self.new_robots) & set(self.tasks))} are both in tasks and in new_robots")
 
 
 def check_held_out_settings(cfg) -> None:
@@ -123,10 +125,11 @@ def pretrain_config(cfg: FewshotConfig) -> PipelineConfig:
     """The pretraining recipe with its overrides, everything it makes under output_dir, and the held-out tasks'
     instructions in the tiny VLM's vocabulary."""
     recipe = draccus.parse(PipelineConfig, args=[f"--config_path={cfg.pretrain_recipe}", *cfg.pretrain_args])
-    seen = [t for t in cfg.new_robots if t in recipe.demos.tasks]
+    pretrained_robots = {sim_spec(t).embodiment for t in recipe.demos.tasks}
+    seen = [t for t in cfg.new_robots if sim_spec(t).embodiment in pretrained_robots]
     if seen:
-        raise ValueError(f"new_robots {seen} are in the pretraining demos ({cfg.pretrain_recipe}): a new robot is one "
-                         f"the pretraining never saw")
+        raise ValueError(f"new_robots {seen} are robots the pretraining demos ({cfg.pretrain_recipe}) already have "
+                         f"({sorted(pretrained_robots)}): a new robot is one the pretraining never saw")
     # a new robot's instruction is not added to the tiny VLM's vocabulary: its byte-level BPE encodes any text, and
     # one task per robot leaves the words nothing to choose between
     return held_out_pretraining(cfg, recipe, "the pretraining demos include")
@@ -186,11 +189,14 @@ def finetune_run(cfg: FewshotConfig, recipe: training.TrainRunConfig, pretrained
 def for_new_robot(model: ModelConfig, data: DataConfig, task: str) -> tuple[ModelConfig, DataConfig]:
     """The model and data settings for a robot the pretraining never saw: action / state widths grown to the robot's
     (never shrunk: the pretrained robot keeps its layers), its registry entry (`SimSpec.embodiment`) mapping its
-    main camera to the model's single image slot `primary`."""
+    main camera to the model's image slot `primary` (the pretrained policy must have one camera)."""
+    if len(model.cameras) != 1:
+        raise ValueError(f"a new robot's runs map its main camera to the pretrained policy's one image slot; the "
+                         f"pretrained policy has {len(model.cameras)}: {model.cameras}")
     spec = sim_spec(task)
     model = dataclasses.replace(model, max_action_dim=max(model.max_action_dim, len(spec.action_names)),
                                 max_state_dim=max(model.max_state_dim, len(spec.state_names)),
-                                cameras=list(NEW_ROBOT_CAMERAS))
+                                cameras=[NEW_ROBOT_CAMERA])
     return model, dataclasses.replace(data, embodiment_config=spec.embodiment)
 
 

@@ -1,5 +1,5 @@
-"""The few-shot benchmark's report: one markdown page and one PNG (held-out tasks by arm; the pretrained policy
-on its training tasks per difficulty group)."""
+"""The few-shot benchmark's report: one markdown page and one PNG (held-out tasks by arm; a new robot by arm, when
+the benchmark has `new_robots`; the pretrained policy on its training tasks per difficulty group)."""
 
 from __future__ import annotations
 
@@ -81,12 +81,17 @@ def setup(cfg, pipeline, recipe) -> str:
             f"demos each, robot-only state, {demos.camera} camera at {demos.image_size} px; a tiny {tiny.family} "
             f"(hidden {tiny.hidden_size}, random init) + {pipeline.model.head.type} head, {pipeline.train.steps} steps "
             f"of batch {pipeline.train.batch_size} ({with_args(cfg.pretrain_recipe, cfg.pretrain_args)}). Held out: "
-            f"{', '.join(cfg.tasks)}, {cfg.demos_per_task} demos each (the same for every arm and seed); every arm "
+            f"{', '.join(cfg.tasks)}{new_robots(cfg)}, {cfg.demos_per_task} demos each (the same for every arm and "
+            f"seed); every arm "
             f"trains {train.steps} steps of batch {train.batch_size} per task "
             f"({with_args(cfg.finetune_recipe, cfg.finetune_args)}, lr {train.optim.lr:g} unless the arm sets its "
-            f"own), seeds {cfg.seeds}. Closed loop on Meta-World seeds never used for demos: {ev.episodes_per_task} "
+            f"own), seeds {cfg.seeds}. Closed loop on simulator seeds never used for demos: {ev.episodes_per_task} "
             f"episodes per task and seed, at most {ev.max_steps} actions, {ev.num_inference_steps} denoising steps, "
             f"{ev.schedule.execute_steps} actions per chunk.")
+
+
+def new_robots(cfg) -> str:
+    return f"; a new robot: {', '.join(cfg.new_robots)}" if getattr(cfg, "new_robots", None) else ""
 
 
 def task_label(task: str) -> str:
@@ -119,7 +124,13 @@ def arm_table(cfg, rows: list[dict], describe_arms: bool = True) -> list[str]:
     return lines + (["", "Arms:"] + [f"- `{r['arm']}`: {r['init']}" for r in rows] if describe_arms else [])
 
 
-def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
+def run_key_parts(key: str) -> tuple[str, str]:
+    """(arm, task) of a run's key "arm/task/sS" (a robosuite task has slashes of its own)."""
+    arm, rest = key.split("/", 1)
+    return arm, rest.rsplit("/", 1)[0]
+
+
+def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict], robot_rows: list[dict]) -> str:
     pre = results["pretrain"]
     lines = [
         "# Few-shot fine-tuning on Meta-World ML10: " + " vs ".join(cfg.arms),
@@ -132,7 +143,7 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
         "",
         *arm_table(cfg, rows),
         "",
-        *new_robot_section(cfg, results),
+        *new_robot_section(cfg, robot_rows),
         "## The pretrained policy on its training tasks",
         "",
         f"{pipeline.eval.episodes_per_task} episodes per task; groups are Meta-World's difficulty split (Seo et al. "
@@ -150,28 +161,32 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
     for task, result in pre["tasks"].items():
         lines.append(f"| {task} | {get_task(task).difficulty.replace('_', ' ')} | {ci(result)} | "
                      f"{result['mean_episode_length']:.0f} |")
-    lines += ["", "![held-out success by arm; pretrained policy per group](fewshot.png)", ""]
+    panels = "held-out success by arm" + ("; a new robot by arm" if robot_rows else "")
+    lines += ["", f"![{panels}; pretrained policy per group](fewshot.png)", ""]
     return "\n".join(lines)
 
 
-def new_robot_section(cfg, results: dict) -> list[str]:
-    """Markdown lines: the arms on the robots the pretraining never saw (none without `new_robots`)."""
-    if not cfg.new_robots:
+def new_robot_section(cfg, robot_rows: list[dict]) -> list[str]:
+    """Markdown lines: the arms on the robots the pretraining never saw (`arm_rows` over `robot_view`; none without
+    `new_robots`)."""
+    if not robot_rows:
         return []
     return ["## A new robot", "",
             f"Robots the pretraining never saw, {cfg.demos_per_task} demos each, the same arms, recipe and seeds: "
             f"the model is widened to the robot's action and state (`init_from` re-initialises the layers the widths "
             f"shape; the scratch arm builds them new) and reads the robot's registry entry, its main camera in the "
             f"image slot `primary`. No zero-shot row: the pretrained policy has no output for the new action space.",
-            "", *arm_table(robot_view(cfg), arm_rows(robot_view(cfg), {"runs": results["runs"]}), describe_arms=False),
-            ""]
+            "", *arm_table(robot_view(cfg), robot_rows, describe_arms=False), ""]
 
 
-def arm_bars(ax, cfg, rows: list[dict]) -> None:
-    """Grouped bars: success per held-out task (and the mean) for each arm, mean ± std over seeds."""
+def arm_bars(ax, cfg, rows: list[dict], title: str = "held-out tasks") -> None:
+    """Grouped bars: success per task (and the mean) for each arm, mean ± std over seeds; an arm has one colour in
+    every panel."""
     names = [*cfg.tasks, "mean"]
     width = 0.8 / len(rows)
-    for i, (row, colour) in enumerate(zip(rows, ARM_COLOURS * len(rows), strict=False)):
+    colours = dict(zip([ZERO_SHOT, *cfg.arms], ARM_COLOURS * (len(cfg.arms) + 1), strict=False))
+    for i, row in enumerate(rows):
+        colour = colours[row["arm"]]
         values = [row["tasks"][t] for t in cfg.tasks] + [row["success"]]
         x = np.arange(len(names)) + (i - (len(rows) - 1) / 2) * width
         ax.bar(x, [100 * m for m, _ in values], width, yerr=[100 * s for _, s in values], capsize=3, color=colour,
@@ -179,21 +194,18 @@ def arm_bars(ax, cfg, rows: list[dict]) -> None:
     ax.set_xticks(np.arange(len(names)), names, rotation=20)
     ax.set_ylim(0, 105)
     ax.set_ylabel("closed-loop success (%)")
-    ax.set_title(f"held-out tasks, {cfg.demos_per_task} demos each: mean ± std over seeds {cfg.seeds}", fontsize=10)
+    ax.set_title(f"{title}, {cfg.demos_per_task} demos each: mean ± std over seeds {cfg.seeds}", fontsize=10)
     ax.legend(fontsize=8)
 
 
-def plot(cfg, rows: list[dict], results: dict, path: Path) -> None:
-    pretrained = results["pretrain"]
-    robots = getattr(cfg, "new_robots", [])
-    widths = [2, 1] + ([1] if robots else [])
-    fig, axes = plt.subplots(1, len(widths), figsize=(7 * sum(widths) / 1.5, 4.8), gridspec_kw={"width_ratios": widths})
-    left, right = axes[0], axes[1]
-    arm_bars(left, cfg, rows)
-    if robots:
-        view = robot_view(cfg)
-        arm_bars(axes[2], view, arm_rows(view, {"runs": results["runs"]}))
-        axes[2].set_title(f"a new robot, {cfg.demos_per_task} demos: mean ± std over seeds", fontsize=10)
+def plot(cfg, rows: list[dict], robot_rows: list[dict], pretrained: dict, path: Path) -> None:
+    """Held-out tasks by arm | a new robot by arm (with new_robots) | the pretrained policy per group."""
+    widths = [2, *([1] if robot_rows else []), 1]
+    fig, axes = plt.subplots(1, len(widths), figsize=(14 * sum(widths) / 3, 4.8), gridspec_kw={"width_ratios": widths})
+    arm_bars(axes[0], cfg, rows)
+    if robot_rows:
+        arm_bars(axes[1], robot_view(cfg), robot_rows, title="a new robot")
+    right = axes[-1]
     groups = {g.replace("_", " "): r for g, r in pretrained["groups"].items()} | {"all": pretrained["overall"]}
     success_bars(right, groups, [GROUP_COLOURS.get(g.replace(" ", "_"), "#777777") for g in groups])
     right.set_title("pretrained policy on its training tasks (pooled, 95% CI)", fontsize=10)
@@ -210,6 +222,7 @@ def write_report(cfg, pipeline, recipe, results: dict) -> Path:
     out = Path(cfg.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = arm_rows(cfg, results)
-    (out / "fewshot.md").write_text(markdown(cfg, pipeline, recipe, results, rows))
-    plot(cfg, rows, results, out / "fewshot.png")
+    robot_rows = arm_rows(robot_view(cfg), {"runs": results["runs"]}) if cfg.new_robots else []
+    (out / "fewshot.md").write_text(markdown(cfg, pipeline, recipe, results, rows, robot_rows))
+    plot(cfg, rows, robot_rows, results["pretrain"], out / "fewshot.png")
     return out / "fewshot.md"

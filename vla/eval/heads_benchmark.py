@@ -188,7 +188,7 @@ def check_run_origin(out: Path, pipeline: PipelineConfig, reuse_stale: bool) -> 
     another commit or with other settings (unless reuse_stale: then say so)."""
     path = out / "provenance.json"
     if path.exists():
-        reasons = blocking_reasons(json.loads(path.read_text()), pipeline, reuse_stale, str(out))
+        reasons = blocking_reasons(json.loads(path.read_text()), pipeline, reuse_stale, f"the run folder {out}")
         if reasons:
             raise ValueError(f"{out} cannot be reused: {'; '.join(reasons)}. Delete the folder, pick another "
                              f"output_dir, or pass --reuse_stale=true to reuse it anyway")
@@ -219,13 +219,10 @@ def reusable(out: Path, schedule, eval_cfg: EvalConfig, reuse_stale: bool) -> bo
     this commit with these settings (or reuse_stale)."""
     if not (out / "summary.json").exists():
         return False
-    recorded = json.loads((out / "summary.json").read_text()).get("provenance")
-    if blocking_reasons(recorded, eval_cfg, reuse_stale, f"the evaluation in {out}"):
-        return False
     saved = load_schedules(out / SCHEDULE_FILE) if (out / SCHEDULE_FILE).exists() else []
-    if schedule is None:
-        return not saved
-    return bool(saved) and saved[0].recompute == schedule.recompute
+    same_schedule = not saved if schedule is None else bool(saved) and saved[0].recompute == schedule.recompute
+    recorded = json.loads((out / "summary.json").read_text()).get("provenance")
+    return same_schedule and not blocking_reasons(recorded, eval_cfg, reuse_stale, f"the evaluation in {out}")
 
 
 def bac_settings(cfg: HeadsBenchmarkConfig, head: str) -> dict:

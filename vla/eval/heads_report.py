@@ -88,16 +88,17 @@ def pct(ms: tuple[float, float]) -> str:
 
 
 def best_in_bold(column: list[tuple[float, float]]) -> list[str]:
-    """`pct` of every (mean, std) in a table column, the highest mean (and any tied with it) in bold."""
-    best = max(mean for mean, _ in column)
-    return [f"**{pct(ms)}**" if ms[0] == best else pct(ms) for ms in column]
+    """`pct` of every (mean, std) in a table column, the highest mean as shown (and any tied with it) in bold."""
+    shown = [float(f"{100 * mean:.0f}") for mean, _ in column]  # compared as shown: 0.2 and 0.19999... tie
+    best = max((s for s in shown if s == s), default=None)  # s == s: NaN is never the best
+    return [f"**{pct(ms)}**" if s == best else pct(ms) for ms, s in zip(column, shown, strict=True)]
 
 
 def table_cells(rows: list[dict], tasks: list[str]) -> list[tuple[str, str]]:
     """Per row: (its mean success cell, its per-task cells joined), each column's best in bold."""
     means = best_in_bold([r["success"] for r in rows])
-    per_task = zip(*(best_in_bold([r["tasks"][t] for r in rows]) for t in tasks), strict=True)
-    return [(mean, " | ".join(cells)) for mean, cells in zip(means, per_task, strict=True)]
+    columns = [best_in_bold([r["tasks"][t] for r in rows]) for t in tasks]
+    return [(mean, " | ".join(column[i] for column in columns)) for i, mean in enumerate(means)]
 
 
 def origin(runs: dict) -> str:

@@ -12,7 +12,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vla.eval.fewshot_report import arm_bars, arm_rows, arm_table, save_figure, with_args  # noqa: E402
+from vla.eval.fewshot_report import (  # noqa: E402
+    arm_bars,
+    arm_rows,
+    arm_table,
+    run_key_parts,
+    save_figure,
+    with_args,
+)
 from vla.eval.heads_report import mean_std, pct  # noqa: E402
 from vla.latent.report import markdown as lam_markdown  # noqa: E402
 
@@ -41,7 +48,7 @@ def labelled_pretraining(cfg, fewshot: dict | None) -> list[str]:
              "|---|---|---|"]
     arms: dict[str, list[float]] = {}
     for key, run in fewshot["runs"].items():
-        arm, task, _ = key.split("/")
+        arm, task = run_key_parts(key)
         if task in cfg.tasks:
             arms.setdefault(arm, []).append(run["tasks"][task]["success_rate"])
     lines += [f"| `{arm}` (few-shot) | {pct(mean_std(rates))} | {len(rates)} |" for arm, rates in arms.items()]

@@ -66,7 +66,8 @@ def verifier_folder(cfg: RoboMonkeyConfig, policy, demos) -> Path:
                                     output_dir=str(Path(cfg.output_dir) / "verifier"))
     path = Path(train_cfg.output_dir)
     if (path / CONFIG).is_file():
-        reasons = blocking_reasons(Verifier.training_summary(path).get("provenance"), train_cfg, False, str(path))
+        reasons = blocking_reasons(Verifier.training_summary(path).get("provenance"), train_cfg, False,
+                                   f"the verifier in {path}")
         if not reasons:
             return path
         print(f"retraining the verifier in {path}: {'; '.join(reasons)}")

@@ -220,7 +220,9 @@ def lerobot_run(cfg: VsLeRobotConfig, name: str, seed: int, dataset_dir: Path) -
     path = out / "eval" / "summary.json"
     policy = LeRobotPolicy.load(trained["checkpoint"], device=cfg.lerobot_train.device)
     summary = json.loads(path.read_text()) if path.exists() else None
-    if summary is None or blocking_reasons(summary.get("provenance"), eval_cfg, cfg.reuse_stale, str(path)):
+    stale = summary is not None and blocking_reasons(summary.get("provenance"), eval_cfg, cfg.reuse_stale,
+                                                     f"the evaluation in {path.parent}")
+    if summary is None or stale:
         summary = evaluate(policy, eval_cfg)
     settings = summary["settings"]
     return {"name": name, "kind": "lerobot", "type": run.spec.type, "seed": seed, **outcome(summary),
