@@ -184,3 +184,19 @@ def test_robomonkey_benchmark_smoke(tiny_checkpoint, policy, demos, tmp_path):
     assert (tmp_path / "out" / "verifier" / "verifier.json").is_file()
     fit = power_law([1, 2, 4, 8], [1.0, 0.5, 0.25, 0.125])
     assert fit["b"] == pytest.approx(-1.0) and fit["a"] == pytest.approx(1.0) and fit["r2"] == pytest.approx(1.0)
+
+
+def test_offline_action_error_is_seeded_and_is_the_distance_to_the_expert(policy, demos, monkeypatch):
+    from vla.eval import offline
+
+    first = offline.action_error(policy, demos, frames=16, batch=8, seed=0)
+    assert first == offline.action_error(policy, demos, frames=16, batch=8, seed=0)
+    assert first["frames"] == 16 and first["rmse"] > 0
+    # a policy that always predicts the normalised zero chunk is as far off as the expert's chunks are from zero
+    horizon, width = policy.config.head.horizon, policy.config.max_action_dim
+    monkeypatch.setattr(offline, "sample_candidates", lambda _policy, obs, n, _generator: SimpleNamespace(
+        normalized=torch.zeros(len(obs.state), n, horizon, width)))
+    expert, valid = offline.expert_targets(policy, demos)
+    index = offline.demo_frames(demos, 16)
+    per_frame = ((expert[index] ** 2 * valid[index]).sum((1, 2)) / valid[index].sum((1, 2))).sqrt()
+    assert offline.action_error(policy, demos, frames=16, batch=8)["rmse"] == pytest.approx(per_frame.mean().item())

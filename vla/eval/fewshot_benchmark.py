@@ -35,7 +35,7 @@ import draccus
 from safetensors import safe_open
 
 from vla.config import DataConfig, EvalConfig, LoraConfig, ModelConfig, from_yaml, parse_with_recipe
-from vla.eval.heads_benchmark import check_run_origin, median_s_per_step
+from vla.eval.heads_benchmark import check_run_origin, final_loss, median_s_per_step
 from vla.eval.suite import group_results
 from vla.pipeline import PipelineConfig
 from vla.provenance import provenance
@@ -47,6 +47,7 @@ from vla.training import train as training  # through the module, so that tests 
 DEFAULT_CONFIG = "configs/bench/fewshot.yaml"
 INITS = ("pretrained", "scratch")
 NEW_ROBOT_CAMERA = "primary"  # a new robot's image slot: its registry entry's main camera
+VALIDATION_SEED_START = 50_000  # validation demos' simulator seeds: past the training demos', below evaluation's
 
 
 @dataclass
@@ -89,6 +90,10 @@ class FewshotConfig:
     # tasks of robots the pretraining never saw (simulator names, e.g. robosuite/Lift/Panda): every arm also trains on
     # demos_per_task demos of each, with the same recipe and seeds
     new_robots: list[str] = field(default_factory=list)
+    # demos of each held-out task and new robot on placements no run trains on (simulator seeds from 50000): every
+    # run's offline action error on them (`vla.eval.offline`: fit vs generalisation, beside closed-loop success); 0 =
+    # none
+    validation_demos: int = 10
     # reuse (or resume) stages made at another commit or with other settings; the report names the commits
     reuse_stale: bool = False
 
@@ -98,6 +103,8 @@ class FewshotConfig:
             sim_spec(task)  # a ValueError naming the known tasks
         if set(self.new_robots) & set(self.tasks):
             raise ValueError(f"{sorted(set(self.new_robots) & set(self.tasks))} are both in tasks and in new_robots")
+        if self.validation_demos < 0:
+            raise ValueError(f"validation_demos must be >= 0 (0: no offline action error); got {self.validation_demos}")
 
 
 def check_held_out_settings(cfg) -> None:
@@ -161,6 +168,12 @@ def held_out_demos(cfg: FewshotConfig, pretrain: PipelineConfig, task: str) -> D
     """The task's demos, recorded as the pretraining's were (camera, size, expert settings)."""
     return dataclasses.replace(pretrain.demos, tasks=[task], episodes_per_task=cfg.demos_per_task,
                                repo_id=f"local/fewshot_{task}")
+
+
+def validation_demos(cfg: FewshotConfig, pretrain: PipelineConfig, task: str) -> DemoConfig:
+    """Demos of `task` on placements no run trains on, recorded as its training demos are."""
+    return dataclasses.replace(held_out_demos(cfg, pretrain, task), episodes_per_task=cfg.validation_demos,
+                               seed_start=VALIDATION_SEED_START, repo_id=f"local/fewshot_{task}_validation")
 
 
 def run_dir(cfg: FewshotConfig, arm: str, task: str, seed: int) -> Path:
@@ -243,11 +256,36 @@ def zero_shot(cfg: FewshotConfig, checkpoint: Path) -> dict:
     return summary
 
 
-def train_and_eval(run: FinetuneRun, out: Path, reuse_stale: bool) -> dict:
-    """One (arm, task, seed): training (resumed if stopped) and evaluation; reused when its summary exists."""
+def train_and_eval(run: FinetuneRun, out: Path, reuse_stale: bool, validation: tuple[Path, str] | None = None) -> dict:
+    """One (arm, task, seed): training (resumed if stopped) and evaluation; reused when its summary exists. With
+    `validation` (dataset folder, repo_id), also the offline action error on those demos (`offline_error`)."""
     summary = cached_summary(out, run, reuse_stale)
-    if summary is not None:
-        return summary
+    if summary is None:
+        summary = train_and_eval_now(run, out)
+    # added on every read, so that summaries written before these figures existed have them too
+    summary["final_train_loss"] = final_loss(Path(run.train.train.output_dir) / "metrics.csv")
+    if validation is not None:
+        summary["offline"] = offline_error(run, out, Path(summary["checkpoint"]), *validation)
+    return summary
+
+
+def offline_error(run: FinetuneRun, out: Path, checkpoint: Path, root: Path, repo_id: str) -> dict:
+    """The checkpoint's offline action error on the demos at `root` (`vla.eval.offline.action_error`), read with the
+    run's data settings; cached in out/offline.json for this checkpoint and dataset."""
+    from vla.checkpoint import load_policy
+    from vla.eval.offline import action_error
+
+    path, key = out / "offline.json", {"checkpoint": str(checkpoint), "validation": str(root)}
+    if path.exists() and json.loads(path.read_text()).items() >= key.items():
+        return json.loads(path.read_text())
+    policy = load_policy(checkpoint)
+    demos = training.load_demos(policy.config, dataclasses.replace(run.train.data, root=str(root), repo_id=repo_id))
+    result = key | action_error(policy, demos)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def train_and_eval_now(run: FinetuneRun, out: Path) -> dict:
     start = time.time()
     checkpoint = training.train(run.train)
     train_s, start = time.time() - start, time.time()
@@ -291,20 +329,26 @@ def run_benchmark(cfg: FewshotConfig) -> Path:
     for task in [*cfg.tasks, *cfg.new_robots]:
         demos = held_out_demos(cfg, pipeline, task)
         dataset = generate_demos(demos)
-        results["runs"] |= run_arms(cfg, recipe, checkpoint, vlm, dataset, demos, task)
+        validation = None
+        if cfg.validation_demos:
+            held = validation_demos(cfg, pipeline, task)
+            validation = (generate_demos(held), held.repo_id)
+        results["runs"] |= run_arms(cfg, recipe, checkpoint, vlm, dataset, demos, task, validation)
     save_results(cfg, pipeline, recipe, results, "fewshot_results.json")
     return write_report(cfg, pipeline, recipe, results)
 
 
 def run_arms(cfg, recipe: training.TrainRunConfig, pretrained: Path, vlm: Path, dataset: Path, demos: DemoConfig,
-             task: str) -> dict[str, dict]:
-    """Every (arm, seed) on one held-out task's demos (each cached): {"arm/task/sS": summary}. `cfg`: any benchmark
-    config with arms, seeds, eval, output_dir and reuse_stale (FewshotConfig, the latent benchmark's)."""
+             task: str, validation: tuple[Path, str] | None = None) -> dict[str, dict]:
+    """Every (arm, seed) on one held-out task's demos (each cached): {"arm/task/sS": summary}, with the offline
+    action error on `validation` demos (`train_and_eval`). `cfg`: any benchmark config with arms, seeds, eval,
+    output_dir and reuse_stale (FewshotConfig, the latent benchmark's)."""
     runs = {}
     for seed in cfg.seeds:  # seed-major within a task, so that a stopped benchmark has every arm's first seeds
         for arm in cfg.arms:
             run = finetune_run(cfg, recipe, pretrained, vlm, dataset, demos, arm, task, seed)
-            runs[f"{arm}/{task}/s{seed}"] = train_and_eval(run, run_dir(cfg, arm, task, seed), cfg.reuse_stale)
+            runs[f"{arm}/{task}/s{seed}"] = train_and_eval(run, run_dir(cfg, arm, task, seed), cfg.reuse_stale,
+                                                           validation)
     return runs
 
 

@@ -31,7 +31,8 @@ def arm_rows(cfg, results: dict) -> list[dict]:
         rows.append({"arm": ZERO_SHOT, "init": "pretrained, not trained on the task",
                      "tasks": {t: (tasks[t]["success_rate"], 0.0) for t in cfg.tasks},
                      "success": (float(np.mean([tasks[t]["success_rate"] for t in cfg.tasks])), 0.0), "per_seed": [],
-                     "pooled": pooled([tasks[t] for t in cfg.tasks]), "trained": 0, "s_per_step": None})
+                     "pooled": pooled([tasks[t] for t in cfg.tasks]), "trained": 0, "s_per_step": None,
+                     "final_loss": None, "offline": None})
     for arm, spec in cfg.arms.items():
         runs = {(t, s): results["runs"][f"{arm}/{t}/s{s}"] for t in cfg.tasks for s in cfg.seeds}
         rate = {key: run["tasks"][key[0]]["success_rate"] for key, run in runs.items()}
@@ -42,8 +43,16 @@ def arm_rows(cfg, results: dict) -> list[dict]:
                      "pooled": pooled([run["tasks"][t] for (t, _), run in runs.items()]),
                      "trained": int(np.mean([run["parameters"]["trained"] for run in runs.values()])),
                      "total": int(np.mean([run["parameters"]["total"] for run in runs.values()])),
-                     "s_per_step": float(np.mean([run["train_s_per_step"] for run in runs.values()]))})
+                     "s_per_step": float(np.mean([run["train_s_per_step"] for run in runs.values()])),
+                     "final_loss": float(np.mean([run["final_train_loss"] for run in runs.values()])),
+                     "offline": mean_offline_error(runs.values())})
     return rows
+
+
+def mean_offline_error(runs) -> float | None:
+    """The mean over runs of their offline action error on unseen demos; None unless every run has one."""
+    errors = [run.get("offline", {}).get("rmse") for run in runs]
+    return float(np.mean(errors)) if errors and None not in errors else None
 
 
 def describe_arm(spec) -> str:
@@ -109,19 +118,36 @@ def arm_table(cfg, rows: list[dict], describe_arms: bool = True) -> list[str]:
     """Markdown lines: success per arm and held-out task (`arm_rows`), with costs, then what each arm is."""
     lines = [
         "Success per task is mean ± sample std over seeds; \"mean\" is the mean over tasks (± std over seeds); "
-        "\"pooled\" counts every episode of every task and seed, with its 95% Wilson interval.",
+        "\"pooled\" counts every episode of every task and seed, with its 95% Wilson interval; \"train loss\" is the "
+        "head's loss on the demos themselves over the last 100 steps, mean over tasks and seeds (how closely an arm "
+        "fits its demos); \"offline RMSE\" is the distance of one sampled chunk to the expert's on demos of "
+        "placements no run trained on (normalised action units, mean over frames, tasks and seeds; how well the fit "
+        "generalises, without the simulator's compounding errors).",
         "",
         "| arm | mean | " + " | ".join(task_label(t) for t in cfg.tasks)
-        + " | pooled (95% CI) | per seed | trained params | train s/step |",
-        "|---|---|" + "---|" * len(cfg.tasks) + "---|---|---|---|",
+        + " | pooled (95% CI) | per seed | train loss | offline RMSE | trained params | train s/step |",
+        "|---|---|" + "---|" * len(cfg.tasks) + "---|---|---|---|---|---|",
     ]
     for r, (success, per_task) in zip(rows, table_cells(rows, cfg.tasks), strict=True):
         seeds = ", ".join(f"{100 * s:.0f}" for s in r["per_seed"]) or "-"
         trained = f"{r['trained'] / 1e6:.2f} M of {r['total'] / 1e6:.2f} M" if r["arm"] != ZERO_SHOT else "-"
         speed = f"{r['s_per_step']:.3f}" if r["s_per_step"] is not None else "-"
-        lines.append(f"| `{r['arm']}` | {success} | {per_task} | {ci(r['pooled'])} | {seeds} | "
+        loss = f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-"
+        offline = f"{r['offline']:.3f}" if r["offline"] is not None else "-"
+        lines.append(f"| `{r['arm']}` | {success} | {per_task} | {ci(r['pooled'])} | {seeds} | {loss} | {offline} | "
                      f"{trained} | {speed} |")
     return lines + (["", "Arms:"] + [f"- `{r['arm']}`: {r['init']}" for r in rows] if describe_arms else [])
+
+
+def gain(rows: list[dict], arm: str, baseline: str) -> str:
+    """`arm`'s mean success minus `baseline`'s, in points, with the per-seed differences."""
+    by_arm = {r["arm"]: r for r in rows}
+    if arm not in by_arm or baseline not in by_arm:
+        return ""
+    mine, theirs = by_arm[arm], by_arm[baseline]
+    per_seed = [100 * (a - b) for a, b in zip(mine["per_seed"], theirs["per_seed"], strict=True)]
+    return (f"`{arm}` - `{baseline}`: {100 * (mine['success'][0] - theirs['success'][0]):+.1f} points on the mean "
+            f"over tasks (per seed: {', '.join(f'{d:+.0f}' for d in per_seed)}).")
 
 
 def run_key_parts(key: str) -> tuple[str, str]:
@@ -143,6 +169,7 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict], robot_rows:
         "",
         *arm_table(cfg, rows),
         "",
+        *gains(cfg, rows),
         *new_robot_section(cfg, robot_rows),
         "## The pretrained policy on its training tasks",
         "",
@@ -166,6 +193,15 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict], robot_rows:
     return "\n".join(lines)
 
 
+def gains(cfg, rows: list[dict]) -> list[str]:
+    """Markdown lines: the gain of each pretrained arm over the scratch arm (none without a scratch arm)."""
+    scratch = [arm for arm, spec in cfg.arms.items() if spec.init == "scratch"]
+    if not scratch:
+        return []
+    lines = [gain(rows, arm, scratch[0]) for arm, spec in cfg.arms.items() if spec.init != "scratch"]
+    return ["Gain of pretraining:", "", *[f"- {line}" for line in lines if line], ""]
+
+
 def new_robot_section(cfg, robot_rows: list[dict]) -> list[str]:
     """Markdown lines: the arms on the robots the pretraining never saw (`arm_rows` over `robot_view`; none without
     `new_robots`)."""
@@ -176,7 +212,7 @@ def new_robot_section(cfg, robot_rows: list[dict]) -> list[str]:
             f"the model is widened to the robot's action and state (`init_from` re-initialises the layers the widths "
             f"shape; the scratch arm builds them new) and reads the robot's registry entry, its main camera in the "
             f"image slot `primary`. No zero-shot row: the pretrained policy has no output for the new action space.",
-            "", *arm_table(robot_view(cfg), robot_rows, describe_arms=False), ""]
+            "", *arm_table(robot_view(cfg), robot_rows, describe_arms=False), "", *gains(cfg, robot_rows)]
 
 
 def arm_bars(ax, cfg, rows: list[dict], title: str = "held-out tasks") -> None:

@@ -16,6 +16,7 @@ from vla.eval.fewshot_report import (  # noqa: E402
     arm_bars,
     arm_rows,
     arm_table,
+    gain,
     run_key_parts,
     save_figure,
     with_args,
@@ -24,17 +25,6 @@ from vla.eval.heads_report import mean_std, pct  # noqa: E402
 from vla.latent.report import markdown as lam_markdown  # noqa: E402
 
 LAM_PLOT = "latent_lam.png"
-
-
-def gain(rows: list[dict], arm: str, baseline: str) -> str:
-    """`arm`'s mean success minus `baseline`'s, in points, with the per-seed differences."""
-    by_arm = {r["arm"]: r for r in rows}
-    if arm not in by_arm or baseline not in by_arm:
-        return ""
-    mine, theirs = by_arm[arm], by_arm[baseline]
-    per_seed = [100 * (a - b) for a, b in zip(mine["per_seed"], theirs["per_seed"], strict=True)]
-    return (f"`{arm}` - `{baseline}`: {100 * (mine['success'][0] - theirs['success'][0]):+.1f} points on the mean "
-            f"over held-out tasks (per seed: {', '.join(f'{d:+.0f}' for d in per_seed)}).")
 
 
 def labelled_pretraining(cfg, fewshot: dict | None) -> list[str]:

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from vla.config import EvalConfig, SampleVerifyConfig, parse_with_recipe
+from vla.eval.offline import demo_frames, demo_observation, expert_targets
 from vla.provenance import blocking_reasons, provenance
 from vla.test_time.sampling import sample_candidates
 from vla.test_time.verifier import CONFIG, Verifier, observation_features
@@ -101,14 +102,13 @@ def offline_scaling(cfg: RoboMonkeyConfig, policy, verifier: Verifier, demos) ->
     """RMSE to the expert vs k (oracle pick, verifier pick, one sample) and the power-law fit of the oracle curve."""
     policy.eval()
     k_max = max(cfg.offline_k)
-    frames = torch.linspace(0, len(demos) - 1, min(cfg.offline_frames, len(demos))).round().long().unique()
-    expert_all = policy.normalizer.normalize_action(demos.actions, demos.embodiment).float()
-    valid_all = (~demos.action_is_pad)[:, :, None] & policy.normalizer.action_mask(demos.embodiment)[None, None, :]
+    frames = demo_frames(demos, cfg.offline_frames)
+    expert_all, valid_all = expert_targets(policy, demos)
     generator = torch.Generator().manual_seed(cfg.seed)
     distances, scores = [], []
     for start in tqdm(range(0, len(frames), cfg.offline_batch), desc="offline samples", unit="batch"):
         index = frames[start:start + cfg.offline_batch]
-        obs = _observation(demos, index, policy.config.n_obs_steps)
+        obs = demo_observation(demos, index, policy.config.n_obs_steps)
         drawn = sample_candidates(policy, obs, k_max, generator,
                                   **({"temperature": cfg.temperature} if cfg.temperature is not None else {}))
         normalized = drawn.normalized.cpu()
@@ -134,13 +134,6 @@ def power_law(k: list[int], error: list[float]) -> dict:
     residual = y - (log_a + b * x)
     total = ((y - y.mean()) ** 2).sum()
     return {"a": float(np.exp(log_a)), "b": float(b), "r2": float(1 - (residual**2).sum() / total) if total else None}
-
-
-def _observation(demos, index: torch.Tensor, n_obs_steps: int):
-    from vla.types import Observation
-
-    return Observation(images=demos.observation_images(index, n_obs_steps), state=demos.state[index],
-                       instruction=demos.instructions(index), embodiment=[demos.embodiment] * len(index))
 
 
 def run_robomonkey(cfg: RoboMonkeyConfig, policy=None, demos=None) -> Path:
