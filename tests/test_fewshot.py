@@ -107,7 +107,8 @@ def test_smoke_run_resumes_reuses_and_reports(tmp_path, monkeypatch, capsys):
     text = (report / "fewshot.md").read_text()
     for line in ("| `zero-shot` |", "| `scratch` |", "| `full` |", "| `lora` |", "| easy | reach |", "## A new robot",
                  "| arm | mean | robosuite/Lift/Panda |", "| train loss |", "- `full` - `scratch`: ",
-                 "- `lora` - `scratch`: ", "| offline RMSE |"):
+                 "- `lora` - `scratch`: ", "| offline RMSE |",
+                 "this page written (and missing offline errors measured) at commit cccccccccc;"):
         assert line in text
     assert (report / "fewshot.png").stat().st_size > 0
     assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]

@@ -12,6 +12,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from vla import provenance  # noqa: E402
 from vla.eval.heads_report import mean_std, table_cells  # noqa: E402
 from vla.eval.report import GROUP_COLOURS, success_bars  # noqa: E402
 from vla.eval.suite import pooled  # noqa: E402
@@ -45,14 +46,17 @@ def arm_rows(cfg, results: dict) -> list[dict]:
                      "total": int(np.mean([run["parameters"]["total"] for run in runs.values()])),
                      "s_per_step": float(np.mean([run["train_s_per_step"] for run in runs.values()])),
                      "final_loss": float(np.mean([run["final_train_loss"] for run in runs.values()])),
-                     "offline": mean_offline_error(runs.values())})
+                     "offline": offline_error(runs, cfg.seeds)})
     return rows
 
 
-def mean_offline_error(runs) -> float | None:
-    """The mean over runs of their offline action error on unseen demos; None unless every run has one."""
-    errors = [run.get("offline", {}).get("rmse") for run in runs]
-    return float(np.mean(errors)) if errors and None not in errors else None
+def offline_error(runs: dict[tuple[str, int], dict], seeds: list[int]) -> tuple[float, float] | None:
+    """The offline action error on unseen demos of runs {(task, seed): summary}: mean ± std over seeds of each seed's
+    mean over tasks; None unless every run has one."""
+    errors = {key: run.get("offline", {}).get("rmse") for key, run in runs.items()}
+    if not errors or None in errors.values():
+        return None
+    return mean_std([float(np.mean([e for (_, s), e in errors.items() if s == seed])) for seed in seeds])
 
 
 def describe_arm(spec) -> str:
@@ -75,8 +79,11 @@ def origin(results: dict) -> str:
     """The commits that made the stages (from their provenance), for the header."""
     stages = [results["pretrain"], *results["runs"].values(), *([results["zero_shot"]] if results["zero_shot"] else [])]
     commits = sorted({str((s.get("provenance") or {}).get("commit"))[:10] for s in stages})
-    return f"Made by `benchmarks/fewshot.py` at commit {', '.join(commits)}; every stage's figures, with the full " \
-           f"config, command, library versions and machine, are in `fewshot_results.json`."
+    now = provenance.git_commit()  # through the module: tests pin the commit
+    return f"Stages made by `benchmarks/fewshot.py` at commit {', '.join(commits)}; this page written (and missing " \
+           f"offline errors measured) at commit {str(now['commit'])[:10]}{' with uncommitted changes' * now['dirty']}" \
+           f"; every stage's figures, with the full config, command, library versions and machine, are in " \
+           f"`fewshot_results.json`."
 
 
 def with_args(recipe: str, args: list[str]) -> str:
@@ -105,7 +112,7 @@ def new_robots(cfg) -> str:
 
 def task_label(task: str) -> str:
     """A table column's name: a Meta-World task with its difficulty group, another simulator's task as it is."""
-    return task if is_robosuite(task) else f"{task} ({get_task(task).difficulty})"
+    return task if is_robosuite(task) else f"{task} ({get_task(task).difficulty.replace('_', ' ')})"
 
 
 def robot_view(cfg) -> SimpleNamespace:
@@ -133,7 +140,7 @@ def arm_table(cfg, rows: list[dict], describe_arms: bool = True) -> list[str]:
         trained = f"{r['trained'] / 1e6:.2f} M of {r['total'] / 1e6:.2f} M" if r["arm"] != ZERO_SHOT else "-"
         speed = f"{r['s_per_step']:.3f}" if r["s_per_step"] is not None else "-"
         loss = f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-"
-        offline = f"{r['offline']:.3f}" if r["offline"] is not None else "-"
+        offline = f"{r['offline'][0]:.3f} ± {r['offline'][1]:.3f}" if r["offline"] is not None else "-"
         lines.append(f"| `{r['arm']}` | {success} | {per_task} | {ci(r['pooled'])} | {seeds} | {loss} | {offline} | "
                      f"{trained} | {speed} |")
     return lines + (["", "Arms:"] + [f"- `{r['arm']}`: {r['init']}" for r in rows] if describe_arms else [])
@@ -188,7 +195,8 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict], robot_rows:
     for task, result in pre["tasks"].items():
         lines.append(f"| {task} | {get_task(task).difficulty.replace('_', ' ')} | {ci(result)} | "
                      f"{result['mean_episode_length']:.0f} |")
-    panels = "held-out success by arm" + ("; a new robot by arm" if robot_rows else "")
+    panels = "held-out success by arm" + ("; a new robot by arm" if robot_rows else "") + \
+        ("; offline action error by arm" if any(r["offline"] is not None for r in rows + robot_rows) else "")
     lines += ["", f"![{panels}; pretrained policy per group](fewshot.png)", ""]
     return "\n".join(lines)
 
@@ -218,12 +226,12 @@ def new_robot_section(cfg, robot_rows: list[dict]) -> list[str]:
 def arm_bars(ax, cfg, rows: list[dict], title: str = "held-out tasks") -> None:
     """Grouped bars: success per task (and the mean) for each arm, mean ± std over seeds; an arm has one colour in
     every panel."""
-    names = [*cfg.tasks, "mean"]
+    names = [*cfg.tasks, *(["mean"] if len(cfg.tasks) > 1 else [])]
     width = 0.8 / len(rows)
-    colours = dict(zip([ZERO_SHOT, *cfg.arms], ARM_COLOURS * (len(cfg.arms) + 1), strict=False))
+    colours = arm_colours(cfg)
     for i, row in enumerate(rows):
         colour = colours[row["arm"]]
-        values = [row["tasks"][t] for t in cfg.tasks] + [row["success"]]
+        values = [row["tasks"][t] for t in cfg.tasks] + ([row["success"]] if len(cfg.tasks) > 1 else [])
         x = np.arange(len(names)) + (i - (len(rows) - 1) / 2) * width
         ax.bar(x, [100 * m for m, _ in values], width, yerr=[100 * s for _, s in values], capsize=3, color=colour,
                label=row["arm"])
@@ -234,13 +242,38 @@ def arm_bars(ax, cfg, rows: list[dict], title: str = "held-out tasks") -> None:
     ax.legend(fontsize=8)
 
 
+def arm_colours(cfg) -> dict[str, str]:
+    """One colour per arm (and the zero-shot policy), the same in every panel."""
+    return dict(zip([ZERO_SHOT, *cfg.arms], ARM_COLOURS * (len(cfg.arms) + 1), strict=False))
+
+
+def offline_bars(ax, cfg, groups: dict[str, list[dict]]) -> None:
+    """Grouped bars: each arm's offline action error on unseen placements (mean ± std over seeds) per group of
+    rows (held-out tasks, a new robot)."""
+    colours = arm_colours(cfg)
+    for g, rows in enumerate(groups.values()):
+        measured = [r for r in rows if r["offline"] is not None]
+        width = 0.8 / len(measured)
+        for i, row in enumerate(measured):
+            ax.bar(g + (i - (len(measured) - 1) / 2) * width, row["offline"][0], width, yerr=row["offline"][1],
+                   capsize=3, color=colours[row["arm"]], label=row["arm"] if g == 0 else None)
+    ax.set_xticks(np.arange(len(groups)), list(groups))
+    ax.set_ylabel("RMSE to the expert's chunk (normalised)")
+    ax.set_title("offline action error on unseen placements (lower is better)", fontsize=10)
+    ax.legend(fontsize=8)
+
+
 def plot(cfg, rows: list[dict], robot_rows: list[dict], pretrained: dict, path: Path) -> None:
-    """Held-out tasks by arm | a new robot by arm (with new_robots) | the pretrained policy per group."""
-    widths = [2, *([1] if robot_rows else []), 1]
+    """Held-out tasks by arm | a new robot by arm (with new_robots) | offline action error by arm (when measured) |
+    the pretrained policy per group."""
+    offline = any(r["offline"] is not None for r in rows + robot_rows)
+    widths = [2, *([1] if robot_rows else []), *([1] if offline else []), 1]
     fig, axes = plt.subplots(1, len(widths), figsize=(14 * sum(widths) / 3, 4.8), gridspec_kw={"width_ratios": widths})
     arm_bars(axes[0], cfg, rows)
     if robot_rows:
         arm_bars(axes[1], robot_view(cfg), robot_rows, title="a new robot")
+    if offline:
+        offline_bars(axes[-2], cfg, {"held-out tasks": rows, **({"a new robot": robot_rows} if robot_rows else {})})
     right = axes[-1]
     groups = {g.replace("_", " "): r for g, r in pretrained["groups"].items()} | {"all": pretrained["overall"]}
     success_bars(right, groups, [GROUP_COLOURS.get(g.replace(" ", "_"), "#777777") for g in groups])
