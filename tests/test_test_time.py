@@ -189,14 +189,15 @@ def test_robomonkey_benchmark_smoke(tiny_checkpoint, policy, demos, tmp_path):
 def test_offline_action_error_is_seeded_and_is_the_distance_to_the_expert(policy, demos, monkeypatch):
     from vla.eval import offline
 
-    first = offline.action_error(policy, demos, frames=16, batch=8, seed=0)
-    assert first == offline.action_error(policy, demos, frames=16, batch=8, seed=0)
-    assert first["frames"] == 16 and first["rmse"] > 0
-    # a policy that always predicts the normalised zero chunk is as far off as the expert's chunks are from zero
-    horizon, width = policy.config.head.horizon, policy.config.max_action_dim
+    first = offline.action_error(policy, demos, frames=16, batch=8, seed=0, num_steps=2)
+    assert first == offline.action_error(policy, demos, frames=16, batch=8, seed=0, num_steps=2)
+    assert first["frames"] == 16 and first["rmse"] > 0 and first["units"] == "robot"
+    # a policy that always commands zero is as far off as the expert's actions are from zero, in robot units, over
+    # the steps before each episode's end
+    horizon, width = policy.config.head.horizon, demos.actions.shape[-1]
     monkeypatch.setattr(offline, "sample_candidates", lambda _policy, obs, n, _generator: SimpleNamespace(
-        normalized=torch.zeros(len(obs.state), n, horizon, width)))
-    expert, valid = offline.expert_targets(policy, demos)
+        actions=torch.zeros(len(obs.state), n, horizon, width)))
     index = offline.demo_frames(demos, 16)
-    per_frame = ((expert[index] ** 2 * valid[index]).sum((1, 2)) / valid[index].sum((1, 2))).sqrt()
+    valid = (~demos.action_is_pad[index])[:, :, None].expand(-1, -1, width).float()
+    per_frame = ((demos.actions[index] ** 2 * valid).sum((1, 2)) / valid.sum((1, 2))).sqrt()
     assert offline.action_error(policy, demos, frames=16, batch=8)["rmse"] == pytest.approx(per_frame.mean().item())

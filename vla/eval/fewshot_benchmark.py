@@ -35,10 +35,10 @@ import draccus
 from safetensors import safe_open
 
 from vla.config import DataConfig, EvalConfig, LoraConfig, ModelConfig, from_yaml, parse_with_recipe
-from vla.eval.heads_benchmark import check_run_origin, final_loss, median_s_per_step
+from vla.eval.heads_benchmark import check_run_origin, median_s_per_step
 from vla.eval.suite import group_results
 from vla.pipeline import PipelineConfig
-from vla.provenance import provenance
+from vla.provenance import git_commit, provenance
 from vla.sim.demos import DemoConfig, generate_demos
 from vla.sim.envs import sim_spec
 from vla.sim.tasks import get_task
@@ -91,8 +91,7 @@ class FewshotConfig:
     # demos_per_task demos of each, with the same recipe and seeds
     new_robots: list[str] = field(default_factory=list)
     # demos of each held-out task and new robot on placements no run trains on (simulator seeds from 50000): every
-    # run's offline action error on them (`vla.eval.offline`: fit vs generalisation, beside closed-loop success); 0 =
-    # none
+    # run's offline action error on them (`vla.eval.offline`, in robot units), beside closed-loop success; 0 = none
     validation_demos: int = 10
     # reuse (or resume) stages made at another commit or with other settings; the report names the commits
     reuse_stale: bool = False
@@ -171,7 +170,11 @@ def held_out_demos(cfg: FewshotConfig, pretrain: PipelineConfig, task: str) -> D
 
 
 def validation_demos(cfg: FewshotConfig, pretrain: PipelineConfig, task: str) -> DemoConfig:
-    """Demos of `task` on placements no run trains on, recorded as its training demos are."""
+    """Demos of `task` on placements no run trains on, recorded as its training demos are (a ValueError when the
+    training demos' seeds would reach the validation seeds)."""
+    if pretrain.demos.seed_start + 10_000 > VALIDATION_SEED_START:
+        raise ValueError(f"the demos' seed_start {pretrain.demos.seed_start} is within 10000 of the validation demos' "
+                         f"seeds ({VALIDATION_SEED_START} on): keep seed_start below {VALIDATION_SEED_START - 10_000}")
     return dataclasses.replace(held_out_demos(cfg, pretrain, task), episodes_per_task=cfg.validation_demos,
                                seed_start=VALIDATION_SEED_START, repo_id=f"local/fewshot_{task}_validation")
 
@@ -258,29 +261,34 @@ def zero_shot(cfg: FewshotConfig, checkpoint: Path) -> dict:
 
 def train_and_eval(run: FinetuneRun, out: Path, reuse_stale: bool, validation: tuple[Path, str] | None = None) -> dict:
     """One (arm, task, seed): training (resumed if stopped) and evaluation; reused when its summary exists. With
-    `validation` (dataset folder, repo_id), also the offline action error on those demos (`offline_error`)."""
+    `validation` (dataset folder, repo_id), also the offline action error on those demos (`measure_offline_error`;
+    added on every read, so that a summary written before it existed gets it too)."""
     summary = cached_summary(out, run, reuse_stale)
     if summary is None:
         summary = train_and_eval_now(run, out)
-    # added on every read, so that summaries written before these figures existed have them too
-    summary["final_train_loss"] = final_loss(Path(run.train.train.output_dir) / "metrics.csv")
     if validation is not None:
-        summary["offline"] = offline_error(run, out, Path(summary["checkpoint"]), *validation)
+        summary["offline"] = measure_offline_error(run, out, Path(summary["checkpoint"]), *validation)
     return summary
 
 
-def offline_error(run: FinetuneRun, out: Path, checkpoint: Path, root: Path, repo_id: str) -> dict:
-    """The checkpoint's offline action error on the demos at `root` (`vla.eval.offline.action_error`), read with the
-    run's data settings; cached in out/offline.json for this checkpoint and dataset."""
+def measure_offline_error(run: FinetuneRun, out: Path, checkpoint: Path, root: Path, repo_id: str) -> dict:
+    """The checkpoint's offline action error on the demos at `root` (`vla.eval.offline.action_error`, with the
+    evaluation's denoising steps), read with the run's data settings. Cached in out/offline.json for this
+    checkpoint, dataset, setting and version of the code under vla/ (so the figures on a page are always measured by
+    the code that wrote it, even when the runs are reused from older commits)."""
     from vla.checkpoint import load_policy
     from vla.eval.offline import action_error
 
-    path, key = out / "offline.json", {"checkpoint": str(checkpoint), "validation": str(root)}
+    steps = run.eval.num_inference_steps
+    key = {"checkpoint": str(checkpoint), "validation": str(root), "num_steps": steps,
+           "code": git_commit().get("code")}
+    path = out / "offline.json"
     if path.exists() and json.loads(path.read_text()).items() >= key.items():
         return json.loads(path.read_text())
     policy = load_policy(checkpoint)
     demos = training.load_demos(policy.config, dataclasses.replace(run.train.data, root=str(root), repo_id=repo_id))
-    result = key | action_error(policy, demos)
+    result = key | action_error(policy, demos, **({"num_steps": steps} if steps else {})) | {"provenance": provenance(
+        {"checkpoint": str(checkpoint), "validation": str(root), "num_steps": steps})}
     path.write_text(json.dumps(result, indent=1))
     return result
 

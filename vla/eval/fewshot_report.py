@@ -33,7 +33,7 @@ def arm_rows(cfg, results: dict) -> list[dict]:
                      "tasks": {t: (tasks[t]["success_rate"], 0.0) for t in cfg.tasks},
                      "success": (float(np.mean([tasks[t]["success_rate"] for t in cfg.tasks])), 0.0), "per_seed": [],
                      "pooled": pooled([tasks[t] for t in cfg.tasks]), "trained": 0, "s_per_step": None,
-                     "final_loss": None, "offline": None})
+                     "offline": None})
     for arm, spec in cfg.arms.items():
         runs = {(t, s): results["runs"][f"{arm}/{t}/s{s}"] for t in cfg.tasks for s in cfg.seeds}
         rate = {key: run["tasks"][key[0]]["success_rate"] for key, run in runs.items()}
@@ -45,12 +45,11 @@ def arm_rows(cfg, results: dict) -> list[dict]:
                      "trained": int(np.mean([run["parameters"]["trained"] for run in runs.values()])),
                      "total": int(np.mean([run["parameters"]["total"] for run in runs.values()])),
                      "s_per_step": float(np.mean([run["train_s_per_step"] for run in runs.values()])),
-                     "final_loss": float(np.mean([run["final_train_loss"] for run in runs.values()])),
-                     "offline": offline_error(runs, cfg.seeds)})
+                     "offline": seed_mean_offline_error(runs, cfg.seeds)})
     return rows
 
 
-def offline_error(runs: dict[tuple[str, int], dict], seeds: list[int]) -> tuple[float, float] | None:
+def seed_mean_offline_error(runs: dict[tuple[str, int], dict], seeds: list[int]) -> tuple[float, float] | None:
     """The offline action error on unseen demos of runs {(task, seed): summary}: mean ± std over seeds of each seed's
     mean over tasks; None unless every run has one."""
     errors = {key: run.get("offline", {}).get("rmse") for key, run in runs.items()}
@@ -80,10 +79,10 @@ def origin(results: dict) -> str:
     stages = [results["pretrain"], *results["runs"].values(), *([results["zero_shot"]] if results["zero_shot"] else [])]
     commits = sorted({str((s.get("provenance") or {}).get("commit"))[:10] for s in stages})
     now = provenance.git_commit()  # through the module: tests pin the commit
-    return f"Stages made by `benchmarks/fewshot.py` at commit {', '.join(commits)}; this page written (and missing " \
-           f"offline errors measured) at commit {str(now['commit'])[:10]}{' with uncommitted changes' * now['dirty']}" \
-           f"; every stage's figures, with the full config, command, library versions and machine, are in " \
-           f"`fewshot_results.json`."
+    return f"Stages made by `benchmarks/fewshot.py` at commit {', '.join(commits)}; this page written (and the " \
+           f"offline errors measured) at commit {str(now['commit'])[:10]}" \
+           f"{' with uncommitted changes' * bool(now['dirty'])}; every stage's figures, with the full config, " \
+           f"command, library versions and machine, are in `fewshot_results.json`."
 
 
 def with_args(recipe: str, args: list[str]) -> str:
@@ -118,30 +117,32 @@ def task_label(task: str) -> str:
 def robot_view(cfg) -> SimpleNamespace:
     """The benchmark's arms, seeds and demos over its new robots' tasks, for `arm_rows`, `arm_table`, `arm_bars`."""
     return SimpleNamespace(tasks=list(cfg.new_robots), arms=cfg.arms, seeds=cfg.seeds,
-                           demos_per_task=cfg.demos_per_task)
+                           demos_per_task=cfg.demos_per_task, validation_demos=cfg.validation_demos)
 
 
 def arm_table(cfg, rows: list[dict], describe_arms: bool = True) -> list[str]:
-    """Markdown lines: success per arm and held-out task (`arm_rows`), with costs, then what each arm is."""
+    """Markdown lines: success per arm and held-out task (`arm_rows`), with costs (and the offline action error where
+    it was measured), then what each arm is."""
+    offline = any(r["offline"] is not None for r in rows)
+    offline_note = (f"; \"offline RMSE\" is the distance of one sampled chunk to the expert's, in the robot's action "
+                    f"units, on {cfg.validation_demos} more demos per task at placements no run trained on (mean over "
+                    f"frames and tasks, ± std over seeds): how well an arm's fit generalises, without the simulator's "
+                    f"compounding errors." if offline else ".")
     lines = [
         "Success per task is mean ± sample std over seeds; \"mean\" is the mean over tasks (± std over seeds); "
-        "\"pooled\" counts every episode of every task and seed, with its 95% Wilson interval; \"train loss\" is the "
-        "head's loss on the demos themselves over the last 100 steps, mean over tasks and seeds (how closely an arm "
-        "fits its demos); \"offline RMSE\" is the distance of one sampled chunk to the expert's on demos of "
-        "placements no run trained on (normalised action units, mean over frames, tasks and seeds; how well the fit "
-        "generalises, without the simulator's compounding errors).",
+        "\"pooled\" counts every episode of every task and seed, with its 95% Wilson interval" + offline_note,
         "",
-        "| arm | mean | " + " | ".join(task_label(t) for t in cfg.tasks)
-        + " | pooled (95% CI) | per seed | train loss | offline RMSE | trained params | train s/step |",
-        "|---|---|" + "---|" * len(cfg.tasks) + "---|---|---|---|---|---|",
+        "| arm | mean | " + " | ".join(task_label(t) for t in cfg.tasks) + " | pooled (95% CI) | per seed |"
+        + (" offline RMSE |" if offline else "") + " trained params | train s/step |",
+        "|---|---|" + "---|" * len(cfg.tasks) + "---|---|" + ("---|" if offline else "") + "---|---|",
     ]
     for r, (success, per_task) in zip(rows, table_cells(rows, cfg.tasks), strict=True):
         seeds = ", ".join(f"{100 * s:.0f}" for s in r["per_seed"]) or "-"
         trained = f"{r['trained'] / 1e6:.2f} M of {r['total'] / 1e6:.2f} M" if r["arm"] != ZERO_SHOT else "-"
         speed = f"{r['s_per_step']:.3f}" if r["s_per_step"] is not None else "-"
-        loss = f"{r['final_loss']:.4f}" if r["final_loss"] is not None else "-"
-        offline = f"{r['offline'][0]:.3f} ± {r['offline'][1]:.3f}" if r["offline"] is not None else "-"
-        lines.append(f"| `{r['arm']}` | {success} | {per_task} | {ci(r['pooled'])} | {seeds} | {loss} | {offline} | "
+        error = (f" {r['offline'][0]:.3f} ± {r['offline'][1]:.3f} |" if r["offline"] is not None else " - |") \
+            if offline else ""
+        lines.append(f"| `{r['arm']}` | {success} | {per_task} | {ci(r['pooled'])} | {seeds} |{error} "
                      f"{trained} | {speed} |")
     return lines + (["", "Arms:"] + [f"- `{r['arm']}`: {r['init']}" for r in rows] if describe_arms else [])
 
@@ -253,6 +254,8 @@ def offline_bars(ax, cfg, groups: dict[str, list[dict]]) -> None:
     colours = arm_colours(cfg)
     for g, rows in enumerate(groups.values()):
         measured = [r for r in rows if r["offline"] is not None]
+        if not measured:
+            continue
         width = 0.8 / len(measured)
         for i, row in enumerate(measured):
             ax.bar(g + (i - (len(measured) - 1) / 2) * width, row["offline"][0], width, yerr=row["offline"][1],

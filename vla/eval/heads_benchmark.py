@@ -205,13 +205,6 @@ def median_s_per_step(metrics_csv: Path) -> float:
     return float(np.median(values[1:] or values))
 
 
-def final_loss(metrics_csv: Path, steps: int = 100) -> float:
-    """Mean training loss over the logged windows of the last `steps` steps: how closely the run fit its data."""
-    with open(metrics_csv) as f:
-        rows = [(int(row["step"]), float(row["loss"])) for row in csv.DictReader(f) if row.get("loss")]
-    last = rows[-1][0]
-    return float(np.mean([loss for step, loss in rows if step > last - steps]))
-
 
 # ---- BAC -------------------------------------------------------------------------------------------
 

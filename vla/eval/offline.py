@@ -1,7 +1,7 @@
-"""Offline action error on recorded demos: how far a policy's sampled chunks land from the expert's, in normalised
-action units, without running the simulator. The few-shot benchmark measures it on demos of placements no run
-trained on (does pretraining generalise beyond the 10 demos, or only fit them?); RoboMonkey's offline scaling
-measures it for k samples per frame."""
+"""Offline action error on recorded demos: how far a policy's sampled chunks land from the expert's, in the robot's
+own action units, without running the simulator. The few-shot benchmark measures it on demos of placements no run
+trained on (does pretraining generalise beyond the 10 demos?); RoboMonkey's offline scaling shares its frame choice
+and observations."""
 
 from __future__ import annotations
 
@@ -24,26 +24,22 @@ def demo_observation(demos, index: torch.Tensor, n_obs_steps: int) -> Observatio
                        instruction=demos.instructions(index), embodiment=[demos.embodiment] * len(index))
 
 
-def expert_targets(policy, demos) -> tuple[torch.Tensor, torch.Tensor]:
-    """The expert chunk of every frame, normalised as the policy's head predicts it [N, H, D_max], and which of its
-    entries count (not padding past an episode's end, a dimension of the embodiment) [N, H, D_max]."""
-    expert = policy.normalizer.normalize_action(demos.actions, demos.embodiment).float()
-    valid = (~demos.action_is_pad)[:, :, None] & policy.normalizer.action_mask(demos.embodiment)[None, None, :]
-    return expert, valid
-
-
 @torch.no_grad()
-def action_error(policy, demos, frames: int = 512, batch: int = 32, seed: int = 0) -> dict:
-    """RMSE between one sampled chunk and the expert's at `frames` evenly spaced demo frames, over the valid entries
-    of the normalised chunk: {"rmse": mean over frames, "frames": how many}. Seeded: the same policy and demos give
-    the same figure."""
+def action_error(policy, demos, frames: int = 512, batch: int = 32, seed: int = 0, **sample_options) -> dict:
+    """RMSE between one sampled chunk and the expert's at `frames` evenly spaced demo frames, in robot units over the
+    entries before each episode's end: {"rmse": mean over frames, "frames": how many}. Robot units, not the policy's
+    normalised ones, so that policies with different normalisation statistics (a fine-tuned checkpoint keeps its
+    pretraining's; one trained from scratch has its demos') are compared on one scale. Seeded: the same policy, demos
+    and options give the same figure. sample_options go to the head (num_steps, temperature)."""
     policy.eval()
     index_all = demo_frames(demos, frames)
-    expert, valid = expert_targets(policy, demos)
+    expert = demos.actions.float()  # [N, H, D]
+    valid = (~demos.action_is_pad)[:, :, None].expand_as(expert)
     generator = torch.Generator().manual_seed(seed)
     errors = []
     for start in tqdm(range(0, len(index_all), batch), desc="offline action error", unit="batch", leave=False):
         index = index_all[start:start + batch]
-        drawn = sample_candidates(policy, demo_observation(demos, index, policy.config.n_obs_steps), 1, generator)
-        errors.append(rmse(drawn.normalized.cpu(), expert[index], valid[index])[:, 0])
-    return {"rmse": torch.cat(errors).mean().item(), "frames": len(index_all)}
+        drawn = sample_candidates(policy, demo_observation(demos, index, policy.config.n_obs_steps), 1, generator,
+                                  **sample_options)
+        errors.append(rmse(drawn.actions, expert[index], valid[index])[:, 0])
+    return {"rmse": torch.cat(errors).mean().item(), "frames": len(index_all), "units": "robot"}

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from vla.config import EvalConfig, SampleVerifyConfig, parse_with_recipe
-from vla.eval.offline import demo_frames, demo_observation, expert_targets
+from vla.eval.offline import demo_frames, demo_observation
 from vla.provenance import blocking_reasons, provenance
 from vla.test_time.sampling import sample_candidates
 from vla.test_time.verifier import CONFIG, Verifier, observation_features
@@ -103,7 +103,8 @@ def offline_scaling(cfg: RoboMonkeyConfig, policy, verifier: Verifier, demos) ->
     policy.eval()
     k_max = max(cfg.offline_k)
     frames = demo_frames(demos, cfg.offline_frames)
-    expert_all, valid_all = expert_targets(policy, demos)
+    expert_all = policy.normalizer.normalize_action(demos.actions, demos.embodiment).float()
+    valid_all = (~demos.action_is_pad)[:, :, None] & policy.normalizer.action_mask(demos.embodiment)[None, None, :]
     generator = torch.Generator().manual_seed(cfg.seed)
     distances, scores = [], []
     for start in tqdm(range(0, len(frames), cfg.offline_batch), desc="offline samples", unit="batch"):
