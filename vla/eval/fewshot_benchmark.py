@@ -362,8 +362,10 @@ def run_arms(cfg, recipe: training.TrainRunConfig, pretrained: Path, vlm: Path, 
 
 def save_results(cfg, pipeline: PipelineConfig, recipe: training.TrainRunConfig, results: dict, name: str) -> None:
     """results.json under output_dir and <report_dir>/<name>: every stage's summary with the provenance of the
-    benchmark, its pretraining and its fine-tuning recipe."""
-    text = json.dumps({"provenance": provenance(cfg), "pretrain_config": provenance(pipeline)["config"],
+    benchmark (also stored in `results`, for the report: taken before these files change the checkout), its
+    pretraining and its fine-tuning recipe."""
+    results["provenance"] = provenance(cfg)
+    text = json.dumps({"provenance": results["provenance"], "pretrain_config": provenance(pipeline)["config"],
                        "finetune_recipe": provenance(recipe)["config"], **results}, indent=1)
     (Path(cfg.output_dir) / "results.json").write_text(text)
     Path(cfg.report_dir).mkdir(parents=True, exist_ok=True)
