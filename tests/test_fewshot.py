@@ -44,6 +44,8 @@ def test_settings_that_would_waste_the_run_are_refused(tmp_path):
         ArmConfig(init="scratch", lora=fewshot_benchmark.LoraConfig(targets=["head.*"]))
     with pytest.raises(ValueError, match="unknown Meta-World task 'no-such-task'"):
         FewshotConfig(tasks=["no-such-task"])
+    with pytest.raises(ValueError, match="eval.seed_start 5 is below 100000, where demos may use the same"):
+        FewshotConfig(eval=fewshot_benchmark.EvalConfig(seed_start=5))
     with pytest.raises(ValueError, match=r"new_robots \['drawer-open'\] are robots the pretraining demos .* already"):
         pretrain_config(FewshotConfig(tasks=["lever-pull"], new_robots=["drawer-open"], output_dir=str(tmp_path)))
     with pytest.raises(ValueError, match=r"\['lever-pull'\] are both in tasks and in new_robots"):

@@ -77,6 +77,7 @@ def test_smoke_run_makes_every_stage_reuses_them_and_reports(tmp_path, monkeypat
     assert not (out / "finetune" / "scratch" / "button-press-topdown" / "s0" / "train" / "init_report.json").exists()
     text = (report / "latent.md").read_text()
     assert "`latent` - `scratch`" in text and "## The latent action model" in text
+    assert "this page written at commit cccccccccc;" in text and "offline RMSE" not in text  # no validation demos
     assert (report / "latent.png").stat().st_size > 0 and (report / "latent_lam.png").stat().st_size > 0
 
     # a second run reuses every stage: nothing is fit or trained again

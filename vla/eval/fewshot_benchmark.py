@@ -39,7 +39,7 @@ from vla.eval.heads_benchmark import check_run_origin, median_s_per_step
 from vla.eval.suite import group_results
 from vla.pipeline import PipelineConfig
 from vla.provenance import git_commit, provenance
-from vla.sim.demos import DemoConfig, generate_demos
+from vla.sim.demos import EVAL_SEED_START, DemoConfig, generate_demos
 from vla.sim.envs import sim_spec
 from vla.sim.tasks import get_task
 from vla.training import train as training  # through the module, so that tests can stop a training midway
@@ -111,6 +111,9 @@ def check_held_out_settings(cfg) -> None:
     benchmark's config or the latent benchmark's)."""
     for task in cfg.tasks:
         get_task(task)
+    if cfg.eval.seed_start < EVAL_SEED_START:
+        raise ValueError(f"eval.seed_start {cfg.eval.seed_start} is below {EVAL_SEED_START}, where demos may use the "
+                         f"same simulator seeds: evaluate on seeds from {EVAL_SEED_START} on")
     if not cfg.seeds or not cfg.arms or cfg.demos_per_task < 1:
         raise ValueError(f"the benchmark needs seeds, arms and demos_per_task >= 1; got seeds={cfg.seeds}, "
                          f"arms={list(cfg.arms)}, demos_per_task={cfg.demos_per_task}")

@@ -73,15 +73,17 @@ def ci(result: dict) -> str:
            f"{100 * low:.0f}-{100 * high:.0f})"
 
 
-def origin(results: dict) -> str:
-    """The commits that made the stages (from their provenance), for the header."""
-    stages = [results["pretrain"], *results["runs"].values(), *([results["zero_shot"]] if results["zero_shot"] else [])]
+def origin(results: dict, command: str = "benchmarks/fewshot.py", results_file: str = "fewshot_results.json") -> str:
+    """The header's provenance line: the commits that made the stages, and the one that wrote the page (from the
+    benchmark's provenance, taken before its results files were written)."""
+    zero_shot = [results["zero_shot"]] if results.get("zero_shot") else []
+    stages = [results["pretrain"], *results["runs"].values(), *zero_shot]
     commits = sorted({str((s.get("provenance") or {}).get("commit"))[:10] for s in stages})
-    now = results["provenance"]  # the benchmark's, taken before its results files were written
-    return f"Stages made by `benchmarks/fewshot.py` at commit {', '.join(commits)}; this page written (and the " \
-           f"offline errors measured) at commit {str(now['commit'])[:10]}" \
-           f"{' with uncommitted changes' * bool(now['dirty'])}; every stage's figures, with the full config, " \
-           f"command, library versions and machine, are in `fewshot_results.json`."
+    now = results["provenance"]
+    measured = " (and the offline errors measured)" if any("offline" in run for run in results["runs"].values()) else ""
+    return f"Stages made by `{command}` at commit {', '.join(commits)}; this page written{measured} at commit " \
+           f"{str(now['commit'])[:10]}{' with uncommitted changes' * bool(now['dirty'])}; every stage's figures, " \
+           f"with the full config, command, library versions and machine, are in `{results_file}`."
 
 
 def with_args(recipe: str, args: list[str]) -> str:

@@ -17,6 +17,7 @@ from vla.eval.fewshot_report import (  # noqa: E402
     arm_rows,
     arm_table,
     gain,
+    origin,
     run_key_parts,
     save_figure,
     with_args,
@@ -63,19 +64,13 @@ def setup(cfg, pipeline, recipe) -> str:
             f"{ev.schedule.execute_steps} actions per chunk.")
 
 
-def origin(results: dict) -> str:
-    stages = [results["pretrain"], *results["runs"].values()]
-    commits = sorted({str((s.get("provenance") or {}).get("commit"))[:10] for s in stages})
-    return (f"Made by `benchmarks/latent.py` at commit {', '.join(commits)}; every stage's figures, with the full "
-            f"config, command, library versions and machine, are in `latent_results.json`.")
-
-
 def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
     pre = results["pretrain"]
     lam_page = lam_markdown(results["lam"], "a held-out task's labelled demos").replace("latent_report.png", LAM_PLOT)
     lines = [
         "# Latent-action pretraining from video (UniVLA) on Meta-World ML10: " + " vs ".join(cfg.arms), "",
-        setup(cfg, pipeline, recipe), "", origin(results), "", "## Held-out tasks", "", *arm_table(cfg, rows), "",
+        setup(cfg, pipeline, recipe), "", origin(results, "benchmarks/latent.py", "latent_results.json"), "",
+        "## Held-out tasks", "", *arm_table(cfg, rows), "",
         gain(rows, "latent", "scratch"), "", *labelled_pretraining(cfg, results.get("fewshot")), "",
         "![held-out success by arm](latent.png)", "", "## Pretraining cost", "",
         f"Video demos {pre['timings_s'].get('demos_s', 0) / 60:.1f} min, latent action model and labels "
