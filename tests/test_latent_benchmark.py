@@ -79,6 +79,10 @@ def test_smoke_run_makes_every_stage_reuses_them_and_reports(tmp_path, monkeypat
     assert "`latent` - `scratch`" in text and "## The latent action model" in text
     assert "this page written at commit cccccccccc;" in text and "offline RMSE" not in text  # no validation demos
     assert (report / "latent.png").stat().st_size > 0 and (report / "latent_lam.png").stat().st_size > 0
+    stage_times = json.loads((out / "pretrain" / "timings.json").read_text())
+    assert stage_times["demos_s"] > 0 and stage_times["lam_s"] > 0
+    timings = results["pretrain"]["timings_s"]
+    assert {k: v for k, v in timings.items() if k != "train_s"} == stage_times and timings["train_s"] > 0
 
     # a second run reuses every stage: nothing is fit or trained again
     def refit(*_, **__):
@@ -88,6 +92,15 @@ def test_smoke_run_makes_every_stage_reuses_them_and_reports(tmp_path, monkeypat
     monkeypatch.setattr("vla.training.train.train", lambda *_: pytest.fail("a stage was trained again"))
     main(args)
     assert json.loads((report / "latent_results.json").read_text())["runs"] == results["runs"]
+    assert json.loads((out / "pretrain" / "timings.json").read_text()) == stage_times  # reused stages keep their times
+
+
+def test_training_time_from_the_logged_step_times_counts_a_resumed_run_whole(tmp_path):
+    from vla.eval.heads_benchmark import logged_train_s
+
+    metrics = tmp_path / "metrics.csv"  # windows of 50 steps; the run stopped after step 100 and resumed
+    metrics.write_text("step,loss,s_per_step\n50,1.0,0.2\n100,0.9,0.2\n150,0.8,0.4\n200,0.7,0.4\n")
+    assert logged_train_s(metrics) == pytest.approx(50 * 0.2 * 2 + 50 * 0.4 * 2)
 
 
 def test_labelled_pretraining_rows_skip_other_tasks_and_new_robots():

@@ -205,6 +205,16 @@ def median_s_per_step(metrics_csv: Path) -> float:
     return float(np.median(values[1:] or values))
 
 
+def logged_train_s(metrics_csv: Path) -> float:
+    """Training time from the logged step times (each window's s/step x its steps): the same figure whether the run
+    went in one go or was stopped and resumed across sessions (wall-clock of the last call would count only the
+    part after the resume)."""
+    with open(metrics_csv) as f:
+        rows = [(int(row["step"]), float(row["s_per_step"])) for row in csv.DictReader(f)]
+    steps = [0] + [step for step, _ in rows]
+    return float(sum(seconds * (step - previous) for previous, (step, seconds) in zip(steps, rows, strict=False)))
+
+
 
 # ---- BAC -------------------------------------------------------------------------------------------
 

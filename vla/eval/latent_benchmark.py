@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,11 +42,11 @@ from vla.eval.fewshot_benchmark import (
     run_arms,
     save_results,
 )
-from vla.eval.heads_benchmark import check_run_origin, median_s_per_step
+from vla.eval.heads_benchmark import check_run_origin, logged_train_s, median_s_per_step
 from vla.latent.lam import LAMConfig
 from vla.pipeline import PipelineConfig
 from vla.provenance import provenance
-from vla.sim.demos import DemoConfig, generate_demos
+from vla.sim.demos import DemoConfig, generate_demos, load_cached
 from vla.training import train as training
 
 DEFAULT_CONFIG = "configs/bench/latent.yaml"
@@ -135,25 +136,45 @@ def pretrain(cfg: LatentBenchConfig, pipeline: PipelineConfig) -> tuple[dict, Pa
 
     out = Path(pipeline.results_dir)
     check_run_origin(out, pipeline, cfg.reuse_stale)
-    timings, start = {}, time.time()
-    video = generate_demos(pipeline.demos)
-    timings["demos_s"], start = time.time() - start, time.time()
-    lam = fit_latent_model(cfg, video, pipeline)
-    label(lam, video, pipeline.demos.repo_id)
-    timings["lam_s"] = time.time() - start
+    timings = StageTimes(out / "timings.json")
+    with timings.measure("demos_s", made=load_cached(pipeline.demos) is None):
+        video = generate_demos(pipeline.demos)
+    with timings.measure("lam_s", made=not (Path(cfg.output_dir) / "lam" / "lam.safetensors").exists()):
+        lam = fit_latent_model(cfg, video, pipeline)
+        label(lam, video, pipeline.demos.repo_id)
     if (out / "summary.json").exists():
         summary = json.loads((out / "summary.json").read_text())
         return summary, Path(summary["checkpoint"]), lam
     wired = wire(pipeline, video, build_backbone(pipeline))
-    start = time.time()
     checkpoint = training.train(training.TrainRunConfig(model=wired.model, data=wired.data, train=wired.train))
-    timings["train_s"] = time.time() - start
-    summary = {"checkpoint": str(checkpoint), "timings_s": timings, "video": str(video),
+    train_s = logged_train_s(Path(wired.train.output_dir) / "metrics.csv")
+    summary = {"checkpoint": str(checkpoint), "timings_s": timings.recorded() | {"train_s": train_s},
+               "video": str(video),
                "frames": json.loads((checkpoint / "meta.json").read_text())["training"]["datasets"][0]["frames"],
                "train_s_per_step": median_s_per_step(Path(wired.train.output_dir) / "metrics.csv"),
                "provenance": provenance(pipeline)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary, checkpoint, lam
+
+
+class StageTimes:
+    """Seconds each pretraining stage took when it was made, kept in a file: a benchmark spread over sessions
+    reuses the stages made earlier, and their times must not read as ~0."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def recorded(self) -> dict[str, float]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    @contextmanager
+    def measure(self, name: str, made: bool):
+        """Time the block and record it under `name` when `made` (the stage is made here, not reused)."""
+        start = time.time()
+        yield
+        if made:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.recorded() | {name: time.time() - start}, indent=1))
 
 
 def lam_diagnostics(cfg: LatentBenchConfig, lam: Path, dataset: Path, repo_id: str) -> dict:

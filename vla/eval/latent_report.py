@@ -64,6 +64,10 @@ def setup(cfg, pipeline, recipe) -> str:
             f"{ev.schedule.execute_steps} actions per chunk.")
 
 
+def minutes(timings: dict, name: str) -> str:
+    return f"{timings[name] / 60:.1f} min" if name in timings else "(not recorded: made before stage times were kept)"
+
+
 def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
     pre = results["pretrain"]
     lam_page = lam_markdown(results["lam"], "a held-out task's labelled demos").replace("latent_report.png", LAM_PLOT)
@@ -73,10 +77,10 @@ def markdown(cfg, pipeline, recipe, results: dict, rows: list[dict]) -> str:
         "## Held-out tasks", "", *arm_table(cfg, rows), "",
         gain(rows, "latent", "scratch"), "", *labelled_pretraining(cfg, results.get("fewshot")), "",
         "![held-out success by arm](latent.png)", "", "## Pretraining cost", "",
-        f"Video demos {pre['timings_s'].get('demos_s', 0) / 60:.1f} min, latent action model and labels "
-        f"{pre['timings_s'].get('lam_s', 0) / 60:.1f} min, policy {pre['timings_s'].get('train_s', 0) / 3600:.2f} h "
-        f"at {pre['train_s_per_step']:.3f} s/step on {pre['frames']} frames (figures of the run that made them; "
-        f"a cached stage reports ~0).", "",
+        f"Video demos {minutes(pre['timings_s'], 'demos_s')}, latent action model and labels "
+        f"{minutes(pre['timings_s'], 'lam_s')}, policy {pre['timings_s'].get('train_s', 0) / 3600:.2f} h "
+        f"at {pre['train_s_per_step']:.3f} s/step on {pre['frames']} frames (each stage's time when it was made; the "
+        f"policy's from its logged step times, resumes included).", "",
         "## The latent action model", "", *lam_page.splitlines()[1:],
     ]
     return "\n".join(lines)
