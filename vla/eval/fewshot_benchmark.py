@@ -286,8 +286,9 @@ def measure_offline_error(run: FinetuneRun, out: Path, checkpoint: Path, root: P
     key = {"checkpoint": str(checkpoint), "validation": str(root), "num_steps": steps,
            "code": git_commit().get("code")}
     path = out / "offline.json"
-    if path.exists() and json.loads(path.read_text()).items() >= key.items():
-        return json.loads(path.read_text())
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    if recorded.items() >= key.items():
+        return recorded
     policy = load_policy(checkpoint)
     demos = training.load_demos(policy.config, dataclasses.replace(run.train.data, root=str(root), repo_id=repo_id))
     result = key | action_error(policy, demos, **({"num_steps": steps} if steps else {})) | {"provenance": provenance(

@@ -262,7 +262,7 @@ def offline_bars(ax, cfg, groups: dict[str, list[dict]]) -> None:
             ax.bar(g + (i - (len(measured) - 1) / 2) * width, row["offline"][0], width, yerr=row["offline"][1],
                    capsize=3, color=colours[row["arm"]], label=row["arm"] if g == 0 else None)
     ax.set_xticks(np.arange(len(groups)), list(groups))
-    ax.set_ylabel("RMSE to the expert's chunk (normalised)")
+    ax.set_ylabel("RMSE to the expert's chunk (robot units)")
     ax.set_title("offline action error on unseen placements (lower is better)", fontsize=10)
     ax.legend(fontsize=8)
 

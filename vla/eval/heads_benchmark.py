@@ -215,7 +215,6 @@ def logged_train_s(metrics_csv: Path) -> float:
     return float(sum(seconds * (step - previous) for previous, (step, seconds) in zip(steps, rows, strict=False)))
 
 
-
 # ---- BAC -------------------------------------------------------------------------------------------
 
 

@@ -147,11 +147,12 @@ def pretrain(cfg: LatentBenchConfig, pipeline: PipelineConfig) -> tuple[dict, Pa
         return summary, Path(summary["checkpoint"]), lam
     wired = wire(pipeline, video, build_backbone(pipeline))
     checkpoint = training.train(training.TrainRunConfig(model=wired.model, data=wired.data, train=wired.train))
-    train_s = logged_train_s(Path(wired.train.output_dir) / "metrics.csv")
+    metrics = Path(wired.train.output_dir) / "metrics.csv"
+    train_s = logged_train_s(metrics)
     summary = {"checkpoint": str(checkpoint), "timings_s": timings.recorded() | {"train_s": train_s},
                "video": str(video),
                "frames": json.loads((checkpoint / "meta.json").read_text())["training"]["datasets"][0]["frames"],
-               "train_s_per_step": median_s_per_step(Path(wired.train.output_dir) / "metrics.csv"),
+               "train_s_per_step": median_s_per_step(metrics),
                "provenance": provenance(pipeline)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary, checkpoint, lam
