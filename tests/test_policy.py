@@ -348,3 +348,15 @@ def test_two_process_training_on_cpu(tiny_run_config, tmp_path):
 
 def observation_from_demos(cfg: TrainRunConfig) -> Observation:
     return observation(load_demos(cfg.model, cfg.data))
+
+
+def test_eval_latency_leaves_out_the_warm_up_call():
+    """The first model call of a rollout (lazy initialisation) is reported apart, not as the p99 of a policy that
+    calls its model a few times per episode."""
+    from vla.config import EvalConfig
+    from vla.eval.rollout import Episode, summarize
+
+    episodes = [Episode("reach", 100000, True, 10, [])]
+    summary = summarize(episodes, [2.0] + [0.010] * 20, EvalConfig(tasks=["reach"], episodes_per_task=1), {})
+    assert summary["chunk_latency_ms"] == {"p50": pytest.approx(10.0), "p99": pytest.approx(10.0)}
+    assert summary["first_call_ms"] == pytest.approx(2000.0)

@@ -6,6 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,7 +137,8 @@ def test_lerobot_command_line_turns_pretrained_weights_off():
     args = train_args(run)
     assert "--policy.type=act" in args and "--policy.pretrained_backbone_weights=null" in args
     assert {"--steps=10", "--batch_size=4", "--seed=3", "--policy.dim_model=64", "--wandb.enable=false",
-            "--policy.push_to_hub=false", "--dataset.root=/data/ds"} <= set(args)
+            "--policy.push_to_hub=false", "--dataset.root=/data/ds",
+            "--dataset.image_transforms.enable=true"} <= set(args)  # LeRobot's augmentation, as ours augments
     assert cli_value([40, 80]) == "[40,80]" and cli_value(None) == "null" and cli_value(False) == "false"
 
 
@@ -172,6 +178,7 @@ def test_interrupted_lerobot_run_resumes_and_failures_show_the_log(tmp_path, mon
     assert summary["resumed_at_step"] == 4 and summary["s_per_step"] == pytest.approx(0.4)  # after the 1st window
     assert summary["samples_per_s"] == pytest.approx(10.0) and summary["peak_rss_mb"] == 512.0
     assert summary["samples_per_s_update"] == pytest.approx(4 / 0.3)  # without data loading
+    assert summary["segments"] == 1 and summary["wall_s"] == 3.0
     assert train_lerobot(run) == summary and len(calls) == 1  # finished: reused
 
     (out.parent / "train.json").unlink()
@@ -183,6 +190,56 @@ def test_interrupted_lerobot_run_resumes_and_failures_show_the_log(tmp_path, mon
     monkeypatch.setattr(lerobot_train, "run_measured", failing_run)
     with pytest.raises(RuntimeError, match="(?s)failed \\(exit 1\\).*ValueError: bad option"):
         train_lerobot(run)
+
+
+def test_lerobot_run_stopped_after_its_last_checkpoint_is_not_retrained(tmp_path, monkeypatch):
+    """Killed after LeRobot saved its final checkpoint but before train.json: the rerun trains nothing (LeRobot
+    would log no step at all) and takes the step times from the log of the calls before."""
+    out = tmp_path / "act_s0" / "lerobot"
+    (out / "checkpoints" / "000008" / "training_state").mkdir(parents=True)
+    (out / "checkpoints" / "000008" / "pretrained_model").mkdir()
+    (out / "checkpoints" / "000008" / "training_state" / "training_step.json").write_text(json.dumps({"step": 8}))
+    (out / "checkpoints" / "last").symlink_to("000008")
+    (out.parent / "train.log").write_text("step:4 smpl:16 updt_s:0.900 data_s:0.100\n"
+                                          "step:8 smpl:32 updt_s:0.200 data_s:0.050\n")
+
+    def must_not_run(cmd, log_path, env=None):
+        raise AssertionError(f"LeRobot was started again: {cmd}")
+
+    monkeypatch.setattr(lerobot_train, "run_measured", must_not_run)
+    run = LeRobotRun(spec=LeRobotPolicySpec(type="act"), dataset_root=str(tmp_path), repo_id="x/y", steps=8,
+                     batch_size=4, seed=0, output_dir=str(out))
+    summary = train_lerobot(run)
+    assert summary["s_per_step"] == pytest.approx(0.25) and summary["resumed_at_step"] == 8
+    assert summary["segments"] == 0 and summary["peak_rss_mb"] is None  # no finished call measured memory
+
+
+def test_training_subprocess_dies_with_its_parent(tmp_path):
+    """A killed benchmark leaves no LeRobot training running into the folder the next call resumes."""
+    child_script = tmp_path / "child.py"
+    child_script.write_text(f"import os, time\nopen({str(tmp_path / 'child.pid')!r}, 'w').write(str(os.getpid()))\n"
+                            "time.sleep(60)\n")
+    parent_script = tmp_path / "parent.py"
+    log = tmp_path / "log"
+    parent_script.write_text("import sys\nfrom pathlib import Path\nfrom vla.eval.lerobot_train import run_measured\n"
+                             f"run_measured([sys.executable, {str(child_script)!r}], Path({str(log)!r}))\n")
+    parent = subprocess.Popen([sys.executable, str(parent_script)])
+    pid_file = tmp_path / "child.pid"
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.kill()  # SIGKILL: no Python handler of the parent runs
+    parent.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the training subprocess outlived its killed parent")
 
 
 # ---- the comparison, end to end --------------------------------------------------------------------

@@ -121,7 +121,7 @@ class LeRobotPolicy:
         cfg = self.policy.config
         return {"policy": f"lerobot/{cfg.type}", "chunk_size": self.config.chunk_size,
                 "n_action_steps": self.config.n_action_steps, "temporal_ensemble": self.config.temporal_ensemble,
-                "num_inference_steps": getattr(cfg, "num_inference_steps", None) or getattr(cfg, "num_steps", None),
+                "num_inference_steps": sampling_steps(cfg),
                 "n_obs_steps": cfg.n_obs_steps, "bac": False}
 
     def lerobot_observation(self, obs: Observation) -> dict:
@@ -175,6 +175,15 @@ def evaluate(policy: LeRobotPolicy, cfg: EvalConfig) -> dict:
     policy.chunk_latencies = []
     episodes, _ = run_tasks(policy, cfg, policy.config.image_size, policy.config.cameras[0])
     return write_summary(episodes, policy.chunk_latencies, cfg, sampling)
+
+
+def sampling_steps(cfg) -> int | None:
+    """Denoising steps per chunk: Diffusion Policy's num_inference_steps (None there means all of its
+    num_train_timesteps), SmolVLA's num_steps; None for a policy that samples in one pass (ACT)."""
+    for name in ("num_inference_steps", "num_train_timesteps", "num_steps"):
+        if getattr(cfg, name, None):
+            return int(getattr(cfg, name))
+    return None
 
 
 def _chunk_size(cfg) -> int:

@@ -16,10 +16,13 @@ checkpoint (`<output_dir>/checkpoints/last/pretrained_model`, loadable with `vla
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,7 +39,9 @@ NO_PRETRAINED = {"act": {"pretrained_backbone_weights": None}, "diffusion": {"pr
 # One LeRobot log line per window: "step:200 smpl:6K ... updt_s:0.123 data_s:0.010" (lerobot.utils.logging_utils)
 STEP_TIME = re.compile(r"updt_s:([0-9.]+) data_s:([0-9.]+)")
 SUMMARY_FILE = "train.json"
+SEGMENTS_FILE = "train_segments.json"  # one Measured per call of LeRobot's script
 LOG_FILE = "train.log"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -86,6 +91,7 @@ class LeRobotRun:
     num_workers: int = 0  # LeRobot's data-loader processes (decoding the PNG frames); 0: in the training process
     log_freq: int = 50
     save_freq: int = 500
+    image_transforms: bool = True  # LeRobot's own image augmentation (colour jitter, sharpness, small affine)
 
 
 def cli_value(value: Any) -> str:
@@ -105,6 +111,7 @@ def train_args(run: LeRobotRun) -> list[str]:
              "policy.type": run.spec.type, "policy.device": run.device, "policy.push_to_hub": False,
              "batch_size": run.batch_size, "steps": run.steps, "seed": run.seed, "num_workers": run.num_workers,
              "log_freq": run.log_freq, "save_freq": run.save_freq, "wandb.enable": False,
+             "dataset.image_transforms.enable": run.image_transforms,
              "output_dir": str(Path(run.output_dir).resolve())}
     policy = {f"policy.{key}": value for key, value in run.spec.policy_options().items()}
     return [f"--{key}={cli_value(value)}" for key, value in (fixed | policy).items()]
@@ -127,13 +134,21 @@ class Measured:
     wall_s: float
 
 
+def die_with_parent() -> None:
+    """In the child before exec: SIGTERM it when its parent dies, so that a killed benchmark leaves no training
+    writing into a run folder that the next call resumes (Linux prctl PR_SET_PDEATHSIG; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def run_measured(cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> Measured:
     """Run cmd with stdout and stderr appended to log_path; its own peak memory comes from wait4's rusage (one
     child's, unlike RUSAGE_CHILDREN's maximum over every child this process ever waited for)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or child_env())
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env or child_env(),
+                                preexec_fn=die_with_parent)
         try:
             _, status, usage = os.wait4(proc.pid, 0)
         except BaseException:
@@ -167,16 +182,15 @@ def train_lerobot(run: LeRobotRun) -> dict:
         args = ["--resume=true", f"--config_path={last / 'train_config.json'}", f"--steps={run.steps}"]
     else:
         shutil.rmtree(out, ignore_errors=True)  # LeRobot refuses an existing output_dir unless resuming
+        log_path.unlink(missing_ok=True)
+        (out.parent / SEGMENTS_FILE).unlink(missing_ok=True)
         args = train_args(run)
-    offset = log_path.stat().st_size if log_path.exists() else 0
-    measured = run_measured([sys.executable, "-m", "lerobot.scripts.lerobot_train", *args], log_path)
-    text = log_path.read_bytes()[offset:].decode(errors="replace")
-    if measured.returncode != 0:
-        tail = "\n".join(text.splitlines()[-25:])
-        raise RuntimeError(f"LeRobot training of {run.spec.type} failed (exit {measured.returncode}); the last lines "
-                           f"of {log_path}:\n{tail}")
+    if resumed_at < run.steps:  # else stopped after its last checkpoint, before train.json: nothing left to train
+        train_segment(args, log_path, out.parent / SEGMENTS_FILE, run.spec.type)
     keep_last_checkpoint(out)
-    seconds = step_seconds(text)
+    segments_path = out.parent / SEGMENTS_FILE  # calls that ran to their end (a killed one records nothing)
+    segments = json.loads(segments_path.read_text()) if segments_path.exists() else []
+    seconds = step_seconds(log_path.read_text(errors="replace"))  # every segment's windows (resumed or not)
     if not seconds:
         raise RuntimeError(f"no LeRobot step times (updt_s / data_s) in {log_path}: was log_freq > steps?")
     s_per_step = median_after_first([update + data for update, data in seconds])
@@ -185,10 +199,24 @@ def train_lerobot(run: LeRobotRun) -> dict:
                "s_per_step": s_per_step, "samples_per_s": run.batch_size / s_per_step,
                "update_s_per_step": update_s, "samples_per_s_update": run.batch_size / update_s,
                "log_windows": len(seconds),
-               "peak_rss_mb": measured.peak_rss_mb, "wall_s": measured.wall_s, "resumed_at_step": resumed_at,
+               "peak_rss_mb": max((m["peak_rss_mb"] for m in segments), default=None),
+               "wall_s": sum(m["wall_s"] for m in segments), "segments": len(segments), "resumed_at_step": resumed_at,
                "checkpoint": str(last)}
     summary_path.write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def train_segment(args: list[str], log_path: Path, segments_path: Path, policy_type: str) -> None:
+    """One call of LeRobot's training script (fresh or resumed), its output appended to log_path and its
+    Measured appended to segments_path (a run stopped and resumed has several)."""
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    measured = run_measured([sys.executable, "-m", "lerobot.scripts.lerobot_train", *args], log_path)
+    if measured.returncode != 0:
+        tail = "\n".join(log_path.read_bytes()[offset:].decode(errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"LeRobot training of {policy_type} failed (exit {measured.returncode}); the last lines "
+                           f"of {log_path}:\n{tail}")
+    segments = json.loads(segments_path.read_text()) if segments_path.exists() else []
+    segments_path.write_text(json.dumps([*segments, dataclasses.asdict(measured)], indent=1))
 
 
 def keep_last_checkpoint(output_dir: Path) -> None:

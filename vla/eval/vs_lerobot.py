@@ -57,6 +57,9 @@ class LeRobotTrainSettings:
 
     device: str = "cpu"
     num_workers: int = 0  # LeRobot's data-loader processes (PNG decoding); 0: in the training process
+    # LeRobot's image augmentation (`--dataset.image_transforms.enable`; off by its default): on, as our heads train
+    # with random shifts (image_shift)
+    image_transforms: bool = True
 
 
 def default_lerobot() -> dict[str, LeRobotPolicySpec]:
@@ -213,7 +216,7 @@ def lerobot_run(cfg: VsLeRobotConfig, name: str, seed: int, dataset_dir: Path) -
                      repo_id=cfg.demos.repo_id, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=seed,
                      output_dir=str(out / "lerobot"), device=cfg.lerobot_train.device,
                      num_workers=cfg.lerobot_train.num_workers, log_freq=cfg.train.log_every,
-                     save_freq=cfg.train.save_every)
+                     save_freq=cfg.train.save_every, image_transforms=cfg.lerobot_train.image_transforms)
     eval_cfg = lerobot_eval_config(cfg, out)
     check_run_origin(out, {"run": dataclasses.asdict(run), "eval": eval_cfg}, cfg.reuse_stale)
     trained = train_lerobot(run)
@@ -238,7 +241,8 @@ def lerobot_run(cfg: VsLeRobotConfig, name: str, seed: int, dataset_dir: Path) -
 
 
 def pretrained_note(spec: LeRobotPolicySpec) -> str:
-    return {"act": "none: ResNet-18 from scratch (LeRobot's default ImageNet weights turned off)",
+    return {"act": "none: ResNet-18 from scratch (LeRobot's default ImageNet weights turned off; its frozen batch "
+                   "norm then normalises nothing)",
             "diffusion": "none: ResNet-18 from scratch (LeRobot's default)",
             "smolvla": "none: tiny random SmolVLM of our backbone's size (SmolVLM2-500M cannot be fetched here)",
             }.get(spec.type, "none")

@@ -94,20 +94,24 @@ def markdown(cfg, table: list[dict]) -> str:
         f"samples seen ({cfg.train.steps} steps of batch {cfg.train.batch_size}), seeds {cfg.seeds}. Ours: a tiny "
         f"{cfg.tiny_backbone.family} VLM (hidden {cfg.tiny_backbone.hidden_size}) + head (hidden {cfg.head.hidden}, "
         f"depth {cfg.head.depth}, horizon {cfg.head.horizon}) trained by `vla-train`; LeRobot's: trained by LeRobot's "
-        "own `lerobot_train` (its defaults, optimiser presets, normalisation and augmentation, sizes as listed "
-        "below), driven through its own `select_action` with its own pre/post-processors. No policy has pretrained "
-        "weights (none can be fetched here).",
+        "own `lerobot_train` (its defaults, optimiser presets and normalisation, except the options listed below), "
+        "with its image augmentation "
+        f"{'on' if cfg.lerobot_train.image_transforms else 'off'} (`dataset.image_transforms`; ours: random shifts "
+        f"of up to {cfg.image_shift} px), driven through its own `select_action` with its own pre/post-processors. "
+        "No policy has pretrained weights (none can be fetched here).",
         "",
         f"Closed loop with our rollout code on Meta-World seeds from {cfg.eval.seed_start} (never used for demos): "
         f"{cfg.eval.episodes_per_task} episodes per task and seed, at most {cfg.eval.max_steps} steps. Success is "
         "pooled over seeds (successes / episodes) with its 95% Wilson interval. Latency is one model call (a "
         "chunk: pre-processing + model + post-processing) at batch 1 on the CPU during the rollouts, mean over seeds "
-        "of each run's p50 / p99. Training samples/s is batch / median seconds per step (each framework's own "
+        "of each run's p50 / p99 (the first call of a rollout, which warms up, left out). Training samples/s is "
+        "batch / median seconds per step (each framework's own "
         "logged step time, after the first log window), mean over seeds; ours samples batches from frames decoded "
         "into memory before training, LeRobot's data loader decodes PNG frames during it "
         f"(num_workers {cfg.lerobot_train.num_workers}), so its rate without data loading (its logged update "
         "time alone) is given in brackets. Peak memory is the training process's "
-        "peak resident set (the largest over seeds). Parameters: all of the policy's, and (in brackets) its image "
+        "peak resident set (the largest over seeds; LeRobot's data-loader workers not added). Parameters: all of "
+        "the policy's, and (in brackets) its image "
         "encoder's.",
         "",
         "| policy | source | success | " + " | ".join(tasks) + " | per seed | params (vision) | train samples/s | "
