@@ -302,7 +302,7 @@ def test_comparison_table_has_every_column_and_provenance_and_reuses_runs(compar
                    "peak train memory", "executes (of chunk)", "pretrained weights", "commit"):
         assert f"| {column} |" in text
     assert "| `dit` | ours (`dit` head) |" in text and "| `act` | LeRobot `act` |" in text
-    assert "ResNet-18 from scratch (LeRobot's default ImageNet weights turned off)" in text
+    assert "ResNet-18 from scratch (LeRobot's default ImageNet weights turned off; its frozen batch norm" in text
     assert (Path(cfg.report_dir) / "vs_lerobot.png").stat().st_size > 10_000
     results = json.loads((Path(cfg.report_dir) / "vs_lerobot.json").read_text())
     assert [(r["name"], r["seed"]) for r in results["rows"]] == [("dit", 0), ("act", 0)]
