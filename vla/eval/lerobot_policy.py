@@ -177,21 +177,23 @@ def evaluate(policy: LeRobotPolicy, cfg: EvalConfig) -> dict:
     return write_summary(episodes, policy.chunk_latencies, cfg, sampling)
 
 
+def first_set(cfg, names: tuple[str, ...]) -> int | None:
+    """The first of `names` that the LeRobot config sets (its policies name the same setting differently)."""
+    return next((int(getattr(cfg, name)) for name in names if getattr(cfg, name, None)), None)
+
+
 def sampling_steps(cfg) -> int | None:
     """Denoising steps per chunk: Diffusion Policy's num_inference_steps (None there means all of its
     num_train_timesteps), SmolVLA's num_steps; None for a policy that samples in one pass (ACT)."""
-    for name in ("num_inference_steps", "num_train_timesteps", "num_steps"):
-        if getattr(cfg, name, None):
-            return int(getattr(cfg, name))
-    return None
+    return first_set(cfg, ("num_inference_steps", "num_train_timesteps", "num_steps"))
 
 
 def _chunk_size(cfg) -> int:
     """Actions per model call: `chunk_size` (ACT, SmolVLA) or `horizon` (Diffusion Policy)."""
-    for name in ("chunk_size", "horizon"):
-        if getattr(cfg, name, None):
-            return int(getattr(cfg, name))
-    raise ValueError(f"the {cfg.type} config has neither chunk_size nor horizon")
+    size = first_set(cfg, ("chunk_size", "horizon"))
+    if size is None:
+        raise ValueError(f"the {cfg.type} config has neither chunk_size nor horizon")
+    return size
 
 
 # Parameter-name parts of each LeRobot policy's image encoder: ACT's `model.backbone` (torchvision ResNet), Diffusion

@@ -173,6 +173,7 @@ def train_lerobot(run: LeRobotRun) -> dict:
     """Train (or resume, or reuse) one LeRobot run; returns its train.json record."""
     out = Path(run.output_dir)
     summary_path, log_path = out.parent / SUMMARY_FILE, out.parent / LOG_FILE
+    segments_path = out.parent / SEGMENTS_FILE  # calls that ran to their end (a killed one records nothing)
     if summary_path.exists():
         return json.loads(summary_path.read_text())
     last = last_checkpoint(out)
@@ -183,13 +184,12 @@ def train_lerobot(run: LeRobotRun) -> dict:
     else:
         shutil.rmtree(out, ignore_errors=True)  # LeRobot refuses an existing output_dir unless resuming
         log_path.unlink(missing_ok=True)
-        (out.parent / SEGMENTS_FILE).unlink(missing_ok=True)
+        segments_path.unlink(missing_ok=True)
         args = train_args(run)
     if resumed_at < run.steps:  # else stopped after its last checkpoint, before train.json: nothing left to train
-        train_segment(args, log_path, out.parent / SEGMENTS_FILE, run.spec.type)
+        train_segment(args, log_path, segments_path, run.spec.type)
     keep_last_checkpoint(out)
-    segments_path = out.parent / SEGMENTS_FILE  # calls that ran to their end (a killed one records nothing)
-    segments = json.loads(segments_path.read_text()) if segments_path.exists() else []
+    segments = read_segments(segments_path)
     seconds = step_seconds(log_path.read_text(errors="replace"))  # every segment's windows (resumed or not)
     if not seconds:
         raise RuntimeError(f"no LeRobot step times (updt_s / data_s) in {log_path}: was log_freq > steps?")
@@ -215,8 +215,12 @@ def train_segment(args: list[str], log_path: Path, segments_path: Path, policy_t
         tail = "\n".join(log_path.read_bytes()[offset:].decode(errors="replace").splitlines()[-25:])
         raise RuntimeError(f"LeRobot training of {policy_type} failed (exit {measured.returncode}); the last lines "
                            f"of {log_path}:\n{tail}")
-    segments = json.loads(segments_path.read_text()) if segments_path.exists() else []
-    segments_path.write_text(json.dumps([*segments, dataclasses.asdict(measured)], indent=1))
+    segments_path.write_text(json.dumps([*read_segments(segments_path), dataclasses.asdict(measured)], indent=1))
+
+
+def read_segments(path: Path) -> list[dict]:
+    """The Measured records of a run's finished calls of LeRobot's script ([] before the first)."""
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def keep_last_checkpoint(output_dir: Path) -> None:
