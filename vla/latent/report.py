@@ -140,9 +140,11 @@ def plot(report: dict[str, Any], path) -> None:
     plots, c = report["_plots"], report["codebook_size"]
     motion = plots.get("motion2")
     k = report["tokens_per_frame"]
-    rows = 2 if motion is not None else 1
-    fig, axes = plt.subplots(rows, max(k, 2), figsize=(3.2 * max(k, 2), 3.0 * rows), squeeze=False)
-    for s, ax in zip((1, 2), axes[0, :2], strict=True):
+    rows, columns = (2 if motion is not None else 1), max(k, 2)
+    fig = plt.figure(figsize=(3.2 * columns, 3.0 * rows))
+    grid = fig.add_gridspec(rows, columns)
+    half = columns // 2  # the two stage histograms share the top row; the k motion maps fill the second
+    for s, ax in zip((1, 2), (fig.add_subplot(grid[0, :half]), fig.add_subplot(grid[0, half:])), strict=True):
         codes = plots[f"codes{s}"]
         for j in range(k):
             ax.bar(np.arange(c) + (j - k / 2 + 0.5) * 0.8 / k, np.bincount(codes[:, j], minlength=c) / len(codes),
@@ -151,12 +153,10 @@ def plot(report: dict[str, Any], path) -> None:
         ax.set_xlabel("code")
         ax.set_ylabel("share of frames")
         ax.legend(fontsize=6)
-    for ax in axes[0, 2:]:
-        ax.axis("off")
     if motion is not None:
         names = report["action_names"]
         for j in range(k):
-            ax = axes[1, j]
+            ax = fig.add_subplot(grid[1, j])
             image = ax.imshow(motion[j], aspect="auto", cmap="coolwarm",
                               vmin=-np.nanmax(np.abs(motion[j])), vmax=np.nanmax(np.abs(motion[j])))
             share = report["stage2"]["motion"]["per_position"][j]
@@ -166,8 +166,6 @@ def plot(report: dict[str, Any], path) -> None:
             ax.set_yticks(range(c), [str(i) for i in range(c)], fontsize=6)
             ax.set_ylabel("stage-2 code")
             fig.colorbar(image, ax=ax, fraction=0.05)
-        for ax in axes[1, k:]:
-            ax.axis("off")
         fig.suptitle(f"mean action displacement over the next {report['frame_gap']} frames per code", fontsize=9,
                      y=0.49)
     fig.tight_layout()
