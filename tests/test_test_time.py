@@ -122,6 +122,22 @@ def test_verifier_loss_falls_and_ranks_the_expert_above_heavy_perturbations(veri
     assert loaded.score(features, actions).shape == (2, 3)
 
 
+def test_verifier_trained_on_policy_samples_picks_closer_samples(policy, demos, tmp_path):
+    """RoboMonkey's own candidates: with the policy's samples among them, the verifier learns to choose among
+    samples (what test-time scaling asks of it), not only to tell the expert from a heavy perturbation."""
+    cfg = VerifierTrainConfig(output_dir=str(tmp_path / "verifier"), hidden=64, steps=200, batch_size=32, lr=3e-3,
+                              holdout_episodes=1, policy_samples=4)
+    summary = json.loads((train_verifier(cfg, policy=policy, demos=demos) / "verifier.json").read_text())["training"]
+    train = summary["train"]
+    assert summary["settings"]["policy_samples"] == 4
+    assert train["sample_oracle_rmse"] < train["sample_pick_rmse"] < train["sample_rmse"]
+    # the choice closes a real part of the gap between no choice and the oracle's
+    assert train["sample_rmse"] - train["sample_pick_rmse"] > 0.2 * (train["sample_rmse"] - train["sample_oracle_rmse"])
+    assert {"sample_rmse", "sample_pick_rmse", "sample_oracle_rmse"} <= set(summary["held_out"])
+    with pytest.raises(ValueError, match="policy_samples"):
+        VerifierTrainConfig(policy_samples=-1)
+
+
 def test_sample_and_verify_executes_the_best_scored_candidate(policy, demos, verifier_dir):
     verifier = Verifier.load(verifier_dir)
     for candidates, pool in ((6, 6), (0, 4)):

@@ -154,7 +154,8 @@ def run_robomonkey(cfg: RoboMonkeyConfig, policy=None, demos=None) -> Path:
     verifier.check_policy(policy, where=f"verifier {folder}")
     results = {"provenance": provenance(cfg), "checkpoint": cfg.checkpoint, "verifier": str(folder),
                "verifier_training": {k: v for k, v in Verifier.training_summary(folder).items()
-                                     if k in ("steps", "first_loss", "last_loss", "train", "held_out", "frames")},
+                                     if k in ("steps", "first_loss", "last_loss", "train", "held_out", "frames",
+                                              "settings")},
                "closed_loop": closed_loop(cfg, policy, folder),
                "offline": offline_scaling(cfg, policy, verifier, demos)}
     out = Path(cfg.report_dir)

@@ -14,6 +14,20 @@ def fmt(value, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def verifier_candidates(ver: dict) -> str:
+    own = (ver.get("settings") or {}).get("policy_samples")
+    return "perturbed expert chunks" + (f" and {own} of the policy's own samples per frame" if own else "")
+
+
+def sample_choice(held_out: dict) -> str:
+    """The verifier's pick among the policy's samples on held-out frames, when it was trained with them."""
+    if held_out.get("sample_pick_rmse") is None:
+        return ""
+    return (" Choosing among the policy's samples on held-out frames: RMSE to the expert "
+            f"{fmt(held_out['sample_pick_rmse'])} for the verifier's pick, {fmt(held_out['sample_rmse'])} for one "
+            f"sample, {fmt(held_out['sample_oracle_rmse'])} for the closest (oracle).")
+
+
 def markdown(cfg, results: dict) -> str:
     prov = results["provenance"]
     commit = str(prov.get("commit"))[:10] + ("+" if prov.get("dirty") else "")
@@ -30,10 +44,11 @@ def markdown(cfg, results: dict) -> str:
         f"Closed loop on {', '.join(tasks)}, {cfg.eval.episodes_per_task} episodes per task from seed "
         f"{cfg.eval.seed_start} (never used for demos). Latency: one chunk, everything above included.",
         "",
-        f"Verifier: trained {ver.get('steps')} steps on perturbed expert chunks, loss {fmt(ver.get('first_loss'))} -> "
-        f"{fmt(ver.get('last_loss'))}; expert above a heavy perturbation on "
+        f"Verifier: trained {ver.get('steps')} steps on {verifier_candidates(ver)}, loss {fmt(ver.get('first_loss'))} "
+        f"-> {fmt(ver.get('last_loss'))}; expert above a heavy perturbation on "
         f"{fmt((ver.get('train') or {}).get('expert_above_heavy'), 2)} of training frames and "
-        f"{fmt((ver.get('held_out') or {}).get('expert_above_heavy'), 2)} of held-out ones (chance 0.5).",
+        f"{fmt((ver.get('held_out') or {}).get('expert_above_heavy'), 2)} of held-out ones (chance 0.5)."
+        + sample_choice(ver.get("held_out") or {}),
         "",
         f"Made by `vla-eval robomonkey` at commit {commit}; the full config, command, versions and machine are in "
         "`robomonkey.json`.",
@@ -55,7 +70,8 @@ def markdown(cfg, results: dict) -> str:
         "",
         "## Offline: action error vs number of samples",
         "",
-        f"{offline['frames']} demo frames; RMSE to the expert chunk in normalised units. Oracle: the sample closest to "
+        f"{offline['frames']} demo frames (evenly spaced over all the demos, so mostly frames the verifier trained on; "
+        "its held-out figures are above); RMSE to the expert chunk in normalised units. Oracle: the sample closest to "
         "the expert among the first k; verifier: the verifier's pick among them; one sample: no choice. Power-law fit "
         f"of the oracle curve: log e = log a + b log k with a = {fit['a']:.4f}, b = {fit['b']:.3f} "
         f"(R^2 {fmt(fit['r2'])}).",

@@ -2,12 +2,14 @@
 
     vla-eval train-verifier --checkpoint CKPT --data.root outputs/datasets --data.repo_id local/metaworld
 
-As RoboMonkey (METHODS.md section 10, stage 1), with perturbed expert chunks as the candidates: for each frame the
-expert chunk and `negatives` copies with Gaussian noise (i.i.d. per entry plus an offset shared by the chunk's steps,
-scale log-uniform in [noise_min, noise_max] normalised units, clipped to the policy's action range) are ranked by
-their RMSE to the expert chunk; every pair (a_w closer than a_l, gap Δ) gives the Bradley-Terry loss with a margin,
--log σ(r(a_w) - r(a_l) - margin · Δ). The policy stays frozen: its conditioning of every frame is computed once.
-The last `holdout_episodes` episodes are kept out of training and the ranking is reported on them.
+As RoboMonkey (METHODS.md section 10, stage 1): for each frame the expert chunk, `negatives` copies with Gaussian
+noise (i.i.d. per entry plus an offset shared by the chunk's steps, scale log-uniform in [noise_min, noise_max]
+normalised units, clipped to the policy's action range) and, with `policy_samples` > 0, that many chunks sampled
+from the policy itself (RoboMonkey's own candidates: the ones the verifier must tell apart at test time, all near
+the expert and near each other, which perturbed experts alone do not teach) are ranked by their RMSE to the expert
+chunk; every pair (a_w closer than a_l, gap Δ) gives the Bradley-Terry loss with a margin,
+-log σ(r(a_w) - r(a_l) - margin · Δ). The policy stays frozen: its conditioning of every frame and its samples are
+computed once. The last `holdout_episodes` episodes are kept out of training and the ranking is reported on them.
 Writes <output_dir>/verifier.{safetensors,json} and loss.png.
 """
 
@@ -42,6 +44,9 @@ class VerifierTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     negatives: int = 8
+    # the policy's own sampled chunks per frame among the candidates (drawn once, from the frozen policy; 0 = the
+    # expert and its perturbations only)
+    policy_samples: int = 0
     noise_min: float = 0.02  # perturbation scale range, normalised units
     noise_max: float = 0.5
     margin: float = 1.0  # α of the margin term
@@ -53,6 +58,8 @@ class VerifierTrainConfig:
         if self.negatives < 1 or self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"verifier training needs negatives, steps and batch_size >= 1; got {self.negatives}, "
                              f"{self.steps}, {self.batch_size}")
+        if self.policy_samples < 0:
+            raise ValueError(f"policy_samples must be >= 0; got {self.policy_samples}")
         if not 0 < self.noise_min <= self.noise_max:
             raise ValueError(f"need 0 < noise_min <= noise_max; got {self.noise_min}, {self.noise_max}")
 
@@ -60,20 +67,24 @@ class VerifierTrainConfig:
 @dataclass
 class PreferenceData:
     """What the verifier trains on, per frame: features [N, F] (`observation_features`), expert [N, H, D_max]
-    normalised chunks, valid bool [N, H, D_max] (real steps and dims), holdout bool [N]."""
+    normalised chunks, valid bool [N, H, D_max] (real steps and dims), holdout bool [N], and the policy's own
+    samples [N, S, H, D_max] (normalised; None without `policy_samples`)."""
 
     features: Tensor
     expert: Tensor
     valid: Tensor
     holdout: Tensor
+    samples: Tensor | None = None
 
 
 @torch.no_grad()
 def preference_data(policy, demos, cfg: VerifierTrainConfig) -> PreferenceData:
-    """The frozen policy's conditioning of every frame (one backbone pass per `feature_batch` frames)."""
+    """The frozen policy's conditioning of every frame (one backbone pass per `feature_batch` frames) and, with
+    `policy_samples`, that many chunks the policy samples from it (one batched head call per pass, seeded)."""
     policy.eval()
     device = next(policy.parameters()).device
-    features = []
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    features, samples = [], []
     for start in tqdm(range(0, len(demos), cfg.feature_batch), desc="verifier features", unit="batch"):
         index = torch.arange(start, min(start + cfg.feature_batch, len(demos)))
         embodiment = [demos.embodiment] * len(index)
@@ -81,12 +92,15 @@ def preference_data(policy, demos, cfg: VerifierTrainConfig) -> PreferenceData:
                                 demos.state[index].to(device), demos.instructions(index), embodiment,
                                 demos.observation_mask(len(index), policy.config.n_obs_steps).to(device))
         features.append(observation_features(cond).cpu())
+        if cfg.policy_samples:
+            samples.append(policy.head.sample_n(cond, cfg.policy_samples, generator=generator).float().cpu())
     normalizer = policy.normalizer
     expert = normalizer.normalize_action(demos.actions, demos.embodiment).float()
     valid = (~demos.action_is_pad)[:, :, None] & normalizer.action_mask(demos.embodiment)[None, None, :]
     episodes = demos.episode_index.unique(sorted=True)
     held = episodes[len(episodes) - cfg.holdout_episodes:] if cfg.holdout_episodes else episodes[:0]
-    return PreferenceData(torch.cat(features), expert, valid, torch.isin(demos.episode_index, held))
+    return PreferenceData(torch.cat(features), expert, valid, torch.isin(demos.episode_index, held),
+                          torch.cat(samples) if samples else None)
 
 
 def rmse(candidates: Tensor, expert: Tensor, valid: Tensor) -> Tensor:
@@ -136,7 +150,8 @@ def train_verifier_on(data: PreferenceData, verifier: Verifier, cfg: VerifierTra
         index = train[torch.randint(len(train), (cfg.batch_size,), generator=generator)]
         expert, valid = data.expert[index], data.valid[index]
         negatives = perturb(expert, valid, candidate_scales(cfg, len(index), generator), clip, generator)
-        candidates = torch.cat([expert[:, None], negatives], 1)  # (B, 1 + M, H, D)
+        own = [] if data.samples is None else [data.samples[index]]
+        candidates = torch.cat([expert[:, None], *own, negatives], 1)  # (B, 1 + S + M, H, D)
         loss = preference_loss(verifier.score(data.features[index], candidates), rmse(candidates, expert, valid),
                                cfg.margin)
         optimizer.zero_grad(set_to_none=True)
@@ -152,7 +167,9 @@ def ranking(verifier: Verifier, data: PreferenceData, rows: Tensor, cfg: Verifie
             seed: int = 1) -> dict:
     """On the frames `rows` (bool [N]): how often the expert chunk scores above a heavy perturbation (scale
     noise_max), and the share of candidate pairs (expert + perturbations at scales spread over the range) the
-    verifier orders as their RMSE to the expert does. Chance: 0.5 for both."""
+    verifier orders as their RMSE to the expert does (chance: 0.5 for both). With the policy's samples, what
+    test-time scaling needs: the RMSE to the expert of the verifier's pick among a frame's samples, against a
+    sample's mean RMSE (no choice) and the closest sample's (the oracle)."""
     index = torch.nonzero(rows)[:, 0]
     if len(index) == 0:
         return {"frames": 0, "expert_above_heavy": None, "pair_accuracy": None}
@@ -166,8 +183,15 @@ def ranking(verifier: Verifier, data: PreferenceData, rows: Tensor, cfg: Verifie
     gap = distance[:, None, :] - distance[:, :, None]
     pairs = gap > 1e-6
     agree = (scores[:, :, None] > scores[:, None, :])[pairs].float().mean().item()
-    return {"frames": len(index), "expert_above_heavy": (scores[:, 0] > scores[:, -1]).float().mean().item(),
-            "pair_accuracy": agree}
+    result = {"frames": len(index), "expert_above_heavy": (scores[:, 0] > scores[:, -1]).float().mean().item(),
+              "pair_accuracy": agree}
+    if data.samples is not None:
+        distance = rmse(data.samples[index], expert, valid)  # (B, S)
+        pick = verifier.score(data.features[index], data.samples[index]).argmax(1)
+        result |= {"sample_rmse": distance.mean().item(),
+                   "sample_pick_rmse": distance[torch.arange(len(index)), pick].mean().item(),
+                   "sample_oracle_rmse": distance.min(1).values.mean().item()}
+    return result
 
 
 def training_data(cfg: VerifierTrainConfig) -> DataConfig:
@@ -205,8 +229,8 @@ def train_verifier(cfg: VerifierTrainConfig, policy=None, demos=None) -> Path:
                "frames": len(demos), "steps": cfg.steps, "first_loss": losses[0], "last_loss": losses[-1],
                "loss_every_10": losses[::10], "train": ranking(verifier, data, ~data.holdout, cfg, clip),
                "held_out": ranking(verifier, data, data.holdout, cfg, clip),
-               "settings": {k: getattr(cfg, k) for k in ("negatives", "noise_min", "noise_max", "margin",
-                                                        "batch_size", "lr", "holdout_episodes", "seed")},
+               "settings": {k: getattr(cfg, k) for k in ("negatives", "policy_samples", "noise_min", "noise_max",
+                                                        "margin", "batch_size", "lr", "holdout_episodes", "seed")},
                "provenance": provenance(cfg)}
     verifier.save(out, summary)
     plot_loss(losses, out / "loss.png")
