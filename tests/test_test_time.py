@@ -13,7 +13,7 @@ from vla.checkpoint import load_policy
 from vla.config import EvalConfig, SampleVerifyConfig
 from vla.test_time import SampleAndVerify, Verifier, VerifierConfig, gaussian_expand, gripper_rule, sample_candidates
 from vla.test_time.sampling import GripperRule, check_deterministic_head
-from vla.test_time.verifier_training import VerifierTrainConfig, preference_loss, train_verifier
+from vla.test_time.verifier_training import VerifierTrainConfig, preference_data, preference_loss, train_verifier
 from vla.training.train import load_demos
 from vla.types import Observation
 
@@ -134,6 +134,13 @@ def test_verifier_trained_on_policy_samples_picks_closer_samples(policy, demos, 
     # the choice closes a real part of the gap between no choice and the oracle's
     assert train["sample_rmse"] - train["sample_pick_rmse"] > 0.2 * (train["sample_rmse"] - train["sample_oracle_rmse"])
     assert {"sample_rmse", "sample_pick_rmse", "sample_oracle_rmse"} <= set(summary["held_out"])
+
+
+def test_verifier_policy_samples_are_refused_when_they_would_all_be_equal(demos):
+    greedy = SimpleNamespace(head=SimpleNamespace(deterministic_when_greedy=True,
+                                                  config=SimpleNamespace(type="ar", temperature=0.0)))
+    with pytest.raises(ValueError, match=r"temperature > 0 \(verifier_train.temperature"):
+        preference_data(greedy, demos, VerifierTrainConfig(policy_samples=4))
     with pytest.raises(ValueError, match="policy_samples"):
         VerifierTrainConfig(policy_samples=-1)
 

@@ -63,7 +63,8 @@ def verifier_folder(cfg: RoboMonkeyConfig, policy, demos) -> Path:
     the same commit and settings)."""
     if cfg.verifier:
         return Path(cfg.verifier)
-    train_cfg = dataclasses.replace(cfg.verifier_train, checkpoint=cfg.checkpoint,
+    temperature = cfg.verifier_train.temperature if cfg.verifier_train.temperature is not None else cfg.temperature
+    train_cfg = dataclasses.replace(cfg.verifier_train, checkpoint=cfg.checkpoint, temperature=temperature,
                                     output_dir=str(Path(cfg.output_dir) / "verifier"))
     path = Path(train_cfg.output_dir)
     if (path / CONFIG).is_file():

@@ -142,9 +142,8 @@ def plot(report: dict[str, Any], path) -> None:
     k = report["tokens_per_frame"]
     rows, columns = (2 if motion is not None else 1), max(k, 2)
     fig = plt.figure(figsize=(3.2 * columns, 3.0 * rows))
-    grid = fig.add_gridspec(rows, columns)
-    half = columns // 2  # the two stage histograms share the top row; the k motion maps fill the second
-    for s, ax in zip((1, 2), (fig.add_subplot(grid[0, :half]), fig.add_subplot(grid[0, half:])), strict=True):
+    grid = fig.add_gridspec(rows, 2 * columns)  # half-columns: two equal histograms on top, k motion maps below
+    for s, ax in zip((1, 2), (fig.add_subplot(grid[0, :columns]), fig.add_subplot(grid[0, columns:])), strict=True):
         codes = plots[f"codes{s}"]
         for j in range(k):
             ax.bar(np.arange(c) + (j - k / 2 + 0.5) * 0.8 / k, np.bincount(codes[:, j], minlength=c) / len(codes),
@@ -156,7 +155,7 @@ def plot(report: dict[str, Any], path) -> None:
     if motion is not None:
         names = report["action_names"]
         for j in range(k):
-            ax = fig.add_subplot(grid[1, j])
+            ax = fig.add_subplot(grid[1, 2 * j:2 * j + 2])
             image = ax.imshow(motion[j], aspect="auto", cmap="coolwarm",
                               vmin=-np.nanmax(np.abs(motion[j])), vmax=np.nanmax(np.abs(motion[j])))
             share = report["stage2"]["motion"]["per_position"][j]
@@ -165,9 +164,8 @@ def plot(report: dict[str, Any], path) -> None:
             ax.set_xticks(range(len(names)), names, rotation=60, fontsize=6)
             ax.set_yticks(range(c), [str(i) for i in range(c)], fontsize=6)
             ax.set_ylabel("stage-2 code")
+            ax.set_xlabel(f"mean action change over the next {report['frame_gap']} frames", fontsize=7)
             fig.colorbar(image, ax=ax, fraction=0.05)
-        fig.suptitle(f"mean action displacement over the next {report['frame_gap']} frames per code", fontsize=9,
-                     y=0.49)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -39,16 +39,16 @@ class GripperRule:
     thresholds: tuple[float, ...]
 
 
-def check_deterministic_head(policy, n: int, options: dict) -> None:
+def check_deterministic_head(policy, n: int, options: dict, flag: str = "test_time.temperature") -> None:
     """A ValueError when n > 1 samples would all be equal: a token head (ar, latent) decoding greedily (temperature
-    0)."""
+    0). `flag`: the option that sets the temperature where the caller reads it."""
     head = policy.head
     temperature = options.get("temperature")
     if temperature is None:
         temperature = getattr(head.config, "temperature", None)
     if n > 1 and getattr(head, "deterministic_when_greedy", False) and temperature == 0:
         raise ValueError(f"the {head.config.type} head decodes greedily (temperature 0), so its {n} samples would all "
-                         f"be the same chunk: sample with temperature > 0 (test_time.temperature, e.g. 1.0)")
+                         f"be the same chunk: sample with temperature > 0 ({flag}, e.g. 1.0)")
 
 
 @torch.no_grad()

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from vla.config import DataConfig
 from vla.provenance import provenance
+from vla.test_time.sampling import check_deterministic_head
 from vla.test_time.verifier import Verifier, VerifierConfig, observation_features
 
 
@@ -47,6 +48,7 @@ class VerifierTrainConfig:
     # the policy's own sampled chunks per frame among the candidates (drawn once, from the frozen policy; 0 = the
     # expert and its perturbations only)
     policy_samples: int = 0
+    temperature: float | None = None  # token heads' sampling temperature for policy_samples (None: the head's own)
     noise_min: float = 0.02  # perturbation scale range, normalised units
     noise_max: float = 0.5
     margin: float = 1.0  # α of the margin term
@@ -81,9 +83,12 @@ class PreferenceData:
 def preference_data(policy, demos, cfg: VerifierTrainConfig) -> PreferenceData:
     """The frozen policy's conditioning of every frame (one backbone pass per `feature_batch` frames) and, with
     `policy_samples`, that many chunks the policy samples from it (one batched head call per pass, seeded)."""
+    options = {} if cfg.temperature is None else {"temperature": cfg.temperature}
+    if cfg.policy_samples:
+        check_deterministic_head(policy, cfg.policy_samples, options, flag="verifier_train.temperature")
     policy.eval()
     device = next(policy.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # on the CPU, as every sampler here: the same draws anywhere
     features, samples = [], []
     for start in tqdm(range(0, len(demos), cfg.feature_batch), desc="verifier features", unit="batch"):
         index = torch.arange(start, min(start + cfg.feature_batch, len(demos)))
@@ -93,7 +98,7 @@ def preference_data(policy, demos, cfg: VerifierTrainConfig) -> PreferenceData:
                                 demos.observation_mask(len(index), policy.config.n_obs_steps).to(device))
         features.append(observation_features(cond).cpu())
         if cfg.policy_samples:
-            samples.append(policy.head.sample_n(cond, cfg.policy_samples, generator=generator).float().cpu())
+            samples.append(policy.head.sample_n(cond, cfg.policy_samples, generator=generator, **options).float().cpu())
     normalizer = policy.normalizer
     expert = normalizer.normalize_action(demos.actions, demos.embodiment).float()
     valid = (~demos.action_is_pad)[:, :, None] & normalizer.action_mask(demos.embodiment)[None, None, :]
@@ -229,8 +234,9 @@ def train_verifier(cfg: VerifierTrainConfig, policy=None, demos=None) -> Path:
                "frames": len(demos), "steps": cfg.steps, "first_loss": losses[0], "last_loss": losses[-1],
                "loss_every_10": losses[::10], "train": ranking(verifier, data, ~data.holdout, cfg, clip),
                "held_out": ranking(verifier, data, data.holdout, cfg, clip),
-               "settings": {k: getattr(cfg, k) for k in ("negatives", "policy_samples", "noise_min", "noise_max",
-                                                        "margin", "batch_size", "lr", "holdout_episodes", "seed")},
+               "settings": {k: getattr(cfg, k) for k in ("negatives", "policy_samples", "temperature", "noise_min",
+                                                        "noise_max", "margin", "batch_size", "lr", "holdout_episodes",
+                                                        "seed")},
                "provenance": provenance(cfg)}
     verifier.save(out, summary)
     plot_loss(losses, out / "loss.png")
