@@ -30,7 +30,7 @@ from vla.eval.offline import demo_frames, demo_observation
 from vla.provenance import blocking_reasons, provenance
 from vla.test_time.sampling import sample_candidates
 from vla.test_time.verifier import CONFIG, Verifier, observation_features
-from vla.test_time.verifier_training import VerifierTrainConfig, rmse, train_verifier, training_data
+from vla.test_time.verifier_training import VerifierTrainConfig, chosen_rmse, rmse, train_verifier, training_data
 
 DEFAULT_RECIPE = "configs/bench/robomonkey.yaml"
 
@@ -119,9 +119,8 @@ def offline_scaling(cfg: RoboMonkeyConfig, policy, verifier: Verifier, demos) ->
     distance, score = torch.cat(distances), torch.cat(scores)
     rows = []
     for k in sorted(cfg.offline_k):
-        pick = score[:, :k].argmax(1)
-        rows.append({"k": k, "oracle_rmse": distance[:, :k].min(1).values.mean().item(),
-                     "verifier_rmse": distance[torch.arange(len(pick)), pick].mean().item(),
+        picked, closest = chosen_rmse(distance[:, :k], score[:, :k])
+        rows.append({"k": k, "oracle_rmse": closest.mean().item(), "verifier_rmse": picked.mean().item(),
                      "single_rmse": distance[:, 0].mean().item()})
     return {"frames": len(frames), "rows": rows, "fit": power_law([r["k"] for r in rows],
                                                                   [r["oracle_rmse"] for r in rows])}

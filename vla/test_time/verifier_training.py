@@ -114,6 +114,13 @@ def rmse(candidates: Tensor, expert: Tensor, valid: Tensor) -> Tensor:
     return (((candidates - expert[:, None]) ** 2 * weight).sum((2, 3)) / weight.sum((2, 3)).clamp_min(1.0)).sqrt()
 
 
+def chosen_rmse(distance: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """distance / scores [B, K] -> the RMSE [B] of the verifier's pick (highest score) and of the closest candidate
+    (the oracle's pick)."""
+    picked = distance[torch.arange(len(distance)), scores.argmax(1)]
+    return picked, distance.min(1).values
+
+
 def perturb(expert: Tensor, valid: Tensor, scales: Tensor, clip: float | None,
             generator: torch.Generator | None = None) -> Tensor:
     """expert / valid [B, H, D], scales [B, M] -> [B, M, H, D]: each copy plus scale x (i.i.d. noise + an offset
@@ -192,10 +199,9 @@ def ranking(verifier: Verifier, data: PreferenceData, rows: Tensor, cfg: Verifie
               "pair_accuracy": agree}
     if data.samples is not None:
         distance = rmse(data.samples[index], expert, valid)  # (B, S)
-        pick = verifier.score(data.features[index], data.samples[index]).argmax(1)
-        result |= {"sample_rmse": distance.mean().item(),
-                   "sample_pick_rmse": distance[torch.arange(len(index)), pick].mean().item(),
-                   "sample_oracle_rmse": distance.min(1).values.mean().item()}
+        picked, closest = chosen_rmse(distance, verifier.score(data.features[index], data.samples[index]))
+        result |= {"sample_rmse": distance.mean().item(), "sample_pick_rmse": picked.mean().item(),
+                   "sample_oracle_rmse": closest.mean().item()}
     return result
 
 
