@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 from importlib.util import find_spec
 from pathlib import Path
+from types import SimpleNamespace
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+import torch
 
 from vla.eval.stats import wilson_interval
 from vla.eval.suite import SUITES, SuiteConfig, resolve
 from vla.sim.demos import EVAL_SEED_START
 from vla.sim.tasks import DIFFICULTIES, TASKS, get_task, tasks_in
+from vla.types import ActionChunk
 
 
 def test_wilson_interval_matches_published_values_and_scipy():
@@ -73,19 +76,56 @@ def test_default_suite_spans_the_difficulty_groups_with_push_on_unseen_seeds(tmp
         resolve(SuiteConfig())
 
 
-def test_scripted_experts_solve_the_default_suite_on_its_seeds():
-    """The default suite can be solved within its step limit on its own seeds (two per task here; once measured
-    on ten: 80/80, and 0/80 for uniform random actions)."""
-    from vla.sim import MetaWorldEnv
-    from vla.sim.demos import rollout_expert
+class ScriptedPolicy:
+    """The rollout's policy interface around `act(env, generator) -> action [4]`: a chunk of one action per step.
+    The env is the one `run_tasks` builds for each task (caught at vla.eval.rollout.make_env)."""
 
-    cfg = resolve(SuiteConfig(checkpoint="x"))
-    for task in cfg.tasks:
-        env = MetaWorldEnv(task, seed=cfg.seed_start, image_size=8, max_steps=cfg.max_steps)
-        try:
-            assert all(rollout_expert(env, cfg.seed_start + i)[1] for i in range(2)), task
-        finally:
-            env.close()
+    embodiments = None
+    config = SimpleNamespace(head=SimpleNamespace(horizon=1), n_obs_steps=1)
+
+    def __init__(self, act):
+        self.act, self.env = act, None
+
+    def eval(self):
+        return self
+
+    def predict(self, observation, generator, **_):
+        action = torch.as_tensor(self.act(self.env, generator), dtype=torch.float32)
+        return ActionChunk(actions=action[None, None], mask=torch.ones(1, len(action), dtype=torch.bool))
+
+
+@pytest.mark.parametrize(("name", "act"), [
+    ("expert", lambda env, generator: env.expert_action()),
+    ("random", lambda env, generator: 2 * torch.rand(4, generator=generator) - 1),
+])
+def test_suite_metric_scores_the_scripted_expert_high_and_random_actions_low(name, act, monkeypatch):
+    """The suite's own rollouts and success metric (run_tasks, summarize, group_results) on its seeds and step
+    limit, 3 episodes per task: Meta-World's scripted experts >= 90%, uniform random actions <= 10% (once measured
+    on 10 episodes per task: 80/80 and 0/80), so the metric can fail."""
+    from vla.deploy.chunking import ScheduleConfig
+    from vla.eval import rollout
+    from vla.eval.suite import group_results
+
+    policy = ScriptedPolicy(act)
+    build = rollout.make_env
+
+    def make_env(*args, **kwargs):
+        policy.env = build(*args, **kwargs)
+        return policy.env
+
+    monkeypatch.setattr(rollout, "make_env", make_env)
+    cfg = resolve(SuiteConfig(checkpoint="x", episodes_per_task=3, videos_per_task=0,
+                              schedule=ScheduleConfig(execute_steps=1)))
+    episodes, latencies = rollout.run_tasks(policy, cfg, image_size=8, cameras="corner")
+    results = rollout.summarize(episodes, latencies, cfg, sampling={})
+    groups, overall = group_results(results["tasks"])
+    assert overall["episodes"] == 24 and set(groups) == set(DIFFICULTIES)
+    assert all(s >= cfg.seed_start for t in results["tasks"].values() for s in t["seeds"])
+    if name == "expert":
+        assert overall["success_rate"] >= 0.9, results["tasks"]
+    else:
+        assert overall["success_rate"] <= 0.1, results["tasks"]
+        assert all(t["mean_episode_length"] == cfg.max_steps for t in results["tasks"].values() if not t["successes"])
 
 
 def test_mt50_enumerates_50_tasks_and_their_envs_build():

@@ -40,7 +40,8 @@ def markdown(cfg, results: dict) -> str:
         "",
         f"Checkpoint `{results['checkpoint']}`, verifier `{results['verifier']}`. Per observation: N chunks from one "
         f"backbone pass and one batched head call, {cfg.candidates} Gaussian draws around them (diagonal, gripper by "
-        "majority vote; 0 = the N samples themselves) scored by the verifier in one batch, the best executed. "
+        "majority vote; 0 = the N samples themselves; with N = 1 their spread is zero, so the one sample is executed) "
+        "scored by the verifier in one batch, the best executed. "
         f"Closed loop on {', '.join(tasks)}, {cfg.eval.episodes_per_task} episodes per task from seed "
         f"{cfg.eval.seed_start} (never used for demos). Latency: one chunk, everything above included.",
         "",
