@@ -94,6 +94,7 @@ class ScriptedPolicy:
         return ActionChunk(actions=action[None, None], mask=torch.ones(1, len(action), dtype=torch.bool))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "act"), [
     ("expert", lambda env, generator: env.expert_action()),
     ("random", lambda env, generator: 2 * torch.rand(4, generator=generator) - 1),
