@@ -76,7 +76,7 @@ def test_default_suite_spans_the_difficulty_groups_with_push_on_unseen_seeds(tmp
         resolve(SuiteConfig())
 
 
-class ScriptedPolicy:
+class SimActionPolicy:
     """The rollout's policy interface around `act(env, generator) -> action [4]`: a chunk of one action per step.
     The env is the one `run_tasks` builds for each task (caught at vla.eval.rollout.make_env)."""
 
@@ -107,7 +107,7 @@ def test_suite_metric_scores_the_scripted_expert_high_and_random_actions_low(nam
     from vla.eval import rollout
     from vla.eval.suite import group_results
 
-    policy = ScriptedPolicy(act)
+    policy = SimActionPolicy(act)
     build = rollout.make_env
 
     def make_env(*args, **kwargs):

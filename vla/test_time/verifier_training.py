@@ -198,9 +198,9 @@ def ranking(verifier: Verifier, data: PreferenceData, rows: Tensor, cfg: Verifie
     result = {"frames": len(index), "expert_above_heavy": (scores[:, 0] > scores[:, -1]).float().mean().item(),
               "pair_accuracy": agree}
     if data.samples is not None:
-        distance = rmse(data.samples[index], expert, valid)  # (B, S)
-        picked, closest = chosen_rmse(distance, verifier.score(data.features[index], data.samples[index]))
-        result |= {"sample_rmse": distance.mean().item(), "sample_pick_rmse": picked.mean().item(),
+        sample_distance = rmse(data.samples[index], expert, valid)  # (B, S)
+        picked, closest = chosen_rmse(sample_distance, verifier.score(data.features[index], data.samples[index]))
+        result |= {"sample_rmse": sample_distance.mean().item(), "sample_pick_rmse": picked.mean().item(),
                    "sample_oracle_rmse": closest.mean().item()}
     return result
 
